@@ -1,0 +1,156 @@
+"""The running server: a producer, the broadcast and the front ends, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .broadcast import Broadcast
+from .display import Display
+from .encoders.registry import available_codecs
+from .web.server import Handler, WebServer
+
+log = logging.getLogger("saffron")
+
+
+class Producer(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class StartupError(Exception):
+    """Something the user can fix stops Saffron from starting: say it in one line."""
+
+
+@dataclass
+class Options:
+    source: str = "demo"
+    web: tuple[str, int] | None = ("127.0.0.1", 8080)
+    spice: tuple[str, int] | None = None
+    codec: str = "auto"
+    bitrate_kbps: int = 8000
+    fps: int = 60
+    size: tuple[int, int] = (1280, 720)
+    motion: float = 0.25
+    buffering: str = "newest"
+    password: str | None = None
+    no_auth: bool = False
+    view_only: bool = False
+    exclusive: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def web_codecs() -> list[str]:
+    return available_codecs()
+
+
+def default_codec(codecs: list[str], wanted: str) -> str:
+    if wanted == "auto":
+        if not codecs:
+            raise StartupError("no video encoder works on this host (see 'saffron probe')")
+        return codecs[0]
+    if wanted not in codecs:
+        raise StartupError(
+            f"the {wanted} encoder does not work on this host; working: {', '.join(codecs)}"
+            " (see 'saffron probe')"
+        )
+    return wanted
+
+
+def check_exposure(opts: Options) -> None:
+    """Without a password Saffron hands out a keyboard only to this machine."""
+    if opts.password or opts.no_auth:
+        return
+    for what, addr in (("web", opts.web), ("SPICE", opts.spice)):
+        if addr is not None and not _is_loopback(addr[0]):
+            raise StartupError(
+                f"refusing to serve {what} on {addr[0]} without a password: set one with "
+                "--password-file or SAFFRON_PASSWORD, or pass --no-auth to allow anyone"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class Server:
+    """Starts and stops everything for one display."""
+
+    def __init__(self, opts: Options, display: Display, producer: Producer | None) -> None:
+        self.opts = opts
+        self.display = display
+        self.producer = producer
+        self.broadcast: Broadcast | None = None
+        self.web: WebServer | None = None
+        self.spice: object | None = None
+
+    async def start(self) -> None:
+        opts = self.opts
+        loop = asyncio.get_running_loop()
+        check_exposure(opts)
+        codecs = await loop.run_in_executor(None, available_codecs)
+        first = default_codec(codecs, opts.codec)
+        preferred = [first, *[c for c in codecs if c != first]]
+        self.broadcast = Broadcast(
+            self.display,
+            loop,
+            fps=opts.fps,
+            bitrate_kbps=opts.bitrate_kbps,
+            fifo=opts.buffering == "fifo",
+        )
+        routes: dict[str, Handler] = {}
+        if opts.spice is not None:
+            from .spice.server import SpiceServer
+
+            spice = SpiceServer(
+                self.display,
+                self.broadcast,
+                password=opts.password,
+                codecs=preferred if opts.codec != "auto" else None,
+                exclusive=opts.exclusive,
+                view_only=opts.view_only,
+            )
+            self.spice = spice
+            try:
+                await spice.start(*opts.spice)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for SPICE on {_addr(opts.spice)}: {exc.strerror or exc}"
+                ) from None
+            routes["/spice"] = spice.aiohttp_handler
+        if opts.web is not None:
+            self.web = WebServer(
+                self.display,
+                self.broadcast,
+                codecs=preferred,
+                default_codec=first,
+                view_only=opts.view_only,
+                extra_routes=routes,
+                producer=self.producer,
+            )
+            try:
+                await self.web.start(*opts.web)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen for the web page on {_addr(opts.web)}: {exc.strerror or exc}"
+                ) from None
+        if self.producer is not None:
+            self.producer.start()
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            self.producer.stop()
+        if self.web is not None:
+            await self.web.close()
+        if self.spice is not None:
+            await self.spice.close()  # type: ignore[attr-defined]
+        if self.broadcast is not None:
+            self.broadcast.close()
+
+
+def _addr(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

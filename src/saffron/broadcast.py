@@ -1,0 +1,320 @@
+"""Fan-out: one encode per codec, handed to every viewer of that codec.
+
+Each codec has a :class:`Stream`: a FrameSlot, an encoder and a worker thread.
+A stream is *ready* for a frame only while some viewer can take one more, so
+when every viewer is behind, frames are skipped before they are copied or
+encoded. A viewer that misses a packet other viewers got (it was full when
+the packet was published) waits for the next keyframe, which is requested for
+it at a limited rate so one slow viewer cannot flood the others with them.
+
+Threads: producers call ``offer``/``damage`` from anywhere; the worker encodes;
+everything that touches viewers runs on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .display import Display, Frame, Rect
+from .encoders.base import Encoder, EncoderError, Packet
+from .encoders.registry import create_encoder
+from .slot import FifoSlot, FrameSlot
+
+log = logging.getLogger("saffron.broadcast")
+
+PIPELINE_DEPTH = 2
+"""Frames between admission and publication: one pending, one being encoded.
+A viewer that was writable when they were admitted still gets them."""
+
+KEYFRAME_MIN_INTERVAL = 0.5
+"""Seconds between keyframes asked for by lagging viewers: a keyframe costs
+several times a normal frame, so a viewer that keeps falling behind must not
+make every other viewer pay for one on every frame."""
+
+
+class Viewer(Protocol):
+    """What a front end's connection offers the broadcast."""
+
+    label: str
+
+    def writable(self, slack: int = 0) -> bool:
+        """True while one more packet fits in this viewer's send window.
+
+        ``slack`` widens the window by that many packets: frames admitted while
+        the window was open may still be in the encoder when it fills.
+        """
+        ...
+
+    def send_packet(self, packet: Packet) -> None:
+        """Queue a packet for sending; never blocks. Called on the event loop."""
+        ...
+
+
+@dataclass
+class Seat:
+    """A viewer's place in a stream."""
+
+    viewer: Viewer
+    expected: int = -1
+    """Index of the next packet this viewer can decode; -1: waits for a keyframe."""
+    sent: int = 0
+    dropped: int = 0
+
+
+EncoderFactory = Callable[[str, int, int, int, int, int], Encoder]
+
+
+class Stream:
+    """One codec's encoder, fed by the display, read by its viewers."""
+
+    def __init__(
+        self,
+        codec: str,
+        display: Display,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        fps: int,
+        bitrate_kbps: int,
+        fifo: bool = False,
+        encoder_factory: EncoderFactory = create_encoder,
+        on_failure: Callable[[Stream, str], None] | None = None,
+    ) -> None:
+        self.codec = codec
+        self.display = display
+        self.loop = loop
+        self.fps = fps
+        self.bitrate_kbps = bitrate_kbps
+        self.slot: FrameSlot = FifoSlot() if fifo else FrameSlot()
+        self.seats: dict[Viewer, Seat] = {}
+        self._viewers: tuple[Viewer, ...] = ()  # a snapshot the producer's thread can read
+        self.encoder: Encoder | None = None
+        self.backend = ""
+        self._factory = encoder_factory
+        self._fallbacks = 0
+        self._on_failure = on_failure
+        self._index = 0
+        self._want_key = True
+        self._last_key_request = 0.0
+        self._last_frame: Frame | None = None
+        self._closed = False
+        # statistics
+        self.frames_encoded = 0
+        self.bytes_encoded = 0
+        self.encode_ms_total = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"encode-{codec}", daemon=True)
+        self._thread.start()
+
+    # -- FrameSink (producer side, any thread) ---------------------------------
+
+    @property
+    def ready(self) -> bool:
+        if self._closed:
+            return False
+        if self.slot.fifo:
+            return bool(self._viewers)
+        return any(viewer.writable() for viewer in self._viewers)
+
+    def offer(self, frame: Frame) -> None:
+        self.slot.put(frame)
+
+    def damage(self, rect: Rect) -> None:
+        self.slot.add_damage(rect)
+
+    # -- viewers (event loop) --------------------------------------------------
+
+    def add(self, viewer: Viewer) -> None:
+        self.seats[viewer] = Seat(viewer)
+        self._viewers = tuple(self.seats)
+        self.request_keyframe(urgent=True)
+
+    def remove(self, viewer: Viewer) -> None:
+        self.seats.pop(viewer, None)
+        self._viewers = tuple(self.seats)
+
+    def viewer_ready(self, viewer: Viewer) -> None:
+        """A viewer's window opened again: if it lost its place, get it a keyframe."""
+        seat = self.seats.get(viewer)
+        if seat is not None and seat.expected < 0:
+            self.request_keyframe()
+
+    def request_keyframe(self, urgent: bool = False) -> None:
+        now = time.monotonic()
+        if not urgent and now - self._last_key_request < KEYFRAME_MIN_INTERVAL:
+            self.loop.call_later(KEYFRAME_MIN_INTERVAL, self._retry_keyframe)
+            return
+        self._last_key_request = now
+        self._want_key = True
+        # A still picture produces no new frame to carry the keyframe: re-encode
+        # the last one, and ask the producer for a fresh full picture as well.
+        if not self.slot.pending and self._last_frame is not None:
+            self.slot.put(self._last_frame)
+        self.display.request_refresh()
+
+    def _retry_keyframe(self) -> None:
+        if any(seat.expected < 0 for seat in self.seats.values()):
+            self.request_keyframe()
+
+    def set_bitrate(self, kbps: int) -> None:
+        self.bitrate_kbps = kbps
+        encoder = self.encoder
+        if encoder is not None:
+            encoder.set_bitrate(kbps)
+
+    def _publish(self, packet: Packet, index: int) -> None:
+        for seat in list(self.seats.values()):
+            if not packet.keyframe and seat.expected != index:
+                seat.dropped += 1
+                continue
+            if not seat.viewer.writable(PIPELINE_DEPTH):
+                seat.dropped += 1
+                seat.expected = -1
+                continue
+            seat.viewer.send_packet(packet)
+            seat.sent += 1
+            seat.expected = index + 1
+        if any(seat.expected < 0 for seat in self.seats.values()):
+            self.loop.call_later(KEYFRAME_MIN_INTERVAL, self._retry_keyframe)
+
+    # -- the worker thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed:
+            frame = self.slot.take(0.5)
+            if frame is None:
+                continue
+            try:
+                packet = self._encode(frame)
+            except EncoderError as exc:
+                self._fail(str(exc))
+                continue
+            index = self._index
+            self._index += 1
+            self._last_frame = frame
+            self.frames_encoded += 1
+            self.bytes_encoded += len(packet.data)
+            self.encode_ms_total += packet.encode_ms
+            try:
+                self.loop.call_soon_threadsafe(self._publish, packet, index)
+            except RuntimeError:  # the loop is closed: we are shutting down
+                return
+
+    def _encode(self, frame: Frame) -> Packet:
+        enc = self.encoder
+        if enc is None or (enc.width, enc.height) != (frame.width, frame.height):
+            if enc is not None:
+                enc.close()
+            enc = self._factory(
+                self.codec, frame.width, frame.height, self.fps, self.bitrate_kbps, self._fallbacks
+            )
+            self.encoder, self.backend = enc, enc.backend
+            log.info(
+                "encoding %s at %dx%d with %s", self.codec, frame.width, frame.height, enc.backend
+            )
+            self._want_key = True
+        key, self._want_key = self._want_key, False
+        return enc.encode(frame, keyframe=key)
+
+    def _fail(self, reason: str) -> None:
+        """An encoder broke: try the next backend of the codec, else give up the stream."""
+        log.warning("%s encoder failed: %s", self.codec, reason)
+        if self.encoder is not None:
+            self.encoder.close()
+        self.encoder = None
+        self._fallbacks += 1
+        try:
+            probe_frame = self._last_frame
+            if probe_frame is not None:
+                self._encode(probe_frame)
+                return
+        except EncoderError:
+            pass
+        self._closed = True
+        if self._on_failure is not None:
+            self.loop.call_soon_threadsafe(self._on_failure, self, reason)
+
+    def close(self) -> None:
+        self._closed = True
+        self.slot.close()
+        self._thread.join(timeout=2)
+        if self.encoder is not None:
+            self.encoder.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Broadcast:
+    """All streams of one display: the front ends' single entry point."""
+
+    def __init__(
+        self,
+        display: Display,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        fps: int = 60,
+        bitrate_kbps: int = 8000,
+        fifo: bool = False,
+        encoder_factory: EncoderFactory = create_encoder,
+    ) -> None:
+        self.display = display
+        self.loop = loop
+        self.fps = fps
+        self.bitrate_kbps = bitrate_kbps
+        self.fifo = fifo
+        self.streams: dict[str, Stream] = {}
+        self._factory = encoder_factory
+        self._where: dict[Viewer, Stream] = {}
+        self.failure_listeners: list[Callable[[str, str], None]] = []
+
+    def join(self, viewer: Viewer, codec: str) -> Stream:
+        stream = self.streams.get(codec)
+        if stream is None or stream.closed:
+            stream = Stream(
+                codec,
+                self.display,
+                self.loop,
+                fps=self.fps,
+                bitrate_kbps=self.bitrate_kbps,
+                fifo=self.fifo,
+                encoder_factory=self._factory,
+                on_failure=self._stream_failed,
+            )
+            self.streams[codec] = stream
+            self.display.add_sink(stream)
+        self.leave(viewer)
+        stream.add(viewer)
+        self._where[viewer] = stream
+        return stream
+
+    def leave(self, viewer: Viewer) -> None:
+        stream = self._where.pop(viewer, None)
+        if stream is not None:
+            stream.remove(viewer)
+
+    def viewer_ready(self, viewer: Viewer) -> None:
+        stream = self._where.get(viewer)
+        if stream is not None:
+            stream.viewer_ready(viewer)
+
+    def stream_of(self, viewer: Viewer) -> Stream | None:
+        return self._where.get(viewer)
+
+    def _stream_failed(self, stream: Stream, reason: str) -> None:
+        self.display.remove_sink(stream)
+        if self.streams.get(stream.codec) is stream:
+            del self.streams[stream.codec]
+        for listener in list(self.failure_listeners):
+            listener(stream.codec, reason)
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            self.display.remove_sink(stream)
+            stream.close()
+        self.streams.clear()

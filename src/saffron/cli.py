@@ -1,0 +1,297 @@
+"""``saffron serve | qemu | probe | bench``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .app import Options, Server, StartupError
+from .display import Display
+from .encoders.base import CODECS
+
+log = logging.getLogger("saffron")
+
+
+def _hostport() -> Callable[[str], tuple[str, int]]:
+    def parse(text: str) -> tuple[str, int]:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = "127.0.0.1", text
+        host = host.strip("[]") or "127.0.0.1"
+        try:
+            value = int(port)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
+        if not 0 <= value <= 65535:
+            raise argparse.ArgumentTypeError(f"port {value} is out of range")
+        return host, value
+
+    return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT") from None
+    if not (16 <= w <= 7680 and 16 <= h <= 4320) or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"size {text} must be even and within 16x16..7680x4320")
+    return w, h
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be above zero")
+    return value
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    hp = _hostport()
+    p.add_argument(
+        "--web",
+        type=hp,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="where the web page listens (default 127.0.0.1:8080)",
+    )
+    p.add_argument("--no-web", action="store_true", help="do not serve the web page")
+    p.add_argument(
+        "--spice",
+        type=hp,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve SPICE clients here (e.g. 127.0.0.1:5900)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=["auto", *CODECS],
+        default="auto",
+        help="the codec to prefer (default: the best that works here)",
+    )
+    p.add_argument(
+        "--bitrate",
+        type=_positive,
+        default=8000,
+        metavar="KBPS",
+        help="target video bitrate in kbit/s (default 8000)",
+    )
+    p.add_argument("--fps", type=_positive, default=60, help="frames per second (default 60)")
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=(1280, 720),
+        metavar="WxH",
+        help="picture size of the demo and pattern sources (default 1280x720)",
+    )
+    p.add_argument(
+        "--buffering",
+        choices=["newest", "fifo"],
+        default="newest",
+        help="newest-wins (default) or a plain queue, only for comparisons",
+    )
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help="the password viewers must give (or set SAFFRON_PASSWORD)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="allow serving beyond this machine without a password",
+    )
+    p.add_argument("--view-only", action="store_true", help="ignore viewers' keyboard and mouse")
+    p.add_argument(
+        "--exclusive",
+        action="store_true",
+        help="a new SPICE client disconnects the previous one, as spice-server does",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saffron", description="Remote display for 3D-accelerated virtual machines."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a producer to browsers and SPICE clients")
+    serve.add_argument("--source", choices=["demo", "pattern", "qemu"], default="demo")
+    serve.add_argument(
+        "--still",
+        action="store_true",
+        help="demo source: no motion of its own, only what input does",
+    )
+    serve.add_argument(
+        "--motion",
+        type=float,
+        default=0.25,
+        help="pattern source: share of the picture that moves (0-1)",
+    )
+    serve.add_argument("--dbus-address", help="qemu source: the D-Bus address of a running QEMU")
+    serve.add_argument("--console", type=int, default=0, help="qemu source: console number")
+    _add_serve_options(serve)
+
+    qemu = sub.add_parser(
+        "qemu",
+        help="start QEMU with its display served by Saffron",
+        usage="saffron qemu [options] -- qemu-system-x86_64 [qemu args]",
+    )
+    qemu.add_argument("--console", type=int, default=0, help="console number")
+    qemu.add_argument("qemu_argv", nargs=argparse.REMAINDER, help="the QEMU command line")
+    _add_serve_options(qemu)
+
+    probe = sub.add_parser("probe", help="list the encoders and whether they work here")
+    probe.add_argument("-v", "--verbose", action="count", default=0)
+
+    bench = sub.add_parser("bench", help="measure the frame path")
+    bench.add_argument("--json", type=Path, help="write the results here")
+    bench.add_argument("--codecs", help="comma-separated codecs (default: all software)")
+    bench.add_argument("--sizes", help="comma-separated WxH (default 1280x720,1920x1080)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="length of each run")
+    bench.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
+    bench.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose < 0 else (logging.INFO, logging.DEBUG)[min(verbose, 1)]
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.password_file is not None:
+        try:
+            path: Path = args.password_file
+            text = path.read_text().strip("\r\n")
+        except OSError as exc:
+            raise StartupError(f"cannot read the password file: {exc}") from None
+        if not text:
+            raise StartupError(f"the password file {args.password_file} is empty")
+        return text
+    return os.environ.get("SAFFRON_PASSWORD") or None
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(
+        source=getattr(args, "source", "qemu"),
+        web=None if args.no_web else args.web,
+        spice=args.spice,
+        codec=args.codec,
+        bitrate_kbps=args.bitrate,
+        fps=args.fps,
+        size=args.size,
+        motion=getattr(args, "motion", 0.25),
+        buffering=args.buffering,
+        password=_password(args),
+        no_auth=args.no_auth,
+        view_only=args.view_only,
+        exclusive=args.exclusive,
+    )
+
+
+def _producer(opts: Options, args: argparse.Namespace, display: Display) -> object:
+    w, h = opts.size
+    if opts.source == "demo":
+        from .sources.demo import DemoSource
+
+        return DemoSource(display, w, h, opts.fps, still=bool(getattr(args, "still", False)))
+    if opts.source == "pattern":
+        from .sources.pattern import PatternSource
+
+        return PatternSource(display, w, h, opts.fps, opts.motion)
+    raise StartupError(f"unknown source {opts.source}")
+
+
+def _announce(opts: Options) -> None:
+    if opts.web is not None:
+        host, port = opts.web
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"Saffron: open http://{shown}:{port}/ in a browser", flush=True)
+    if opts.spice is not None:
+        host, port = opts.spice
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"Saffron: or run  remote-viewer spice://{shown}:{port}", flush=True)
+
+
+async def _serve(opts: Options, display: Display, producer: object) -> int:
+    server = Server(opts, display, producer)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        _announce(opts)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await server.close()
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    opts = _options(args)
+    display = Display()
+    producer = _producer(opts, args, display)
+    return asyncio.run(_serve(opts, display, producer))
+
+
+def probe(args: argparse.Namespace) -> int:
+    from .encoders.registry import probe as run_probe
+
+    rows = [
+        (
+            r.backend.codec,
+            r.backend.name,
+            "hardware" if r.backend.hardware else "software",
+            "works" if r.works else f"no: {r.reason}",
+        )
+        for r in run_probe()
+    ]
+    widths = [
+        max(len(r[i]) for r in [("codec", "backend", "kind", "status"), *rows]) for i in range(3)
+    ]
+    header = ("codec", "backend", "kind", "status")
+    for row in [header, *rows]:
+        print("  ".join(v.ljust(widths[i]) if i < 3 else v[:100] for i, v in enumerate(row)))
+    return 0 if any(r.works for r in run_probe()) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "probe":
+            return probe(args)
+        if args.command == "bench":
+            from .bench import run_bench
+
+            return run_bench(args)
+        if args.command == "qemu":
+            from .qemu_cli import run_qemu
+
+            return run_qemu(args, _options(args))
+    except StartupError as exc:
+        print(f"saffron: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Video encoders through FFmpeg (PyAV): x264, libvpx VP8/VP9, SVT-AV1, hardware ones.
+
+Colour conversion BGRX -> YUV 4:2:0 is done once per frame by FFmpeg's scaler
+on a zero-copy view of the frame's pixels; both it and the encode release the
+GIL, so the producer and the network keep running meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import cast
+
+import av
+import numpy as np
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType, VideoFrame
+
+from ..display import Frame
+from .base import Encoder, EncoderError, Packet
+
+os.environ.setdefault("SVT_LOG", "0")  # SVT-AV1 prints a banner per encoder otherwise
+av.logging.set_level(av.logging.ERROR)
+
+
+@dataclass(frozen=True)
+class FFmpegProfile:
+    """How to open one FFmpeg encoder for low latency."""
+
+    codec: str
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+    hardware: bool = False
+    live_bitrate: bool = False
+    """Whether the encoder picks up a new bit_rate without reopening (x264 does)."""
+    pix_fmt: str = "yuv420p"
+
+
+PROFILES = [
+    FFmpegProfile(
+        "h264", "h264_nvenc", {"preset": "p1", "tune": "ull", "zerolatency": "1"}, hardware=True
+    ),
+    FFmpegProfile(
+        "h264", "h264_qsv", {"preset": "veryfast", "low_power": "1"}, True, pix_fmt="nv12"
+    ),
+    FFmpegProfile(
+        "h264",
+        "libx264",
+        {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"},
+        live_bitrate=True,
+    ),
+    FFmpegProfile(
+        "vp9",
+        "libvpx-vp9",
+        {
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "row-mt": "1",
+            "lag-in-frames": "0",
+            "error-resilient": "1",
+        },
+    ),
+    FFmpegProfile(
+        "vp8",
+        "libvpx",
+        {
+            "deadline": "realtime",
+            "cpu-used": "16",
+            "lag-in-frames": "0",
+            "auto-alt-ref": "0",
+            "error-resilient": "1",
+        },
+    ),
+    FFmpegProfile("av1", "av1_nvenc", {"preset": "p1", "tune": "ull"}, True),
+    FFmpegProfile("av1", "libsvtav1", {"preset": "12", "svtav1-params": "rtc=1:rc=2"}),
+]
+
+
+class FFmpegEncoder(Encoder):
+    """One FFmpeg encoder context at one size."""
+
+    def __init__(
+        self, profile: FFmpegProfile, width: int, height: int, fps: int, bitrate_kbps: int
+    ) -> None:
+        super().__init__(width, height, fps, bitrate_kbps)
+        self.profile = profile
+        self.codec = profile.codec
+        self.backend = profile.name
+        self.hardware = profile.hardware
+        self._pts = 0
+        self._reopen = False
+        self._ctx = self._open()
+
+    def _open(self) -> VideoCodecContext:
+        try:
+            ctx = cast(VideoCodecContext, av.CodecContext.create(self.profile.name, "w"))
+            ctx.width = self.width
+            ctx.height = self.height
+            ctx.pix_fmt = self.profile.pix_fmt
+            ctx.time_base = Fraction(1, 1000)
+            ctx.framerate = Fraction(self.fps)
+            ctx.bit_rate = self.bitrate_kbps * 1000
+            ctx.gop_size = max(self.fps * 10, 1)
+            ctx.max_b_frames = 0
+            ctx.thread_count = 2
+            ctx.options = dict(self.profile.options)
+            ctx.open()
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            raise EncoderError(f"{self.profile.name} does not open here: {exc}") from exc
+        return ctx
+
+    def set_bitrate(self, kbps: int) -> None:
+        if kbps == self.bitrate_kbps:
+            return
+        super().set_bitrate(kbps)
+        if self.profile.live_bitrate:
+            self._ctx.bit_rate = kbps * 1000
+        else:
+            self._reopen = True
+
+    def encode(self, frame: Frame, keyframe: bool = False) -> Packet:
+        t0 = time.perf_counter()
+        if self._reopen:
+            self._reopen = False
+            self._ctx = self._open()
+            keyframe = True
+        pixels = frame.pixels
+        if not pixels.flags.c_contiguous:
+            pixels = np.ascontiguousarray(pixels)
+        src = VideoFrame.from_numpy_buffer(pixels, format="bgra")
+        yuv = src.reformat(format=self.profile.pix_fmt)
+        yuv.pts = self._pts
+        self._pts += max(1000 // self.fps, 1)
+        if keyframe:
+            yuv.pict_type = PictureType.I
+        try:
+            packets = self._ctx.encode(yuv)
+        except av.FFmpegError as exc:
+            raise EncoderError(f"{self.backend} failed on a frame: {exc}") from exc
+        if not packets:
+            raise EncoderError(f"{self.backend} returned no packet: it is buffering frames")
+        data = b"".join(bytes(p) for p in packets)
+        return Packet(
+            self.codec,
+            data,
+            any(p.is_keyframe for p in packets),
+            self.width,
+            self.height,
+            frame.seq,
+            frame.capture_us,
+            (time.perf_counter() - t0) * 1000,
+        )
+
+    def close(self) -> None:
+        self._reopen = True  # a later encode would need a fresh context

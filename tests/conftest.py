@@ -1,0 +1,105 @@
+"""Shared test helpers: free ports, a Saffron subprocess, Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / ".cache" / "test-artifacts"
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SaffronProcess:
+    def __init__(self, proc: subprocess.Popen[str], web_port: int, log: Path) -> None:
+        self.proc = proc
+        self.web_port = web_port
+        self.log = log
+        self.url = f"http://127.0.0.1:{web_port}/"
+
+    def metric(self, name: str) -> float:
+        """Sum of a metric's samples from /metrics."""
+        with urllib.request.urlopen(self.url + "metrics", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def run_saffron(
+    *args: str, ready: str = "open http", timeout: float = 60
+) -> Iterator[SaffronProcess]:
+    """``saffron serve`` as a subprocess; yields once it printed ``ready``."""
+    port = free_port()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / f"saffron-{port}.log"
+    cmd = [sys.executable, "-m", "saffron.cli", *args]
+    if "--web" not in args and "--no-web" not in args:
+        cmd += ["--web", f"127.0.0.1:{port}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while ready not in log.read_text():
+            if proc.poll() is not None:
+                raise AssertionError(f"saffron exited early:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"saffron did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield SaffronProcess(proc, port, log)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

@@ -1,0 +1,102 @@
+"""The whole path: `saffron serve` to Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import ARTIFACTS, run_saffron
+
+pytestmark = pytest.mark.e2e
+
+FPS = 30  # two cores carry Saffron and Chromium's software decoder at this rate
+
+
+def canvas_pixels(page: Any) -> np.ndarray:
+    """What the page's canvas shows, read back from the canvas itself."""
+    data = page.evaluate(
+        """() => {
+        const c = document.getElementById('screen');
+        const ctx = c.getContext('2d');
+        const d = ctx.getImageData(0, 0, c.width, c.height);
+        return {w: c.width, h: c.height, px: Array.from(d.data.filter((_, i) => i % 16 === 0))};
+    }"""
+    )
+    px = np.array(data["px"], np.uint8)
+    return px
+
+
+def wait_stats(page: Any, predicate: str, timeout: float = 30) -> dict[str, Any]:
+    page.wait_for_function(f"() => window.saffronStats && ({predicate})", timeout=timeout * 1000)
+    return dict(page.evaluate("window.saffronStats"))
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8", "mjpeg"])
+def test_browser_shows_the_demo(browser: Any, codec: str) -> None:
+    with run_saffron("serve", "--fps", str(FPS)) as saffron:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        try:
+            page.goto(saffron.url + f"?codec={codec}")
+            stats = wait_stats(page, "window.saffronStats.framesDecoded > 10")
+            assert stats["codec"] == codec
+            assert (stats["width"], stats["height"]) == (1280, 720)
+            # Frames decoded against frames the producer made, over the same span.
+            made0, shown0 = saffron.metric("saffron_producer_frames_total"), stats["framesDecoded"]
+            page.wait_for_timeout(4000)
+            made1 = saffron.metric("saffron_producer_frames_total")
+            shown1 = page.evaluate("window.saffronStats.framesDecoded")
+            ratio = (shown1 - shown0) / max(made1 - made0, 1)
+            assert ratio > 0.7, f"the page showed {ratio:.0%} of the producer's frames"
+
+            px = canvas_pixels(page)
+            assert px.std() > 10, "the canvas is blank or one colour"
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"browser-{codec}.png"))
+            stats = page.evaluate("window.saffronStats")
+            assert stats["bitrateKbps"] > 0 and stats["latencyMs"] > 0
+            assert page.locator("#s-codec").inner_text() == codec
+        finally:
+            page.close()
+
+
+def wait_for_change(page: Any, before: np.ndarray, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+        if np.abs(canvas_pixels(page).astype(int) - before.astype(int)).mean() > 2:
+            return True
+    return False
+
+
+def test_mouse_drag_turns_the_scene_and_a_key_recolours_it(browser: Any) -> None:
+    """With --still the demo moves only when input moves it, so any change is the input's."""
+    with run_saffron("serve", "--still", "--fps", str(FPS)) as saffron:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        try:
+            page.goto(saffron.url + "?codec=h264")
+            wait_stats(page, "window.saffronStats.framesDecoded >= 1")
+            page.wait_for_timeout(500)
+            still = canvas_pixels(page)
+            page.wait_for_timeout(500)
+            assert np.array_equal(still, canvas_pixels(page)), "the still demo should not move"
+
+            box = page.locator("#screen").bounding_box()
+            assert box is not None
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            for i in range(1, 21):
+                page.mouse.move(cx + i * 15, cy + i * 4)
+            page.mouse.up()
+            assert wait_for_change(page, still), "dragging did not turn the scene"
+            page.screenshot(path=str(ARTIFACTS / "browser-dragged.png"))
+
+            turned = canvas_pixels(page)
+            page.keyboard.press("KeyC")
+            assert wait_for_change(page, turned), "a key press did not change the colour"
+            assert "web viewer 127.0.0.1 watches h264" in saffron.output()
+        finally:
+            page.close()
