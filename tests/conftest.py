@@ -95,8 +95,10 @@ def run_saffron(
                 proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one test module. Not for the whole session: Playwright's sync
+    API keeps an event loop running while open, which asyncio tests cannot share."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

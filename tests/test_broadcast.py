@@ -49,6 +49,9 @@ class FakeViewer:
     def send_packet(self, packet: Packet) -> None:
         self.got.append(packet)
 
+    def rate_kbps(self) -> float | None:
+        return None
+
 
 async def settle(broadcast: Broadcast, n: int = 50) -> None:
     for _ in range(n):

@@ -24,6 +24,7 @@ from typing import Protocol
 from .display import Display, Frame, Rect
 from .encoders.base import Encoder, EncoderError, Packet
 from .encoders.registry import create_encoder
+from .ratecontrol import INTERVAL, choose_bitrate, significant
 from .slot import FifoSlot, FrameSlot
 
 log = logging.getLogger("saffron.broadcast")
@@ -31,6 +32,9 @@ log = logging.getLogger("saffron.broadcast")
 PIPELINE_DEPTH = 2
 """Frames between admission and publication: one pending, one being encoded.
 A viewer that was writable when they were admitted still gets them."""
+
+BITRATE_CHANGE_INTERVAL = 1.0
+"""Seconds between bitrate changes: each reopens the encoder with a keyframe."""
 
 KEYFRAME_MIN_INTERVAL = 0.5
 """Seconds between keyframes asked for by lagging viewers: a keyframe costs
@@ -53,6 +57,10 @@ class Viewer(Protocol):
 
     def send_packet(self, packet: Packet) -> None:
         """Queue a packet for sending; never blocks. Called on the event loop."""
+        ...
+
+    def rate_kbps(self) -> float | None:
+        """The bitrate this viewer's link sustains, if it knows (see ratecontrol)."""
         ...
 
 
@@ -89,7 +97,9 @@ class Stream:
         self.display = display
         self.loop = loop
         self.fps = fps
+        self.max_kbps = bitrate_kbps
         self.bitrate_kbps = bitrate_kbps
+        self._last_rate_change = 0.0
         self.slot: FrameSlot = FifoSlot() if fifo else FrameSlot()
         self.seats: dict[Viewer, Seat] = {}
         self._viewers: tuple[Viewer, ...] = ()  # a snapshot the producer's thread can read
@@ -109,6 +119,7 @@ class Stream:
         self.encode_ms_total = 0.0
         self._thread = threading.Thread(target=self._run, name=f"encode-{codec}", daemon=True)
         self._thread.start()
+        self._adapt_handle = loop.call_later(INTERVAL, self._adapt)
 
     # -- FrameSink (producer side, any thread) ---------------------------------
 
@@ -165,6 +176,22 @@ class Stream:
         encoder = self.encoder
         if encoder is not None:
             encoder.set_bitrate(kbps)
+
+    def _adapt(self) -> None:
+        """Follow the viewers' links (see ratecontrol), a change at most every second."""
+        if self._closed:
+            return
+        self._adapt_handle = self.loop.call_later(INTERVAL, self._adapt)
+        rates = [r for v in self._viewers if (r := v.rate_kbps()) is not None]
+        target = choose_bitrate(rates, self.max_kbps)
+        now = time.monotonic()
+        if (
+            significant(self.bitrate_kbps, target)
+            and now - self._last_rate_change >= BITRATE_CHANGE_INTERVAL
+        ):
+            log.debug("%s bitrate %d -> %d kbit/s", self.codec, self.bitrate_kbps, target)
+            self._last_rate_change = now
+            self.set_bitrate(target)
 
     def _publish(self, packet: Packet, index: int) -> None:
         for seat in list(self.seats.values()):
@@ -240,6 +267,7 @@ class Stream:
 
     def close(self) -> None:
         self._closed = True
+        self._adapt_handle.cancel()
         self.slot.close()
         self._thread.join(timeout=2)
         if self.encoder is not None:

@@ -33,8 +33,6 @@ class FFmpegProfile:
     name: str
     options: dict[str, str] = field(default_factory=dict)
     hardware: bool = False
-    live_bitrate: bool = False
-    """Whether the encoder picks up a new bit_rate without reopening (x264 does)."""
     pix_fmt: str = "yuv420p"
 
 
@@ -49,7 +47,6 @@ PROFILES = [
         "h264",
         "libx264",
         {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"},
-        live_bitrate=True,
     ),
     FFmpegProfile(
         "vp9",
@@ -78,8 +75,20 @@ PROFILES = [
 ]
 
 
+VBV_SECONDS = 0.25
+"""Rate-control buffer, in seconds of the target bitrate: no frame, keyframes
+included, may take more than this much link time, which bounds the latency a
+single large frame adds on a link that runs at the target."""
+
+
 class FFmpegEncoder(Encoder):
-    """One FFmpeg encoder context at one size."""
+    """One FFmpeg encoder context at one size.
+
+    A new bitrate reopens the context (with a keyframe): x264's live reconfig
+    keeps the old VBV ceiling and libvpx and SVT-AV1 ignore a changed target,
+    so reopening is the one way that works for all of them. Callers limit how
+    often they change it.
+    """
 
     def __init__(
         self, profile: FFmpegProfile, width: int, height: int, fps: int, bitrate_kbps: int
@@ -105,7 +114,12 @@ class FFmpegEncoder(Encoder):
             ctx.gop_size = max(self.fps * 10, 1)
             ctx.max_b_frames = 0
             ctx.thread_count = 2
-            ctx.options = dict(self.profile.options)
+            bits = self.bitrate_kbps * 1000
+            ctx.options = {
+                **self.profile.options,
+                "maxrate": str(bits),
+                "bufsize": str(int(bits * VBV_SECONDS)),
+            }
             ctx.open()
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise EncoderError(f"{self.profile.name} does not open here: {exc}") from exc
@@ -115,10 +129,7 @@ class FFmpegEncoder(Encoder):
         if kbps == self.bitrate_kbps:
             return
         super().set_bitrate(kbps)
-        if self.profile.live_bitrate:
-            self._ctx.bit_rate = kbps * 1000
-        else:
-            self._reopen = True
+        self._reopen = True
 
     def encode(self, frame: Frame, keyframe: bool = False) -> Packet:
         t0 = time.perf_counter()

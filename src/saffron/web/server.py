@@ -23,6 +23,7 @@ from ..broadcast import Broadcast, Stream
 from ..display import Button, Cursor, Display
 from ..encoders.base import Packet
 from ..keys import scancode_for
+from ..ratecontrol import RateEstimator
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")
@@ -54,7 +55,9 @@ class WebViewer:
         self._next = 0
         self._acked = -1
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._sent: dict[int, int] = {}  # frame number -> capture time, until acked
+        self._sent: dict[int, tuple[int, float, int]] = {}
+        """Frame number -> (capture time, send time, size), until acknowledged."""
+        self.rate = RateEstimator(server.broadcast.bitrate_kbps)
         self.latency_ms = 0.0
         self.frames_acked = 0
         self.page_stats: dict[str, Any] = {}
@@ -72,10 +75,13 @@ class WebViewer:
         transport = self.transport
         return transport is None or transport.get_write_buffer_size() < WINDOW_BYTES
 
+    def rate_kbps(self) -> float | None:
+        return self.rate.target_kbps
+
     def send_packet(self, packet: Packet) -> None:
         n = self._next
         self._next += 1
-        self._sent[n] = packet.capture_us
+        self._sent[n] = (packet.capture_us, time.monotonic(), len(packet.data))
         self._queue.put_nowait(pack_video(packet, n))
 
     # -- the connection -------------------------------------------------------
@@ -175,9 +181,14 @@ class WebViewer:
         if not self._acked < frame < self._next:
             return  # a stale ack from before a codec switch
         was_full = not self.writable()
+        now = time.monotonic()
         for n in range(self._acked + 1, frame + 1):
-            capture = self._sent.pop(n, None)
-            if n == frame and capture is not None:
+            sent = self._sent.pop(n, None)
+            if sent is None:
+                continue
+            capture, sent_at, size = sent
+            self.rate.on_ack((now - sent_at) * 1000, size)
+            if n == frame:
                 self.latency_ms = (time.time_ns() // 1000 - capture) / 1000
         self.frames_acked += frame - self._acked
         self._acked = frame

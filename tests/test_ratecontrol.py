@@ -1,0 +1,102 @@
+"""Rate control against a simulated link: settles near the link rate, backs off, recovers."""
+
+from __future__ import annotations
+
+from saffron.ratecontrol import (
+    BACKOFF,
+    INTERVAL,
+    MIN_KBPS,
+    RateEstimator,
+    choose_bitrate,
+    significant,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+WINDOW = 5  # frames in flight, as the web viewer's window plus the pipeline allows
+
+
+def simulate(
+    est: RateEstimator,
+    clock: Clock,
+    link_kbps: float,
+    seconds: float,
+    fps: int = 60,
+    base_ms: float = 5.0,
+) -> list[float]:
+    """A link with a queue: frames of the current target's size, acked when they get through.
+
+    As in the server, a frame is only sent while fewer than WINDOW are unacknowledged.
+    """
+    targets = []
+    free_at = clock.t  # when the link has sent everything queued so far
+    acks: list[tuple[float, float, int]] = []  # (ack time, rtt ms, size)
+    start = clock.t
+    for i in range(int(seconds * fps)):
+        clock.t = start + (i + 1) / fps
+        while acks and acks[0][0] <= clock.t:
+            _, rtt, size = acks.pop(0)
+            est.on_ack(rtt, size)
+        targets.append(est.target_kbps)
+        if len(acks) >= WINDOW:
+            continue
+        size = int(est.target_kbps * 1000 / 8 / fps)
+        free_at = max(free_at, clock.t) + size * 8 / (link_kbps * 1000)
+        done = free_at + base_ms / 1000
+        acks.append((done, (done - clock.t) * 1000, size))
+    return targets
+
+
+def test_settles_near_the_link_rate_within_five_seconds() -> None:
+    clock = Clock()
+    est = RateEstimator(20000, clock)
+    targets = simulate(est, clock, 4000, 20)
+    settled = targets[5 * 60 :]
+    assert max(settled) < 4000 * 1.2, "it must not keep sending more than the link carries"
+    assert sum(settled) / len(settled) > 4000 * 0.7, "it must use most of the link"
+    swing = (max(settled) - min(settled)) / (sum(settled) / len(settled))
+    assert swing < 0.45  # within about +-20% of its mean
+
+
+def test_follows_the_link_down_and_back_up() -> None:
+    clock = Clock()
+    est = RateEstimator(10000, clock)
+    simulate(est, clock, 8000, 10)
+    after_drop = simulate(est, clock, 2000, 10)
+    assert after_drop[-1] < 2000 * 1.2
+    after_rise = simulate(est, clock, 8000, 15)
+    assert after_rise[-1] > 8000 * 0.7
+
+
+def test_clear_link_climbs_to_the_maximum_and_stays() -> None:
+    clock = Clock()
+    est = RateEstimator(3000, clock)
+    est.target_kbps = MIN_KBPS
+    targets = simulate(est, clock, 100000, 30)
+    assert targets[-1] == 3000
+
+
+def test_a_link_that_carries_almost_nothing_gets_the_floor() -> None:
+    clock = Clock()
+    est = RateEstimator(5000, clock)
+    rtt = 1.0
+    for _ in range(40):
+        clock.t += INTERVAL
+        rtt *= 1.5  # a queue that only grows
+        est.on_ack(rtt, 10)
+    assert est.target_kbps == MIN_KBPS
+    assert BACKOFF < 1
+
+
+def test_stream_bitrate_choice() -> None:
+    assert choose_bitrate([], 8000) == 8000
+    assert choose_bitrate([1000.0, 3000.0], 8000) == 3000
+    assert choose_bitrate([90000.0], 8000) == 8000
+    assert significant(1000, 1200) and not significant(1000, 1100)
