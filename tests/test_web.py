@@ -217,3 +217,50 @@ def test_key_codes() -> None:
     assert scancode_for("Escape") == 0x01
     assert scancode_for("ArrowUp") == 0xE048
     assert scancode_for("NoSuchKey") is None
+
+
+async def test_a_broken_encoder_moves_the_page_to_the_next_codec() -> None:
+    """x264 raising on every frame must not leave the page without a picture."""
+    from saffron.encoders.base import Encoder, EncoderError
+    from saffron.encoders.registry import create_encoder
+
+    class Broken(Encoder):
+        codec, backend = "h264", "broken"
+
+        def encode(self, frame: Any, keyframe: bool = False) -> Any:
+            raise EncoderError("simulated failure")
+
+    def factory(codec: str, w: int, h: int, fps: int, kbps: int, skip: int) -> Encoder:
+        if codec == "h264":
+            return Broken(w, h, fps, kbps)
+        return create_encoder(codec, w, h, fps, kbps, skip)
+
+    display = Display()
+    display.scanout(W, H)
+    broadcast = Broadcast(display, asyncio.get_running_loop(), encoder_factory=factory)
+    server = WebServer(display, broadcast, codecs=["h264", "mjpeg"], default_codec="h264")
+    ts = TestServer(server.app, host="127.0.0.1")
+    await ts.start_server()
+    env = Env(display, server, str(ts.make_url("/")))
+    try:
+        async with ClientSession() as s:
+            ws = await start(s, env)
+            env.present(1)
+            switch = None
+            while switch is None:
+                msg = await asyncio.wait_for(ws.receive(), 10)
+                if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == "switch":
+                    switch = json.loads(msg.data)
+            assert switch["codecs"] == ["mjpeg"] and "simulated failure" in switch["reason"]
+            await ws.send_str(json.dumps({"type": "start", "codec": "mjpeg"}))
+            for _ in range(100):
+                if display.wants_frame:
+                    break
+                await asyncio.sleep(0.01)
+            env.present(2)
+            header, data = await next_video(ws)
+            assert header.codec == "mjpeg" and data[:2] == b"\xff\xd8"
+            await ws.close()
+    finally:
+        await ts.close()
+        broadcast.close()

@@ -417,9 +417,17 @@ class WebServer:
         self._to_all({"type": "status", "text": "waiting for the VM"})
 
     def _stream_failed(self, codec: str, reason: str) -> None:
+        """A codec's every encoder broke: its pages move to the next codec and keep watching."""
+        if codec in self.codecs:
+            self.codecs = [c for c in self.codecs if c != codec]
         for viewer in list(self.viewers):
-            if viewer.codec == codec:
-                viewer.notify({"type": "error", "text": f"the {codec} encoder failed: {reason}"})
+            if viewer.codec != codec:
+                continue
+            if self.codecs:
+                log.warning("moving %s from %s to %s", viewer.label, codec, self.codecs[0])
+                viewer.notify({"type": "switch", "codecs": self.codecs, "reason": reason})
+            else:
+                viewer.notify({"type": "error", "text": f"no encoder works any more: {reason}"})
 
 
 def _static_text(name: str) -> str:

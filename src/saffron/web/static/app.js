@@ -48,7 +48,8 @@ async function supported(codec) {
 }
 
 async function chooseCodec(hello) {
-  const wanted = params.get("codec") || hello.default;
+  const asked = params.get("codec");
+  const wanted = asked && hello.codecs.includes(asked) ? asked : hello.default;
   const order = [wanted, ...hello.codecs.filter((c) => c !== wanted)];
   for (const codec of order) {
     if (hello.codecs.includes(codec) && await supported(codec)) return codec;
@@ -217,6 +218,14 @@ async function onText(text) {
     case "resize": break;  // frames carry their size; the decoder follows
     case "cursor": setCursor(msg); break;
     case "error": setStatus(msg.text); break;
+    case "switch": {  // the server's encoder for our codec failed: take the next one we can decode
+      const codec = await chooseCodec({ codecs: msg.codecs, default: msg.codecs[0] });
+      if (!codec) { setStatus("This browser cannot decode any codec the server still offers."); return; }
+      stats.codec = codec;
+      decoderKey = "";
+      send({ type: "start", codec });
+      break;
+    }
     default: console.warn("unknown message", msg.type);
   }
 }
