@@ -211,10 +211,19 @@ def _producer(opts: Options, args: argparse.Namespace, display: Display) -> obje
         from .sources.pattern import PatternSource
 
         return PatternSource(display, w, h, opts.fps, opts.motion)
+    if opts.source == "qemu":
+        if not args.dbus_address:
+            raise StartupError("--source qemu needs --dbus-address (the bus QEMU's display is on)")
+        from .sources.qemu import QemuSource
+
+        # Attached to a QEMU someone else runs: outlive it, and show it again when it is back.
+        return QemuSource(
+            display, dbus_address=args.dbus_address, console=args.console, reattach=True
+        )
     raise StartupError(f"unknown source {opts.source}")
 
 
-def _announce(opts: Options) -> None:
+def announce(opts: Options) -> None:
     if opts.web is not None:
         host, port = opts.web
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -233,7 +242,7 @@ async def _serve(opts: Options, display: Display, producer: object) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        _announce(opts)
+        announce(opts)
         await stop.wait()
         log.info("stopping")
     finally:

@@ -1,0 +1,282 @@
+"""Build the test guest: a Debian kernel and a busybox initramfs, made at test time.
+
+Nothing binary is committed. The first run downloads two Debian packages with
+``apt-get download`` (the versioned ``linux-image-*`` package that
+``linux-image-amd64`` depends on, and ``busybox-static``), takes out the few
+files it needs (the kernel, the ``evdev`` module, the static busybox) and packs
+an initramfs (cpio "newc", gzip) written by this script. Later runs reuse the
+cache (``.cache/guest/`` at the top of the repository, which git ignores).
+
+The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
+32 bpp VESA framebuffer; with QEMU's VGA BIOS ``vga=0x318`` gives 24 bpp):
+
+* moves a band of fresh random pixels down the top of ``/dev/fb0`` (and back
+  to the top), so that frames keep changing;
+* reads the keyboard's ``/dev/input/event*`` and, for every key pressed, fills
+  the key strip (32 full-width rows starting at row ``KEY_ROW``) with the pixel
+  B=evdev code & 0xff, G=0x5A, R=0xA5 (a viewer sees a key arrive as a colour
+  that names it: Up, evdev 103, is B=0x67) and writes ``key CODE`` on the
+  console line below it and on the serial port;
+* prints ``saffron-guest: ready`` on the serial port once it waits for keys.
+
+Run it as a script to build (or find) the guest and print the two paths.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE = REPO / ".cache" / "guest"
+
+WIDTH, HEIGHT = 1024, 768
+KEY_ROW = 608
+"""First framebuffer row of the key strip (32 rows, full width)."""
+KEY_ROWS = 32
+KEY_MARK = (0x5A, 0xA5)
+"""G and R of a key-strip pixel; B is the evdev key code."""
+BAND_ROWS_MAX = 544
+"""The moving band stays above this row."""
+
+KERNEL_CMDLINE = (
+    "console=ttyS0 quiet vga=0x344 logo.nologo vt.global_cursor_default=0 "
+    "consoleblank=0 rdinit=/init"
+)
+
+INIT_SCRIPT = r"""#!/bin/sh
+# Saffron's test guest: a moving band in /dev/fb0, and every key shown as a colour.
+/bin/busybox --install -s
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+log() { echo "saffron-guest: $*" > /dev/console; }
+insmod /lib/evdev.ko || log "evdev failed"
+fb=/dev/fb0
+i=0
+while [ ! -e $fb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
+size=$(cat /sys/class/graphics/fb0/virtual_size)
+W=${size%,*}; H=${size#*,}
+S=$(cat /sys/class/graphics/fb0/stride)
+BPP=$(cat /sys/class/graphics/fb0/bits_per_pixel)
+log "framebuffer ${W}x${H} stride $S bpp $BPP"
+dd if=/dev/zero of=$fb bs=$S count=$H conv=notrunc 2>/dev/null
+
+band() {  # 32 rows of fresh noise, 16 rows further down each time; the trail is cleared
+    row=0; prev=-1
+    while :; do
+        dd if=/dev/urandom of=$fb bs=$S count=32 seek=$row conv=notrunc 2>/dev/null
+        if [ $prev -ge 0 ]; then
+            n=32; [ $row -gt $prev ] && n=$((row - prev))
+            dd if=/dev/zero of=$fb bs=$S count=$n seek=$prev conv=notrunc 2>/dev/null
+        fi
+        prev=$row
+        row=$(( (row + 16) % @BANDMAX@ ))
+    done
+}
+band &
+renice -n 10 -p $! >/dev/null 2>&1
+
+kbd=
+for d in /sys/class/input/event*; do
+    case "$(cat $d/device/name)" in *eyboard*) kbd=/dev/input/${d##*/} ;; esac
+done
+log "keyboard $kbd"
+exec 3<$kbd  # one open file for good: evdev drops what a closed reader had queued
+log ready
+while :; do
+    set -- $(dd bs=24 count=1 <&3 2>/dev/null | od -An -tu2 -v)
+    [ "$9" = 1 ] && [ "${11}" = 1 ] || continue
+    code=${10}
+    log "key $code"
+    px=$(printf "\\$(printf %03o $((code & 255)))\\132\\245")
+    yes "$px" | head -c $((S * @KEYROWS@)) | dd of=$fb bs=$S seek=@KEYROW@ conv=notrunc 2>/dev/null
+    printf '\033[46;1Hkey %-6d' $code > /dev/tty1
+done
+"""
+
+
+@dataclass(frozen=True)
+class Guest:
+    kernel: Path
+    initramfs: Path
+    cmdline: str = KERNEL_CMDLINE
+
+    def qemu_args(self, serial_log: Path | None = None) -> list[str]:
+        """QEMU options that boot this guest (add machine, memory, display yourself)."""
+        args = ["-kernel", str(self.kernel), "-initrd", str(self.initramfs)]
+        args += ["-append", self.cmdline]
+        args += ["-serial", f"file:{serial_log}" if serial_log else "null"]
+        return args
+
+
+def _init_text() -> str:
+    return (
+        INIT_SCRIPT.replace("@BANDMAX@", str(BAND_ROWS_MAX - 32))
+        .replace("@KEYROWS@", str(KEY_ROWS))
+        .replace("@KEYROW@", str(KEY_ROW))
+    )
+
+
+def _run(argv: list[str], cwd: Path) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _kernel_package() -> str:
+    """The versioned linux-image package the linux-image-amd64 metapackage points at."""
+    out = subprocess.run(
+        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends:") and "linux-image-" in line:
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError("apt-cache knows no linux-image-amd64 (run apt-get update)")
+
+
+def _download(package: str, where: Path) -> Path:
+    argv = ["apt-get", "download", "-o", "APT::Sandbox::User=root", package]
+    try:
+        _run(argv, where)
+    except RuntimeError:
+        if os.geteuid() != 0:
+            raise
+        _run(["apt-get", "update"], where)  # lists missing or stale on a fresh machine
+        _run(argv, where)
+    debs = sorted(where.glob(f"{package}_*.deb"))
+    if not debs:
+        raise RuntimeError(f"apt-get download {package} left no .deb")
+    return debs[-1]
+
+
+def _extract(deb: Path, wanted: dict[str, Path]) -> None:
+    """Copy the members named by suffix in ``wanted`` out of a .deb's data (streamed)."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    found: set[str] = set()
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            for suffix, dest in wanted.items():
+                if member.name.endswith(suffix) and suffix not in found:
+                    src = tar.extractfile(member)
+                    assert src is not None
+                    dest.write_bytes(src.read())
+                    found.add(suffix)
+    proc.stdout.close()
+    proc.wait()
+    missing = set(wanted) - found
+    if missing:
+        raise RuntimeError(f"{deb.name} has no {', '.join(sorted(missing))}")
+
+
+def _fetch_parts(parts: Path) -> None:
+    parts.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parts) as tmp:
+        where = Path(tmp)
+        kpkg = _kernel_package()
+        version = kpkg.removeprefix("linux-image-")
+        kdeb = _download(kpkg, where)
+        _extract(
+            kdeb,
+            {
+                f"/boot/vmlinuz-{version}": where / "vmlinuz",
+                "/kernel/drivers/input/evdev.ko": where / "evdev.ko",
+            },
+        )
+        bdeb = _download("busybox-static", where)
+        _extract(bdeb, {"./bin/busybox": where / "busybox"})
+        for name in ("vmlinuz", "evdev.ko", "busybox"):
+            os.replace(where / name, parts / name)
+        (parts / "kernel-package").write_text(kpkg + "\n")
+
+
+class _Cpio:
+    """A writer of cpio "newc" archives, the format the kernel unpacks."""
+
+    def __init__(self) -> None:
+        self.out = io.BytesIO()
+        self.ino = 1
+
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
+    ) -> None:
+        namez = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0]
+        self.ino += 1
+        self.out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
+        self.out.write(namez)
+        self.out.write(b"\0" * (-(110 + len(namez)) % 4))
+        self.out.write(data)
+        self.out.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._entry(name, 0o100000 | perm, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        data = self.out.getvalue()
+        return data + b"\0" * (-len(data) % 512)
+
+
+def _pack(parts: Path, init: str) -> bytes:
+    cpio = _Cpio()
+    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "lib"):
+        cpio.dir(d)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.file("bin/busybox", (parts / "busybox").read_bytes(), 0o755)
+    cpio.symlink("bin/sh", "busybox")
+    cpio.file("lib/evdev.ko", (parts / "evdev.ko").read_bytes())
+    cpio.file("init", init.encode(), 0o755)
+    return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+def build_guest(cache: Path | None = None) -> Guest:
+    """The guest's kernel and initramfs, built on first use and cached."""
+    cache = cache or DEFAULT_CACHE
+    parts = cache / "parts"
+    if not all((parts / n).exists() for n in ("vmlinuz", "evdev.ko", "busybox")):
+        _fetch_parts(parts)
+    init = _init_text()
+    digest = hashlib.sha256(init.encode() + (parts / "evdev.ko").read_bytes()).hexdigest()[:12]
+    initramfs = cache / f"initramfs-{digest}.cpio.gz"
+    if not initramfs.exists():
+        for old in cache.glob("initramfs-*.cpio.gz"):
+            old.unlink()
+        tmp = initramfs.with_suffix(".tmp")
+        tmp.write_bytes(_pack(parts, init))
+        os.replace(tmp, initramfs)
+    return Guest(kernel=parts / "vmlinuz", initramfs=initramfs)
+
+
+def missing_tools() -> list[str]:
+    """Host programs the build needs that are not installed."""
+    return [t for t in ("apt-get", "apt-cache", "dpkg-deb") if shutil.which(t) is None]
+
+
+if __name__ == "__main__":
+    guest = build_guest(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+    print(guest.kernel)
+    print(guest.initramfs)
