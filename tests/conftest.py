@@ -67,7 +67,7 @@ def run_saffron(
     log = ARTIFACTS / f"saffron-{port}.log"
     cmd = [sys.executable, "-m", "saffron.cli", *args]
     if "--web" not in args and "--no-web" not in args:
-        cmd += ["--web", f"127.0.0.1:{port}"]
+        cmd[4:4] = ["--web", f"127.0.0.1:{port}"]  # after the subcommand, before any "--"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             cmd,

@@ -1,0 +1,165 @@
+"""A real VM in a real browser: `saffron qemu` and attach mode, with QEMU 7.2 and Chromium."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from saffron.sources.qemu import start_qemu
+from tests.conftest import ARTIFACTS, run_saffron
+from tests.guest import build_guest
+
+pytestmark = pytest.mark.e2e
+
+QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+
+
+def canvas(page: Any, rows: slice | None = None, step: int = 4) -> np.ndarray:
+    """The page's canvas (or some rows of it) as RGBA, every ``step``-th pixel each way."""
+    data = page.evaluate(
+        """([y0, y1, step]) => {
+        const c = document.getElementById('screen');
+        const h = Math.min(y1 < 0 ? c.height : y1, c.height) - y0;
+        const d = c.getContext('2d').getImageData(0, y0, c.width, h).data;
+        const out = [];
+        for (let y = 0; y < h; y += step)
+            for (let x = 0; x < c.width; x += step) {
+                const i = (y * c.width + x) * 4;
+                out.push(d[i], d[i + 1], d[i + 2], d[i + 3]);
+            }
+        return {w: Math.ceil(c.width / step), h: Math.ceil(h / step), px: out};
+    }""",
+        [rows.start or 0 if rows else 0, rows.stop if rows else -1, step],
+    )
+    return np.array(data["px"], np.uint8).reshape(data["h"], data["w"], 4)
+
+
+def stats(page: Any) -> dict[str, Any]:
+    return dict(page.evaluate("window.saffronStats"))
+
+
+def wait_for(test: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if test():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_seabios_text_in_the_browser_and_exit_status(browser: Any) -> None:
+    """No disk: SeaBIOS's text screen at its own size, the VM's name as the title;
+    QEMU killed -> Saffron exits with QEMU's status."""
+    with run_saffron(
+        "qemu", "--fps", "30", "--", *QEMU, "-m", "64", "-name", "e2e-bios", timeout=60
+    ) as saffron:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            page.goto(saffron.url + "?codec=mjpeg")
+            wait_for(
+                lambda: stats(page)["framesDecoded"] > 0 and stats(page)["width"] == 720,
+                60,
+                "the SeaBIOS text screen",
+            )
+            s = stats(page)
+            assert (s["width"], s["height"]) == (720, 400)
+            assert page.title().startswith("e2e-bios")
+            px = canvas(page)[..., :3].astype(int)
+            lit = (px.max(axis=2) > 128).mean()
+            assert 0.001 < lit < 0.5, f"expected light text on dark, {lit:.2%} lit"
+            page.screenshot(path=str(ARTIFACTS / "qemu-seabios-browser.png"))
+
+            qemu_pid = int(
+                subprocess.check_output(["pgrep", "-f", "-n", "e2e-bios"], text=True).split()[0]
+            )
+            os.kill(qemu_pid, signal.SIGKILL)
+            saffron.proc.wait(30)
+            assert saffron.proc.returncode == 128 + signal.SIGKILL
+            assert "QEMU exited with status 137" in saffron.output()
+            wait_for(
+                lambda: "Disconnected" in page.locator("#status").inner_text(),
+                10,
+                "the page to say the VM is gone",
+            )
+        finally:
+            page.close()
+
+
+def test_guest_moves_and_a_browser_key_reaches_it(browser: Any, tmp_path: Path) -> None:
+    guest = build_guest.build_guest()
+    serial = tmp_path / "serial.log"
+    with run_saffron(
+        "qemu", "--fps", "30", "--", *QEMU, "-m", "256", *guest.qemu_args(serial), timeout=60
+    ) as saffron:
+        wait_for(lambda: "saffron-guest: ready" in serial.read_text(), 90, "the guest to boot")
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(saffron.url + "?codec=mjpeg")
+            wait_for(lambda: stats(page)["width"] == build_guest.WIDTH, 30, "the guest's screen")
+            assert stats(page)["height"] == build_guest.HEIGHT
+            band = slice(0, build_guest.BAND_ROWS_MAX)
+            first = canvas(page, band).astype(int)
+            wait_for(
+                lambda: np.abs(canvas(page, band).astype(int) - first).mean() > 1,
+                20,
+                "the guest's band to move",
+            )
+
+            page.locator("#screen").focus()
+            page.keyboard.press("KeyA")  # evdev KEY_A is 30
+            row = build_guest.KEY_ROW + build_guest.KEY_ROWS // 2
+            g_mark, r_mark = build_guest.KEY_MARK
+
+            def key_shown() -> bool:
+                strip = canvas(page, slice(row, row + 1), step=8)[0, 12:112, :3]
+                r, g, b = strip.astype(int).mean(axis=0)
+                return abs(r - r_mark) < 16 and abs(g - g_mark) < 16 and abs(b - 30) < 16
+
+            wait_for(key_shown, 20, "the key strip for KEY_A in the browser")
+            assert "key 30" in serial.read_text()
+            page.screenshot(path=str(ARTIFACTS / "qemu-guest-browser.png"))
+        finally:
+            page.close()
+
+
+def test_attach_mode_survives_a_qemu_restart(browser: Any) -> None:
+    """`serve --source qemu` outlives the VM: "waiting for the VM", then the screen again."""
+    vm = start_qemu([*QEMU, "-m", "64", "-name", "first"])
+    try:
+        with run_saffron(
+            "serve", "--source", "qemu", "--dbus-address", vm.address, "--fps", "30"
+        ) as saffron:
+            page = browser.new_page()
+            try:
+                page.goto(saffron.url + "?codec=mjpeg")
+                wait_for(lambda: stats(page)["framesDecoded"] > 0, 60, "the first VM")
+                vm.process.kill()  # the bus stays; the VM goes
+                vm.process.wait(10)
+                wait_for(
+                    lambda: "waiting for the VM" in page.locator("#status").inner_text(),
+                    20,
+                    "the page to say it waits",
+                )
+                before = stats(page)["framesDecoded"]
+                vm2 = start_qemu([*QEMU, "-m", "64", "-name", "second"], dbus_address=vm.address)
+                try:
+                    wait_for(
+                        lambda: stats(page)["framesDecoded"] > before,
+                        60,
+                        "frames from the restarted VM on the same page",
+                    )
+                    assert page.locator("#status").inner_text() == ""
+                    assert saffron.proc.poll() is None
+                finally:
+                    vm2.stop()
+            finally:
+                page.close()
+    finally:
+        vm.stop()
