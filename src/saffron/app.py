@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
+from .tls import Certificate, self_signed
+from .web.auth import WebAuth
 from .web.server import Handler, WebServer
 
 log = logging.getLogger("saffron")
@@ -40,7 +43,11 @@ class Options:
     no_auth: bool = False
     view_only: bool = False
     exclusive: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    tls: str | None = None
+    """"auto" for a self-signed certificate kept in the config directory."""
+    cert: Path | None = None
+    key: Path | None = None
+    spice_tls: tuple[str, int] | None = None
 
 
 def web_codecs() -> list[str]:
@@ -86,11 +93,31 @@ class Server:
         self.broadcast: Broadcast | None = None
         self.web: WebServer | None = None
         self.spice: object | None = None
+        self.certificate: Certificate | None = None
+        self.auth = WebAuth(opts.password, secure=opts.tls is not None or opts.cert is not None)
+
+    def resolve_certificate(self) -> Certificate | None:
+        opts = self.opts
+        if opts.cert is not None or opts.key is not None:
+            if opts.cert is None or opts.key is None:
+                raise StartupError("--cert and --key go together")
+            for path in (opts.cert, opts.key):
+                if not path.is_file():
+                    raise StartupError(f"cannot read {path}")
+            return Certificate(opts.cert, opts.key)
+        if opts.tls == "auto":
+            return self_signed()
+        return None
 
     async def start(self) -> None:
         opts = self.opts
         loop = asyncio.get_running_loop()
         check_exposure(opts)
+        self.certificate = self.resolve_certificate()
+        try:
+            ssl_context = self.certificate.server_context() if self.certificate else None
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot use the certificate: {exc}") from None
         codecs = await loop.run_in_executor(None, available_codecs)
         first = default_codec(codecs, opts.codec)
         preferred = [first, *[c for c in codecs if c != first]]
@@ -130,6 +157,8 @@ class Server:
                 view_only=opts.view_only,
                 extra_routes=routes,
                 producer=self.producer,
+                auth=self.auth,
+                ssl_context=ssl_context,
             )
             try:
                 await self.web.start(*opts.web)

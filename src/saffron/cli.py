@@ -112,6 +112,14 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--view-only", action="store_true", help="ignore viewers' keyboard and mouse")
     p.add_argument(
+        "--tls",
+        choices=["auto"],
+        default=None,
+        help="HTTPS with a self-signed certificate kept in ~/.config/saffron",
+    )
+    p.add_argument("--cert", type=Path, help="TLS certificate (PEM) for HTTPS and SPICE TLS")
+    p.add_argument("--key", type=Path, help="the certificate's private key (PEM)")
+    p.add_argument(
         "--exclusive",
         action="store_true",
         help="a new SPICE client disconnects the previous one, as spice-server does",
@@ -198,6 +206,9 @@ def _options(args: argparse.Namespace) -> Options:
         no_auth=args.no_auth,
         view_only=args.view_only,
         exclusive=args.exclusive,
+        tls=args.tls,
+        cert=args.cert,
+        key=args.key,
     )
 
 
@@ -223,11 +234,25 @@ def _producer(opts: Options, args: argparse.Namespace, display: Display) -> obje
     raise StartupError(f"unknown source {opts.source}")
 
 
-def announce(opts: Options) -> None:
+def announce(opts: Options, server: Server | None = None) -> None:
+    secure = server is not None and server.certificate is not None
     if opts.web is not None:
         host, port = opts.web
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"Saffron: open http://{shown}:{port}/ in a browser", flush=True)
+        base = f"{'https' if secure else 'http'}://{shown}:{port}/"
+        print(f"Saffron: open {base} in a browser", flush=True)
+        if server is not None and server.auth.enabled:
+            print(
+                f"Saffron: sign in with the password, or use  {base}?token="
+                f"{server.auth.full_token}  (view only: ?token={server.auth.view_token})",
+                flush=True,
+            )
+    if secure and server is not None and server.certificate is not None:
+        print(
+            f"Saffron: certificate {server.certificate.cert} "
+            f"(SHA-256 {server.certificate.fingerprint})",
+            flush=True,
+        )
     if opts.spice is not None:
         host, port = opts.spice
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -242,7 +267,7 @@ async def _serve(opts: Options, display: Display, producer: object) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        announce(opts)
+        announce(opts, server)
         await stop.wait()
         log.info("stopping")
     finally:

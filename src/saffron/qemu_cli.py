@@ -54,7 +54,7 @@ async def _run(opts: Options, args: argparse.Namespace) -> int:
         await server.start()
         from .cli import announce
 
-        announce(opts)
+        announce(opts, server)
         while not stop.is_set():
             if vm.returncode is not None:
                 status = exit_status(vm.returncode)

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -24,6 +25,7 @@ from ..display import Button, Cursor, Display
 from ..encoders.base import Packet
 from ..keys import scancode_for
 from ..ratecontrol import RateEstimator
+from .auth import WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")
@@ -44,8 +46,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class WebViewer:
     """One browser page: a Viewer for the broadcast and the page's input."""
 
-    def __init__(self, server: WebServer, ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(
+        self, server: WebServer, ws: web.WebSocketResponse, request: web.Request, view_only: bool
+    ) -> None:
         self.server = server
+        self.view_only = view_only or server.view_only
         self.ws = ws
         self.transport = request.transport
         self.label = f"web viewer {request.remote}"
@@ -90,7 +95,7 @@ class WebViewer:
         sender = asyncio.create_task(self._send_loop())
         ticker = asyncio.create_task(self._stats_loop())
         try:
-            await self._send_json(self.server.hello())
+            await self._send_json(self.server.hello(self))
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
                     self._handle(msg.data)
@@ -202,7 +207,7 @@ class WebViewer:
         self.page_stats = {k: v for k, v in msg.items() if isinstance(v, int | float | str)}
 
     def _input_allowed(self) -> bool:
-        return not self.server.view_only
+        return not self.view_only
 
     def _on_key(self, msg: dict[str, Any]) -> None:
         scancode = scancode_for(str(msg["code"]))
@@ -251,6 +256,8 @@ class WebServer:
         view_only: bool = False,
         extra_routes: dict[str, Handler] | None = None,
         producer: object | None = None,
+        auth: WebAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
@@ -260,7 +267,10 @@ class WebServer:
         self.viewers: set[WebViewer] = set()
         self.producer = producer
         self.loop = broadcast.loop
-        self.app = web.Application()
+        self.auth = auth or WebAuth(None, secure=ssl_context is not None)
+        self.ssl_context = ssl_context
+        self.app = web.Application(middlewares=[self.auth.middleware])
+        self.app.router.add_route("*", "/login", self.auth.login)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/ws", self._websocket)
         self.app.router.add_get("/metrics", self._metrics)
@@ -273,7 +283,7 @@ class WebServer:
         display.add_listener(self)
         broadcast.failure_listeners.append(self._stream_failed)
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, viewer: WebViewer | None = None) -> dict[str, Any]:
         d = self.display
         return {
             "type": "hello",
@@ -284,13 +294,13 @@ class WebServer:
             "height": d.height,
             "fps": self.broadcast.fps,
             "enabled": d.enabled,
-            "viewOnly": self.view_only,
+            "viewOnly": viewer.view_only if viewer is not None else self.view_only,
         }
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
         await site.start()
 
     async def close(self) -> None:
@@ -319,7 +329,8 @@ class WebServer:
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_MESSAGE * 4, heartbeat=30)
         await ws.prepare(request)
-        viewer = WebViewer(self, ws, request)
+        session = self.auth.session(request)
+        viewer = WebViewer(self, ws, request, view_only=session is None or session.view_only)
         self.viewers.add(viewer)
         log.info("%s connected", viewer.label)
         try:
