@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,7 +72,7 @@ def check_exposure(opts: Options) -> None:
     """Without a password Saffron hands out a keyboard only to this machine."""
     if opts.password or opts.no_auth:
         return
-    for what, addr in (("web", opts.web), ("SPICE", opts.spice)):
+    for what, addr in (("web", opts.web), ("SPICE", opts.spice), ("SPICE TLS", opts.spice_tls)):
         if addr is not None and not _is_loopback(addr[0]):
             raise StartupError(
                 f"refusing to serve {what} on {addr[0]} without a password: set one with "
@@ -129,7 +130,9 @@ class Server:
             fifo=opts.buffering == "fifo",
         )
         routes: dict[str, Handler] = {}
-        if opts.spice is not None:
+        if opts.spice_tls is not None and ssl_context is None:
+            raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
+        if opts.spice is not None or opts.spice_tls is not None:
             from .spice.server import SpiceServer
 
             spice = SpiceServer(
@@ -141,12 +144,19 @@ class Server:
                 view_only=opts.view_only,
             )
             self.spice = spice
-            try:
-                await spice.start(*opts.spice)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen for SPICE on {_addr(opts.spice)}: {exc.strerror or exc}"
-                ) from None
+            ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
+            if opts.spice is not None:
+                ports.append((opts.spice, None))
+            if opts.spice_tls is not None:
+                ports.append((opts.spice_tls, ssl_context))
+            for addr, tls in ports:
+                try:
+                    await spice.start(*addr, ssl=tls)
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen for SPICE{' TLS' if tls else ''} on {_addr(addr)}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
             routes["/spice"] = spice.aiohttp_handler
         if opts.web is not None:
             self.web = WebServer(

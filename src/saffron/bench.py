@@ -170,8 +170,16 @@ def measure(codec: str, size: tuple[int, int], runs: int, seconds: float, bitrat
         done += times
         skipped += sk
     b, p = statistics.median(bare), statistics.median(path)
-    return Row(codec, f"{size[0]}x{size[1]}", round(b, 1), round(p, 1), round(p / b, 3),
-               round(_pct(done, 50), 1), round(_pct(done, 99), 1), skipped)
+    return Row(
+        codec,
+        f"{size[0]}x{size[1]}",
+        round(b, 1),
+        round(p, 1),
+        round(p / b, 3),
+        round(_pct(done, 50), 1),
+        round(_pct(done, 99), 1),
+        skipped,
+    )
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -190,16 +198,24 @@ def run_bench(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the table is the output
     codecs = args.codecs.split(",") if args.codecs else available_codecs()
-    sizes = [tuple(int(v) for v in s.split("x")) for s in (args.sizes or
-                                                          "1280x720,1920x1080").split(",")]
+    sizes = [
+        tuple(int(v) for v in s.split("x")) for s in (args.sizes or "1280x720,1920x1080").split(",")
+    ]
     runs = max(args.runs, 1)
     seconds = args.seconds
     bitrate = 8000
     results: dict[str, Any] = {
-        "machine": {"python": sys.version.split()[0], "cpu": platform.processor(),
-                    "cores": os.cpu_count()},
-        "settings": {"runs": runs, "seconds": seconds, "bitrate_kbps": bitrate,
-                     "producer_rate": f"{PRODUCER_HEADROOM} x bare encoder fps"},
+        "machine": {
+            "python": sys.version.split()[0],
+            "cpu": platform.processor(),
+            "cores": os.cpu_count(),
+        },
+        "settings": {
+            "runs": runs,
+            "seconds": seconds,
+            "bitrate_kbps": bitrate,
+            "producer_rate": f"{PRODUCER_HEADROOM} x bare encoder fps",
+        },
         "path": [],
     }
     total = len(codecs) * len(sizes)
@@ -207,14 +223,20 @@ def run_bench(args: argparse.Namespace) -> int:
     for i, size in enumerate(sizes):
         for j, codec in enumerate(codecs):
             k = i * len(codecs) + j + 1
-            print(f"[{k}/{total}] {codec} at {size[0]}x{size[1]}: {runs} runs of "
-                  f"{seconds:g} s each, bare encoder and whole path ...", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[{k}/{total}] {codec} at {size[0]}x{size[1]}: {runs} runs of "
+                f"{seconds:g} s each, bare encoder and whole path ...",
+                file=sys.stderr,
+                flush=True,
+            )
             row = measure(codec, (size[0], size[1]), runs, seconds, bitrate)
             rows.append(asdict(row))
     results["path"] = rows
-    print_table("Whole path (producer -> slot -> encoder -> WebSocket viewer) vs bare encoder; "
-                "medians; present() = the producer's done, in microseconds", rows)
+    print_table(
+        "Whole path (producer -> slot -> encoder -> WebSocket viewer) vs bare encoder; "
+        "medians; present() = the producer's done, in microseconds",
+        rows,
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
@@ -226,4 +248,3 @@ def main() -> None:  # pragma: no cover - `python -m saffron.bench`
     from .cli import main as cli_main
 
     sys.exit(cli_main(["bench", *sys.argv[1:]]))
-

@@ -73,6 +73,13 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         help="serve SPICE clients here (e.g. 127.0.0.1:5900)",
     )
     p.add_argument(
+        "--spice-tls",
+        type=hp,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve SPICE clients over TLS here (needs --tls auto or --cert/--key)",
+    )
+    p.add_argument(
         "--codec",
         choices=["auto", *CODECS],
         default="auto",
@@ -207,6 +214,7 @@ def _options(args: argparse.Namespace) -> Options:
         view_only=args.view_only,
         exclusive=args.exclusive,
         tls=args.tls,
+        spice_tls=args.spice_tls,
         cert=args.cert,
         key=args.key,
     )
@@ -257,6 +265,14 @@ def announce(opts: Options, server: Server | None = None) -> None:
         host, port = opts.spice
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"Saffron: or run  remote-viewer spice://{shown}:{port}", flush=True)
+    if opts.spice_tls is not None and server is not None and server.certificate is not None:
+        host, port = opts.spice_tls
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(
+            f"Saffron: or over TLS  remote-viewer --spice-ca-file={server.certificate.cert} "
+            f"spice://{shown}?tls-port={port}",
+            flush=True,
+        )
 
 
 async def _serve(opts: Options, display: Display, producer: object) -> int:

@@ -1,0 +1,636 @@
+"""The SPICE server: sockets, WebSockets and sessions around the sans-IO channel machines.
+
+One TCP port carries SPICE (first bytes ``REDQ``) and SPICE over WebSocket for
+spice-html5 (first bytes ``GET ``); :meth:`SpiceServer.aiohttp_handler` serves
+the same thing from an aiohttp web server on any path. Each connection runs the
+link handshake, then one channel. A connection that misbehaves is closed with
+a logged reason; the server and every other viewer carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from ..display import Cursor, Display
+from ..encoders.base import Packet
+from .cursor import CursorChannel
+from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
+from .inputs import SERVER_INPUTS_CAPS, InputsChannel
+from .link import LinkEstablished, LinkFailed, ServerLink, TicketKey
+from .main import MainChannel
+from .session import (
+    CursorHandler,
+    Handler,
+    InputsHandler,
+    MainHandler,
+    Session,
+)
+from .viewer import WRITE_BUFFER_LIMIT, DamageLog, DisplayViewer
+from .websocket import WebSocketAdapter, looks_like_http
+from .wire import Caps, ChannelType, LinkErr, MainCap, ProtocolError, make_caps
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from aiohttp import web
+
+    from ..broadcast import Broadcast
+
+log = logging.getLogger("saffron.spice")
+
+LINK_TIMEOUT_S = 30.0
+"""A connection that has not linked by then is dropped (spice-html5 itself gives up
+after 30 s), so half-open sockets cannot pile up."""
+
+WRITE_BUFFER_LOW = WRITE_BUFFER_LIMIT // 4
+"""Below this the viewer counts as caught up again."""
+
+WEBSOCKET_CHUNK = 256 * 1024
+"""Most bytes put in one WebSocket frame by the aiohttp path."""
+
+DEFAULT_CODEC_ORDER = ("h264", "vp9", "vp8", "mjpeg")
+
+CHANNELS: tuple[tuple[int, int], ...] = (
+    (ChannelType.DISPLAY, 0),
+    (ChannelType.INPUTS, 0),
+    (ChannelType.CURSOR, 0),
+)
+
+OFFERED: dict[tuple[int, int], Caps] = {
+    (ChannelType.MAIN, 0): make_caps([MainCap.NAME_AND_UUID]),
+    (ChannelType.DISPLAY, 0): SERVER_DISPLAY_CAPS,
+    (ChannelType.INPUTS, 0): SERVER_INPUTS_CAPS,
+    (ChannelType.CURSOR, 0): (),
+}
+
+
+def default_codecs() -> list[str]:
+    """H.264 > VP9 > VP8 > MJPEG, keeping those this host can encode."""
+    from ..encoders.registry import available_codecs
+
+    working = set(available_codecs())
+    return [c for c in DEFAULT_CODEC_ORDER if c in working]
+
+
+def _addresses(server: asyncio.Server) -> list[tuple[str, int]]:
+    return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in server.sockets]
+
+
+def _channel_name(channel_type: int | None) -> str:
+    try:
+        return ChannelType(channel_type).name.lower() if channel_type is not None else "new"
+    except ValueError:
+        return f"type-{channel_type}"
+
+
+class Output(Protocol):
+    """Where a connection's bytes go: a TCP transport (maybe via WebSocket) or aiohttp."""
+
+    @property
+    def congested(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Connection:
+    """One socket: the link handshake, then one channel's handler."""
+
+    def __init__(self, server: SpiceServer, output: Output, peer: str) -> None:
+        self.server = server
+        self.output = output
+        self.peer = peer
+        self.link = ServerLink(server.key, server.password, OFFERED)
+        self.handler: Handler | None = None
+        self.session: Session | None = None
+        self.channel_type: int | None = None
+        self.closed = False
+        self._timeout: asyncio.TimerHandle | None = server.loop.call_later(
+            LINK_TIMEOUT_S, self._link_timeout
+        )
+        server.connections.add(self)
+
+    # -- ConnectionPort --------------------------------------------------------------
+
+    @property
+    def congested(self) -> bool:
+        return self.output.congested
+
+    def buffered(self) -> int:
+        return self.output.buffered()
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        data = self.handler.channel.data_to_send() if self.handler else self.link.data_to_send()
+        if data:
+            self.output.write(data)
+
+    def close(self, reason: str, *, warn: bool = False) -> None:
+        """Close this connection once, saying why; a closed main channel ends its session."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        session, channel = self.session, _channel_name(self.channel_type)
+        if warn:
+            who = session.label if session else f"SPICE connection from {self.peer}"
+            log.warning("%s: closing the %s channel: %s", who, channel, reason)
+        elif session is not None and self.channel_type != ChannelType.MAIN:
+            log.debug("%s: %s channel closed (%s)", session.label, channel, reason)
+        if self.handler is not None:
+            try:
+                self.handler.stop()
+            except Exception:
+                log.exception("%s: error while closing the %s channel", self.peer, channel)
+        if session is not None and self.channel_type is not None:
+            session.detach(self.channel_type, self)
+        self.output.close()
+        self.server.connections.discard(self)
+        if session is not None and self.channel_type == ChannelType.MAIN:
+            self.server.end_session(session, reason)
+
+    # -- input ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            if self.handler is None:
+                self._link_data(data)
+            else:
+                self.handler.receive(data)
+        except ProtocolError as exc:
+            self.close(f"malformed message: {exc}", warn=True)
+        except Exception as exc:
+            log.exception("%s: unexpected error", self.peer)
+            self.close(f"internal error ({type(exc).__name__})", warn=True)
+
+    def connection_lost(self) -> None:
+        self.close("the client closed the connection")
+
+    def on_drain(self) -> None:
+        if self.handler is not None and not self.closed:
+            self.handler.on_drain()
+
+    def _link_timeout(self) -> None:
+        self._timeout = None
+        if self.handler is None:
+            self.close(f"no SPICE link within {LINK_TIMEOUT_S:.0f} s", warn=True)
+
+    def _link_data(self, data: bytes) -> None:
+        for event in self.link.receive_data(data):
+            if isinstance(event, LinkFailed):
+                self.flush()
+                self._refused(event)
+                return
+            if isinstance(event, LinkEstablished):
+                self._established(event)
+                return
+        self.flush()
+
+    def _refused(self, event: LinkFailed) -> None:
+        mess = self.link.mess
+        what = f" {_channel_name(mess.channel_type)} channel" if mess else ""
+        log.warning(
+            "SPICE connection from %s refused%s: %s (%s)",
+            self.peer,
+            what,
+            event.reason,
+            event.error.name,
+        )
+        self.close(event.reason)
+
+    def _established(self, event: LinkEstablished) -> None:
+        mess = event.mess
+        server = self.server
+        if mess.channel_type == ChannelType.MAIN:
+            session = server.new_session(self.peer)
+        else:
+            found = server.sessions.get(mess.connection_id)
+            if found is None or found.closed:
+                refused = self.link.refuse(
+                    LinkErr.BAD_CONNECTION_ID, f"session {mess.connection_id:08x} is not open"
+                )
+                self.flush()
+                self._refused(refused)
+                return
+            session = found
+        self.link.accept()
+        self.flush()
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        self.session = session
+        self.channel_type = mess.channel_type
+        handler = self._make_handler(session, event)
+        session.attach(mess.channel_type, self, handler)
+        self.handler = handler
+        if mess.channel_type != ChannelType.MAIN:
+            log.debug("%s: %s channel up", session.label, _channel_name(mess.channel_type))
+        handler.start()
+        if self.link.leftover and not self.closed:
+            handler.receive(self.link.leftover)
+
+    def _make_handler(self, session: Session, event: LinkEstablished) -> Handler:
+        caps = event.mess.channel_caps
+        mini = event.mini_header
+        kind = event.mess.channel_type
+        if kind == ChannelType.MAIN:
+            main = MainHandler(
+                session,
+                self,
+                MainChannel(
+                    mini_header=mini,
+                    client_caps=caps,
+                    session_id=session.id,
+                    channels=CHANNELS,
+                ),
+            )
+            session.main = main
+            return main
+        if kind == ChannelType.DISPLAY:
+            return DisplayViewer(session, self, DisplayChannel(mini_header=mini, client_caps=caps))
+        if kind == ChannelType.INPUTS:
+            return InputsHandler(session, self, InputsChannel(mini_header=mini, client_caps=caps))
+        cursor = CursorHandler(session, self, CursorChannel(mini_header=mini, client_caps=caps))
+        session.cursor = cursor
+        return cursor
+
+
+class _TcpConnection(asyncio.Protocol):
+    """A TCP socket: raw SPICE, or SPICE inside a WebSocket when it starts with GET."""
+
+    def __init__(self, server: SpiceServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self.ws: WebSocketAdapter | None = None
+        self._sniffing = True
+        self._head = b""
+        self.congested = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT, low=WRITE_BUFFER_LOW)
+        peer = transport.get_extra_info("peername")
+        label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unknown")
+        self.conn = Connection(self.server, self, label)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        if self._sniffing:
+            self._head += data
+            if len(self._head) < 4:
+                return
+            self._sniffing = False
+            data, self._head = self._head, b""
+            if looks_like_http(data):
+                self.ws = WebSocketAdapter()
+                conn.peer += " (WebSocket)"
+        if self.ws is None:
+            conn.data_received(data)
+            return
+        try:
+            payload = self.ws.receive_data(data)
+        except ProtocolError as exc:
+            self._raw(self.ws.data_to_send())
+            conn.close(str(exc), warn=True)
+            return
+        self._raw(self.ws.data_to_send())
+        if payload:
+            conn.data_received(payload)
+        if self.ws.closed:
+            conn.close("the client closed the WebSocket")
+
+    def _raw(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # Output
+    def write(self, data: bytes) -> None:
+        if self.ws is not None:
+            data = self.ws.send(data)
+        self._raw(data)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport else 0
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self._raw(self.ws.close())
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.congested = True
+
+    def resume_writing(self) -> None:
+        self.congested = False
+        if self.conn is not None:
+            self.conn.on_drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.conn.connection_lost()
+
+
+class _AiohttpOutput:
+    """Bytes for an aiohttp WebSocketResponse, sent by one writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.conn: Connection | None = None
+        self.congested = False
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def write(self, data: bytes) -> None:
+        if self._closing or not data:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > WRITE_BUFFER_LIMIT:
+            self.congested = True
+        self._wake.set()
+
+    def buffered(self) -> int:
+        return self._queued
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def wait(self) -> None:
+        await self._task
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    parts = [self._queue.popleft()]
+                    size = len(parts[0])
+                    while self._queue and size + len(self._queue[0]) <= WEBSOCKET_CHUNK:
+                        parts.append(self._queue.popleft())
+                        size += len(parts[-1])
+                    await self.ws.send_bytes(b"".join(parts))
+                    self._queued -= size
+                    if self.congested and self._queued <= WRITE_BUFFER_LOW:
+                        self.congested = False
+                        if self.conn is not None:
+                            self.conn.on_drain()
+                if self._closing:
+                    break
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("WebSocket writer stopped: %s", exc)
+            if self.conn is not None:
+                self.conn.close("the WebSocket is gone")
+        finally:
+            if not self.ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.ws.close()
+
+
+async def serve_aiohttp_websocket(
+    ws: web.WebSocketResponse, server: SpiceServer, peer: str = "web client"
+) -> None:
+    """Run one SPICE channel over a prepared aiohttp WebSocket until it closes.
+
+    Prepare ``ws`` with ``protocols=("binary",)``: spice-html5 insists on it.
+    """
+    from aiohttp import WSMsgType
+
+    server.attach()
+    output = _AiohttpOutput(ws)
+    conn = Connection(server, output, f"{peer} (WebSocket)")
+    output.conn = conn
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                conn.data_received(msg.data)
+            elif msg.type == WSMsgType.TEXT:
+                conn.close("a text frame: SPICE over WebSocket is binary only", warn=True)
+            if conn.closed:
+                break
+    finally:
+        conn.connection_lost()
+        output.close()
+        await output.wait()
+
+
+class SpiceServer:
+    """Serves a Display to SPICE clients, with video from a shared Broadcast.
+
+    ``codecs`` is the server's order of preference (default H.264 > VP9 > VP8 >
+    MJPEG, limited to what this host encodes); a client's stated preference
+    (PREFERRED_VIDEO_CODEC_TYPE) wins among those its caps allow. With
+    ``exclusive`` a new client disconnects the others, as spice-server does;
+    ``view_only`` ignores keyboard and mouse.
+    """
+
+    def __init__(
+        self,
+        display: Display,
+        broadcast: Broadcast,
+        *,
+        password: str | None,
+        codecs: list[str] | None = None,
+        exclusive: bool = False,
+        view_only: bool = False,
+    ) -> None:
+        self.display = display
+        self.broadcast = broadcast
+        self.password = password
+        chosen = default_codecs() if codecs is None else list(codecs)
+        dropped = [c for c in chosen if c not in CODEC_TYPES]
+        if dropped:
+            log.info("SPICE has no codec type for %s; not offered there", ", ".join(dropped))
+        self.codecs = [c for c in chosen if c in CODEC_TYPES]
+        self.exclusive = exclusive
+        self.view_only = view_only
+        self.key = TicketKey()
+        self.sessions: dict[int, Session] = {}
+        self.connections: set[Connection] = set()
+        self.damage_log = DamageLog(display)
+        self.frame_listeners: list[Callable[[str, Packet, int], None]] = []
+        """Called on the loop after each frame is sent: (client label, packet, mm stamp)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[asyncio.Server] = []
+        self._attached = False
+        self._move: tuple[int, int, bool] | None = None
+        self._move_lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop if self._loop is not None else self.broadcast.loop
+
+    def attach(self) -> None:
+        """Start listening to the display (once; called by start and the web path)."""
+        if self._attached:
+            return
+        self._attached = True
+        self._loop = asyncio.get_running_loop()
+        self.display.add_listener(self)
+        self.display.add_sink(self.damage_log)
+
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 5900, *, ssl: SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port``; with ``ssl``, as a TLS port (spice-gtk's ``tls-port``,
+        or ``wss://`` for spice-html5). May be called twice, for a plain and a TLS port."""
+        self.attach()
+        server = await self.loop.create_server(lambda: _TcpConnection(self), host, port, ssl=ssl)
+        self._servers.append(server)
+        codecs = ", ".join(CODEC_LABELS.get(c, c) for c in self.codecs)
+        mode = " exclusive," if self.exclusive else ""
+        mode += " view-only," if self.view_only else ""
+        where = ", ".join(f"{h}:{p}" for h, p in _addresses(server))
+        log.info(
+            "SPICE%s on %s (spice-html5 too),%s %s, video %s",
+            " with TLS" if ssl is not None else "",
+            where,
+            mode,
+            "password required" if self.password is not None else "no password",
+            codecs or "none",
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every (host, port) the server listens on, in the order start() was called."""
+        return [addr for server in self._servers for addr in _addresses(server)]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close("the server is shutting down")
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._attached:
+            self.display.remove_listener(self)
+            self.display.remove_sink(self.damage_log)
+            self._attached = False
+
+    async def aiohttp_handler(self, request: web.Request) -> web.WebSocketResponse:
+        """An aiohttp handler: ``app.router.add_get("/spice", server.aiohttp_handler)``."""
+        from aiohttp import web
+
+        ws = web.WebSocketResponse(protocols=("binary",), compress=False)
+        await ws.prepare(request)
+        await serve_aiohttp_websocket(ws, self, peer=request.remote or "web client")
+        return ws
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def new_session(self, peer: str) -> Session:
+        session_id = 0
+        while session_id == 0 or session_id in self.sessions:
+            session_id = secrets.randbits(32)
+        session = Session(self, session_id, peer)
+        if self.exclusive:
+            for other in list(self.sessions.values()):
+                log.info(
+                    "%s: disconnected, %s took over (exclusive mode)", other.label, session.label
+                )
+                self.end_session(other, f"{session.label} connected (exclusive mode)")
+        self.sessions[session_id] = session
+        log.info("%s connected (session %08x)", session.label, session_id)
+        return session
+
+    def end_session(self, session: Session, reason: str) -> None:
+        if self.sessions.get(session.id) is not session:
+            return
+        del self.sessions[session.id]
+        log.info("%s disconnected (%s)", session.label, reason)
+        session.close(reason)
+
+    def viewers(self) -> list[DisplayViewer]:
+        found: list[DisplayViewer] = []
+        for session in self.sessions.values():
+            for handler in session.handlers.values():
+                if isinstance(handler, DisplayViewer):
+                    found.append(handler)
+        return found
+
+    def stats(self) -> list[dict[str, object]]:
+        out = []
+        for session in self.sessions.values():
+            entry: dict[str, object] = {
+                "client": session.peer,
+                "session": f"{session.id:08x}",
+                "rtt_ms": session.rtt_ms,
+                "latency_ms": session.latency_ms,
+            }
+            for handler in session.handlers.values():
+                if isinstance(handler, DisplayViewer):
+                    entry["display"] = handler.stats()
+            out.append(entry)
+        return out
+
+    # -- DisplayListener (any thread) -----------------------------------------------------
+
+    def _soon(self, fn: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(fn, *args)
+
+    def on_resize(self, width: int, height: int) -> None:
+        self._soon(self._resize, width, height)
+
+    def on_cursor(self, cursor: Cursor | None) -> None:
+        self._soon(self._cursor, cursor)
+
+    def on_cursor_move(self, x: int, y: int, visible: bool) -> None:
+        with self._move_lock:
+            pending = self._move is not None
+            self._move = (x, y, visible)
+        if not pending:  # one callback carries the newest position, however many came
+            self._soon(self._cursor_move)
+
+    def on_disable(self) -> None:
+        log.info("SPICE: the producer has no picture now")
+
+    def _resize(self, width: int, height: int) -> None:
+        for viewer in self.viewers():
+            viewer.on_resize(width, height)
+
+    def _cursor(self, cursor: Cursor | None) -> None:
+        for session in list(self.sessions.values()):
+            if session.cursor is not None:
+                session.cursor.on_cursor(cursor)
+
+    def _cursor_move(self) -> None:
+        with self._move_lock:
+            move, self._move = self._move, None
+        if move is None:
+            return
+        for session in list(self.sessions.values()):
+            if session.cursor is not None:
+                session.cursor.on_cursor_move(*move)

@@ -1,0 +1,312 @@
+"""A SPICE client's session: its main, inputs and cursor channels, and its video clock.
+
+A session starts with a main channel and has a random id; the client opens its
+other channels with that id. The session keeps the client's video clock: the
+client's multimedia time runs ``latency_ms`` behind Saffron's millisecond clock,
+frames are stamped with Saffron's clock when sent, so spice-gtk shows each frame
+about ``latency_ms`` after it was sent (spice-server uses 400 ms; Saffron starts
+at 20 and raises it only when reports say frames arrive late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from .channel import Channel, ClientClosing, Event, PongReceived, Unhandled
+from .cursor import CursorChannel, default_arrow
+from .inputs import ButtonEvent, InputsChannel, KeyEvent, PointerMotion, PointerMoved
+from .main import ChannelsAttached, MainChannel, MouseModeChanged, MouseModeRefused
+from .wire import MouseMode, StreamReport
+
+if TYPE_CHECKING:
+    from ..display import Cursor
+    from .server import SpiceServer
+
+log = logging.getLogger("saffron.spice")
+
+INITIAL_LATENCY_MS = 20
+"""The video delay a client starts with: enough for a frame's trip on a LAN and a
+little jitter; every millisecond of it is added to what the user sees."""
+MAX_LATENCY_MS = 400
+"""Never more than spice-server's fixed delay."""
+LATENCY_STEP_MS = 10
+LATENCY_MARGIN_MS = 10
+PING_INTERVAL_S = 10.0
+
+
+def mm_clock() -> int:
+    """Saffron's multimedia clock: monotonic milliseconds as a wrapping u32."""
+    return (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
+
+
+class ConnectionPort(Protocol):
+    """What a channel handler needs from its connection (see server.Connection)."""
+
+    peer: str
+
+    @property
+    def congested(self) -> bool: ...
+
+    def buffered(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def close(self, reason: str, *, warn: bool = False) -> None: ...
+
+
+class Handler(Protocol):
+    """The asyncio side of one linked channel."""
+
+    @property
+    def channel(self) -> Channel: ...
+
+    def start(self) -> None: ...
+
+    def receive(self, data: bytes) -> None: ...
+
+    def on_drain(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def log_common(label: str, events: list[Event]) -> None:
+    for event in events:
+        if isinstance(event, Unhandled):
+            log.debug("%s: ignored message type %d (%d bytes)", label, event.type, event.size)
+        elif isinstance(event, ClientClosing):
+            log.debug("%s: the client says it is disconnecting (%d)", label, event.reason)
+
+
+class Session:
+    def __init__(self, server: SpiceServer, session_id: int, peer: str) -> None:
+        self.server = server
+        self.id = session_id
+        self.peer = peer
+        self.label = f"SPICE client {peer}"
+        self.latency_ms = INITIAL_LATENCY_MS
+        self.rtt_ms: float | None = None
+        self.mouse_mode = MouseMode.CLIENT
+        self.connections: dict[int, ConnectionPort] = {}
+        self.handlers: dict[int, Handler] = {}
+        self.main: MainHandler | None = None
+        self.cursor: CursorHandler | None = None
+        self.closed = False
+        self._last_latency_change = 0.0
+        self._slack: list[int] = []
+
+    # -- the video clock ---------------------------------------------------------------
+
+    def mm_now(self) -> int:
+        return mm_clock()
+
+    def client_clock(self) -> int:
+        return (mm_clock() - self.latency_ms) & 0xFFFFFFFF
+
+    def set_latency(self, ms: int, why: str) -> None:
+        if ms == self.latency_ms:
+            return
+        self.latency_ms = ms
+        self._last_latency_change = time.monotonic()
+        log.info("%s: video delay now %d ms (%s)", self.label, ms, why)
+        if self.main is not None:
+            self.main.channel.set_mm_time(self.client_clock())
+            self.main.conn.flush()
+
+    def on_report(self, report: StreamReport) -> None:
+        """Raise the delay quickly when frames come late, lower it slowly when they don't."""
+        now = time.monotonic()
+        if report.num_drops > 0 or report.last_frame_delay < 0:
+            self._slack.clear()
+            if now - self._last_latency_change >= 1.0 and self.latency_ms < MAX_LATENCY_MS:
+                lateness = max(-report.last_frame_delay, 0)
+                ms = min(MAX_LATENCY_MS, self.latency_ms + lateness + LATENCY_STEP_MS)
+                self.set_latency(ms, "frames arrived late")
+            return
+        self._slack.append(report.last_frame_delay)
+        if len(self._slack) >= 10:
+            spare = min(self._slack) - LATENCY_MARGIN_MS
+            self._slack.clear()
+            if (
+                self.latency_ms > INITIAL_LATENCY_MS
+                and spare > 5
+                and now - self._last_latency_change >= 5.0
+            ):
+                ms = max(INITIAL_LATENCY_MS, self.latency_ms - spare // 2)
+                self.set_latency(ms, "frames arrive in time again")
+
+    # -- channels ----------------------------------------------------------------------
+
+    def attach(self, channel_type: int, conn: ConnectionPort, handler: Handler) -> None:
+        """A channel joined; one of the same type that was there before is closed."""
+        old = self.connections.get(channel_type)
+        if old is not None and old is not conn:
+            old.close("replaced by a new connection of the same channel")
+        self.connections[channel_type] = conn
+        self.handlers[channel_type] = handler
+
+    def detach(self, channel_type: int, conn: ConnectionPort) -> None:
+        if self.connections.get(channel_type) is conn:
+            del self.connections[channel_type]
+            del self.handlers[channel_type]
+
+    def close(self, reason: str) -> None:
+        """Close every channel of the session (the main channel last)."""
+        if self.closed:
+            return
+        self.closed = True
+        for conn in list(self.connections.values()):
+            conn.close(reason)
+
+
+class MainHandler:
+    def __init__(self, session: Session, conn: ConnectionPort, channel: MainChannel) -> None:
+        self.session = session
+        self.conn = conn
+        self.channel = channel
+        self.label = f"{session.label} main"
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping_id = 0
+
+    def start(self) -> None:
+        info = self.session.server.display.info
+        self.channel.start(self.session.client_clock(), info.name, info.uuid)
+        self.conn.flush()
+        self._timer = self.session.server.loop.call_later(1.0, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_id += 1
+        self.channel.ping(self._ping_id, time.monotonic_ns())
+        self.conn.flush()
+        self._timer = self.session.server.loop.call_later(PING_INTERVAL_S, self._ping)
+
+    def receive(self, data: bytes) -> None:
+        events = self.channel.receive_data(data)
+        log_common(self.label, events)
+        for event in events:
+            if isinstance(event, PongReceived):
+                rtt = (time.monotonic_ns() - event.timestamp) / 1e6
+                if 0 <= rtt < 60_000:
+                    self.session.rtt_ms = rtt
+                    log.debug("%s: round trip %.1f ms", self.session.label, rtt)
+            elif isinstance(event, MouseModeChanged):
+                self.session.mouse_mode = event.mode
+                mode = (
+                    "client (absolute)" if event.mode == MouseMode.CLIENT else "server (relative)"
+                )
+                log.info("%s: mouse mode %s", self.session.label, mode)
+            elif isinstance(event, MouseModeRefused):
+                log.info("%s: refused unknown mouse mode %d", self.session.label, event.mode)
+            elif isinstance(event, ChannelsAttached):
+                log.debug("%s: asked for the channel list", self.session.label)
+        self.conn.flush()
+
+    def on_drain(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class InputsHandler:
+    def __init__(self, session: Session, conn: ConnectionPort, channel: InputsChannel) -> None:
+        self.session = session
+        self.conn = conn
+        self.channel = channel
+        self.label = f"{session.label} inputs"
+        self._told_view_only = False
+        self._failed = False
+
+    def start(self) -> None:
+        self.channel.start(0)
+        self.conn.flush()
+
+    def receive(self, data: bytes) -> None:
+        events = self.channel.receive_data(data)
+        log_common(self.label, events)
+        self.conn.flush()  # motion acks
+        server = self.session.server
+        for event in events:
+            if not isinstance(event, KeyEvent | PointerMoved | PointerMotion | ButtonEvent):
+                continue
+            if server.view_only:
+                if not self._told_view_only:
+                    self._told_view_only = True
+                    log.info("%s: keyboard and mouse ignored (view-only)", self.session.label)
+                continue
+            self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        handler = self.session.server.display.input
+        call: Callable[[], None]
+        if isinstance(event, KeyEvent):
+            call = lambda: handler.key(event.scancode, event.down)  # noqa: E731
+        elif isinstance(event, PointerMoved):
+            call = lambda: handler.pointer(event.x, event.y)  # noqa: E731
+        elif isinstance(event, PointerMotion):
+            call = lambda: handler.motion(event.dx, event.dy)  # noqa: E731
+        elif isinstance(event, ButtonEvent):
+            call = lambda: handler.button(event.button, event.down)  # noqa: E731
+        else:
+            return
+        try:
+            call()
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                log.exception("%s: the producer failed to take an input event", self.label)
+
+    def on_drain(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class CursorHandler:
+    def __init__(self, session: Session, conn: ConnectionPort, channel: CursorChannel) -> None:
+        self.session = session
+        self.conn = conn
+        self.channel = channel
+        self.display = session.server.display
+
+    def start(self) -> None:
+        cursor = self.display.cursor
+        x, y, visible = self.display.cursor_pos
+        if cursor is None:
+            cursor, visible = default_arrow(), True
+        elif (x, y, visible) == (0, 0, False):
+            visible = True  # the producer set an image but never placed it
+        self.channel.start(cursor, x, y, visible)
+        self.conn.flush()
+
+    def on_cursor(self, cursor: Cursor | None) -> None:
+        x, y, visible = self.display.cursor_pos
+        if cursor is None:
+            self.channel.set(None, x, y, False)
+        else:
+            self.channel.set(cursor, x, y, visible or (x, y) == (0, 0))
+        self.conn.flush()
+
+    def on_cursor_move(self, x: int, y: int, visible: bool) -> None:
+        if not visible:
+            self.channel.hide()
+        elif not self.channel.visible:
+            cursor = self.display.cursor or default_arrow()
+            self.channel.set(cursor, x, y, True)
+        else:
+            self.channel.move(x, y)
+        self.conn.flush()
+
+    def receive(self, data: bytes) -> None:
+        log_common(f"{self.session.label} cursor", self.channel.receive_data(data))
+
+    def on_drain(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,260 @@
+#!/usr/bin/python3
+"""A headless SPICE client on spice-gtk's GObject bindings: run with the *system* python3.
+
+It connects, reads the primary surface's pixels (the pointer spice-gtk hands out
+in ``display-primary-create``), and for every ``display-invalidate`` decodes the
+capture time the producer wrote in rows 0-15 (saffron.sources.pattern's stamp),
+so it can count the frames it showed and when it showed them. Optionally it asks
+for a codec, types keys and moves the mouse, and, once told on stdin that the
+producer stopped, waits for the picture to settle and dumps it.
+
+It prints JSON lines: ``{"phase": ...}`` progress lines, and a final report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import sys
+import time
+
+import gi
+import numpy as np
+
+gi.require_version("SpiceClientGLib", "2.0")
+from gi.repository import GLib, GObject, SpiceClientGLib  # noqa: E402
+
+CODECS = {"mjpeg": 1, "vp8": 2, "h264": 3, "vp9": 4}
+STAMP_BITS = 64
+
+
+def read_stamp(pixels: np.ndarray) -> int:
+    """The 64-bit capture time in rows 0-15: one black or white cell per bit."""
+    width = pixels.shape[1]
+    centres = ((np.arange(STAMP_BITS) * 2 + 1) * width) // (2 * STAMP_BITS)
+    band = pixels[4:12, centres, :3].astype(np.int32).mean(axis=(0, 2))
+    value = 0
+    for bit in band > 127:
+        value = (value << 1) | int(bit)
+    return value
+
+
+def emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.loop = GLib.MainLoop()
+        self.session = SpiceClientGLib.Session()
+        self.session.set_property("host", args.host)
+        if args.ca_file:
+            self.session.set_property("tls-port", str(args.port))
+            self.session.set_property("ca-file", args.ca_file)
+        else:
+            self.session.set_property("port", str(args.port))
+        if args.password is not None:
+            self.session.set_property("password", args.password)
+        self.report: dict = {"events": [], "errors": []}
+        self.main = None
+        self.display = None
+        self.inputs = None
+        self.inputs_ready = False
+        self.surface = None  # (pointer, width, height, stride)
+        self.marked = False
+        self.ready_at = None
+        self.measure_from = None
+        self.measure_until = None
+        self.shown: list[tuple[int, float]] = []
+        self.last_stamp = None
+        self.invalidates = 0
+        self.last_invalidate = 0.0
+        self.still = False
+        self.cycle = 0
+        self.done = False
+        GObject.Object.connect(self.session, "channel-new", self.on_channel_new)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def run(self) -> dict:
+        GLib.timeout_add_seconds(int(self.args.timeout), self.on_timeout)
+        GLib.timeout_add(50, self.tick)
+        self.session.connect()
+        self.loop.run()
+        with contextlib.suppress(Exception):
+            self.session.disconnect()
+        return self.report
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.loop.quit()
+
+    def on_timeout(self) -> bool:
+        self.report["errors"].append("timeout")
+        self.finish()
+        return False
+
+    def on_channel_new(self, session, channel) -> None:
+        GObject.Object.connect(channel, "channel-event", self.on_channel_event)
+        if isinstance(channel, SpiceClientGLib.MainChannel):
+            self.main = channel
+            return
+        if isinstance(channel, SpiceClientGLib.DisplayChannel):
+            self.display = channel
+            GObject.Object.connect(channel, "display-primary-create", self.on_primary_create)
+            GObject.Object.connect(channel, "display-primary-destroy", self.on_primary_destroy)
+            GObject.Object.connect(channel, "display-invalidate", self.on_invalidate)
+            GObject.Object.connect(channel, "display-mark", self.on_mark)
+        elif isinstance(channel, SpiceClientGLib.InputsChannel):
+            self.inputs = channel
+        channel.connect()
+
+    def on_channel_event(self, channel, event) -> None:
+        name = type(channel).__name__.replace("Channel", "").lower()
+        self.report["events"].append(f"{name}:{event.value_nick}")
+        if event == SpiceClientGLib.ChannelEvent.ERROR_AUTH:
+            self.report["auth_failed"] = True
+            self.finish()
+        elif event in (
+            SpiceClientGLib.ChannelEvent.ERROR_CONNECT,
+            SpiceClientGLib.ChannelEvent.ERROR_LINK,
+            SpiceClientGLib.ChannelEvent.ERROR_IO,
+        ):
+            self.report["errors"].append(f"{name}:{event.value_nick}")
+            if isinstance(channel, SpiceClientGLib.MainChannel):
+                self.finish()
+        elif event == SpiceClientGLib.ChannelEvent.OPENED:
+            if isinstance(channel, SpiceClientGLib.DisplayChannel) and self.args.codec:
+                channel.display_channel_change_preferred_video_codec_types(
+                    [CODECS[self.args.codec]]
+                )
+                emit({"phase": "codec-asked", "codec": self.args.codec})
+            if isinstance(channel, SpiceClientGLib.InputsChannel):
+                self.inputs_ready = True
+
+    # -- the display ------------------------------------------------------------------
+
+    def on_primary_create(self, channel, fmt, width, height, stride, shmid, imgdata) -> None:
+        self.surface = (imgdata, width, height, stride)
+        self.report["width"], self.report["height"] = width, height
+        self.report["format"] = fmt
+
+    def on_primary_destroy(self, channel) -> None:
+        self.surface = None
+
+    def on_mark(self, channel, mark) -> None:
+        self.marked = bool(mark)
+        if mark and self.ready_at is None:
+            self.ready_at = time.monotonic()
+            emit({"phase": "ready"})
+
+    def pixels(self) -> np.ndarray | None:
+        if self.surface is None:
+            return None
+        ptr, width, height, stride = self.surface
+        buf = (ctypes.c_uint8 * (stride * height)).from_address(ptr)
+        return np.frombuffer(buf, np.uint8).reshape(height, stride // 4, 4)[:, :width]
+
+    def on_invalidate(self, channel, x, y, w, h) -> None:
+        now = time.time()
+        self.invalidates += 1
+        self.last_invalidate = time.monotonic()
+        px = self.pixels()
+        if px is None or y > 4:
+            return
+        stamp = read_stamp(px)
+        if stamp != self.last_stamp:
+            self.last_stamp = stamp
+            if self.measure_from is not None and self.measure_until is None:
+                self.shown.append((stamp, now))
+
+    # -- the script ---------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        if self.done:
+            return False
+        now = time.monotonic()
+        if self.ready_at is None:
+            return True
+        if self.args.inputs and self.inputs_ready and "inputs_sent" not in self.report:
+            self.send_inputs()
+        if self.measure_from is None and now - self.ready_at >= self.args.settle:
+            self.measure_from = now
+            emit({"phase": "measuring"})
+        if (
+            self.measure_from is not None
+            and self.measure_until is None
+            and now - self.measure_from >= self.args.seconds
+        ):
+            self.measure_until = now
+            seconds = self.measure_until - self.measure_from
+            self.report["seconds"] = seconds
+            self.report["frames"] = len(self.shown)
+            self.report["fps"] = len(self.shown) / seconds
+            self.report["shown"] = self.shown
+            if not self.args.still:
+                self.finish()
+                return False
+            emit({"phase": "measured"})
+            GLib.io_add_watch(sys.stdin, GLib.IO_IN | GLib.IO_HUP, self.on_stdin)
+        if self.still and now - self.last_invalidate >= self.args.quiet:
+            self.still = False
+            self.cycle += 1
+            px = self.pixels()
+            if px is not None and self.args.dump:
+                np.save(self.args.dump, np.ascontiguousarray(px))
+                self.report["dumped"] = self.args.dump
+            if self.cycle >= self.args.cycles:
+                self.finish()
+                return False
+            emit({"phase": f"still-{self.cycle}"})
+            GLib.io_add_watch(sys.stdin, GLib.IO_IN | GLib.IO_HUP, self.on_stdin)
+        return True
+
+    def on_stdin(self, source, condition) -> bool:
+        sys.stdin.readline()
+        self.still = True
+        self.last_invalidate = time.monotonic()
+        return False
+
+    def send_inputs(self) -> None:
+        inputs = self.inputs
+        inputs.key_press(0x1E)  # A
+        inputs.key_release(0x1E)
+        inputs.key_press_and_release(0x148)  # Up: 0x100 marks the E0 prefix
+        inputs.position(100, 50, 0, 0)
+        inputs.button_press(1, 1)  # left
+        inputs.button_release(1, 0)
+        inputs.button_press(4, 8)  # wheel up
+        inputs.button_release(4, 0)
+        inputs.motion(5, -3, 0)
+        self.report["inputs_sent"] = True
+        emit({"phase": "inputs-sent"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--password")
+    parser.add_argument("--ca-file", help="connect with TLS, trusting this certificate")
+    parser.add_argument("--codec", choices=sorted(CODECS))
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of measuring")
+    parser.add_argument("--inputs", action="store_true")
+    parser.add_argument("--still", action="store_true", help="after measuring, wait for stdin")
+    parser.add_argument("--quiet", type=float, default=2.0, help="seconds without redraws")
+    parser.add_argument("--dump", help="write the final surface here (.npy)")
+    parser.add_argument("--cycles", type=int, default=1, help="still phases, each after stdin")
+    parser.add_argument("--timeout", type=float, default=50)
+    args = parser.parse_args()
+    report = Client(args).run()
+    emit(report)
+
+
+if __name__ == "__main__":
+    main()
