@@ -227,7 +227,7 @@ async def test_a_broken_encoder_moves_the_page_to_the_next_codec() -> None:
     class Broken(Encoder):
         codec, backend = "h264", "broken"
 
-        def encode(self, frame: Any, keyframe: bool = False) -> Any:
+        def encode(self, frame: Any, keyframe: bool = False, prepared: object = None) -> Any:
             raise EncoderError("simulated failure")
 
     def factory(codec: str, w: int, h: int, fps: int, kbps: int, skip: int) -> Encoder:

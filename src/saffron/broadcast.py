@@ -25,13 +25,9 @@ from .display import Display, Frame, Rect
 from .encoders.base import Encoder, EncoderError, Packet
 from .encoders.registry import create_encoder
 from .ratecontrol import INTERVAL, choose_bitrate, significant
-from .slot import FifoSlot, FrameSlot
+from .slot import FifoSlot, FrameSlot, Handoff
 
 log = logging.getLogger("saffron.broadcast")
-
-PIPELINE_DEPTH = 2
-"""Frames between admission and publication: one pending, one being encoded.
-A viewer that was writable when they were admitted still gets them."""
 
 BITRATE_CHANGE_INTERVAL = 1.0
 """Seconds between bitrate changes: each reopens the encoder with a keyframe."""
@@ -47,12 +43,8 @@ class Viewer(Protocol):
 
     label: str
 
-    def writable(self, slack: int = 0) -> bool:
-        """True while one more packet fits in this viewer's send window.
-
-        ``slack`` widens the window by that many packets: frames admitted while
-        the window was open may still be in the encoder when it fills.
-        """
+    def writable(self) -> bool:
+        """True while one more packet fits in this viewer's send window. Thread-safe."""
         ...
 
     def send_packet(self, packet: Packet) -> None:
@@ -117,8 +109,15 @@ class Stream:
         self.frames_encoded = 0
         self.bytes_encoded = 0
         self.encode_ms_total = 0.0
+        self._admitted: dict[int, frozenset[Viewer]] = {}
+        self._admitted_lock = threading.Lock()
+        self._handoff = Handoff()
         self._thread = threading.Thread(target=self._run, name=f"encode-{codec}", daemon=True)
         self._thread.start()
+        self._converter = threading.Thread(
+            target=self._convert, name=f"convert-{codec}", daemon=True
+        )
+        self._converter.start()
         self._adapt_handle = loop.call_later(INTERVAL, self._adapt)
 
     # -- FrameSink (producer side, any thread) ---------------------------------
@@ -132,6 +131,11 @@ class Stream:
         return any(viewer.writable() for viewer in self._viewers)
 
     def offer(self, frame: Frame) -> None:
+        # Who could take this frame now: they get it even if their window fills
+        # while it is converted and encoded (up to three frames later).
+        admitted = frozenset(v for v in self._viewers if v.writable())
+        with self._admitted_lock:
+            self._admitted[frame.seq] = admitted
         self.slot.put(frame)
 
     def damage(self, rect: Rect) -> None:
@@ -194,11 +198,15 @@ class Stream:
             self.set_bitrate(target)
 
     def _publish(self, packet: Packet, index: int) -> None:
+        with self._admitted_lock:
+            admitted = self._admitted.pop(packet.seq, frozenset())
+            for seq in [s for s in self._admitted if s < packet.seq]:
+                del self._admitted[seq]  # frames replaced before they were encoded
         for seat in list(self.seats.values()):
             if not packet.keyframe and seat.expected != index:
                 seat.dropped += 1
                 continue
-            if not seat.viewer.writable(PIPELINE_DEPTH):
+            if seat.viewer not in admitted and not seat.viewer.writable():
                 seat.dropped += 1
                 seat.expected = -1
                 continue
@@ -210,13 +218,31 @@ class Stream:
 
     # -- the worker thread -----------------------------------------------------
 
-    def _run(self) -> None:
+    def _convert(self) -> None:
+        """Stage one: take the newest frame and convert it while the last one encodes."""
         while not self._closed:
             frame = self.slot.take(0.5)
             if frame is None:
                 continue
+            prepared: object = None
+            enc = self.encoder
+            if enc is not None and (enc.width, enc.height) == (frame.width, frame.height):
+                try:
+                    prepared = enc.prepare(frame)
+                except Exception:  # the encoder may be replaced meanwhile; encode() redoes it
+                    prepared = None
+            if not self._handoff.put((frame, prepared)):
+                return
+
+    def _run(self) -> None:
+        """Stage two: encode and publish."""
+        while not self._closed:
+            item = self._handoff.take(0.5)
+            if item is None:
+                continue
+            frame, prepared = item
             try:
-                packet = self._encode(frame)
+                packet = self._encode(frame, prepared)
             except EncoderError as exc:
                 self._fail(str(exc))
                 continue
@@ -231,9 +257,10 @@ class Stream:
             except RuntimeError:  # the loop is closed: we are shutting down
                 return
 
-    def _encode(self, frame: Frame) -> Packet:
+    def _encode(self, frame: Frame, prepared: object = None) -> Packet:
         enc = self.encoder
         if enc is None or (enc.width, enc.height) != (frame.width, frame.height):
+            prepared = None
             if enc is not None:
                 enc.close()
             enc = self._factory(
@@ -245,7 +272,7 @@ class Stream:
             )
             self._want_key = True
         key, self._want_key = self._want_key, False
-        return enc.encode(frame, keyframe=key)
+        return enc.encode(frame, keyframe=key, prepared=prepared)
 
     def _fail(self, reason: str) -> None:
         """An encoder broke: try the next backend of the codec, else give up the stream."""
@@ -269,6 +296,8 @@ class Stream:
         self._closed = True
         self._adapt_handle.cancel()
         self.slot.close()
+        self._handoff.close()
+        self._converter.join(timeout=2)
         self._thread.join(timeout=2)
         if self.encoder is not None:
             self.encoder.close()

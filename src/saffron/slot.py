@@ -92,3 +92,40 @@ class FifoSlot(FrameSlot):
             frame = self._queue.popleft() if self._queue else None
             self._cond.notify_all()
             return frame
+
+
+class Handoff:
+    """One item passed from a stage to the next: ``put`` waits until the last one was taken.
+
+    Between colour conversion and encoding, so at most one converted frame
+    waits, and the converter never works on frames the encoder would not take.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: tuple[Frame, object] | None = None
+        self._closed = False
+
+    def put(self, item: tuple[Frame, object]) -> bool:
+        """Hand over ``item``; False if closed meanwhile."""
+        with self._cond:
+            while self._item is not None and not self._closed:
+                self._cond.wait(0.5)
+            if self._closed:
+                return False
+            self._item = item
+            self._cond.notify_all()
+            return True
+
+    def take(self, timeout: float) -> tuple[Frame, object] | None:
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -47,8 +47,20 @@ class Encoder(abc.ABC):
         self.bitrate_kbps = bitrate_kbps
 
     @abc.abstractmethod
-    def encode(self, frame: Frame, keyframe: bool = False) -> Packet:
-        """Encode one frame; ``keyframe`` forces an intra picture."""
+    def encode(self, frame: Frame, keyframe: bool = False, prepared: object = None) -> Packet:
+        """Encode one frame; ``keyframe`` forces an intra picture.
+
+        ``prepared`` is what :meth:`prepare` made of this frame, if anything.
+        """
+
+    def prepare(self, frame: Frame) -> object:
+        """Work on a frame that can run beside the previous frame's encode.
+
+        For FFmpeg encoders this is the colour conversion, which a second
+        thread does while the first encodes: on two cores the stages overlap.
+        Returns None when there is nothing to do ahead.
+        """
+        return None
 
     def set_bitrate(self, kbps: int) -> None:
         """Change the target; takes effect within a frame or two."""

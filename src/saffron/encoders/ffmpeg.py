@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import cast
+from typing import TypeGuard, cast
 
 import av
 import numpy as np
@@ -131,17 +131,28 @@ class FFmpegEncoder(Encoder):
         super().set_bitrate(kbps)
         self._reopen = True
 
-    def encode(self, frame: Frame, keyframe: bool = False) -> Packet:
+    def prepare(self, frame: Frame) -> VideoFrame:
+        """BGRX to the encoder's YUV, by FFmpeg's scaler on a zero-copy view (GIL released)."""
+        pixels = frame.pixels
+        if not pixels.flags.c_contiguous:
+            pixels = np.ascontiguousarray(pixels)
+        src = VideoFrame.from_numpy_buffer(pixels, format="bgra")
+        return src.reformat(format=self.profile.pix_fmt)
+
+    def _fits(self, prepared: object) -> TypeGuard[VideoFrame]:
+        return (
+            isinstance(prepared, VideoFrame)
+            and prepared.format.name == self.profile.pix_fmt
+            and (prepared.width, prepared.height) == (self.width, self.height)
+        )
+
+    def encode(self, frame: Frame, keyframe: bool = False, prepared: object = None) -> Packet:
         t0 = time.perf_counter()
         if self._reopen:
             self._reopen = False
             self._ctx = self._open()
             keyframe = True
-        pixels = frame.pixels
-        if not pixels.flags.c_contiguous:
-            pixels = np.ascontiguousarray(pixels)
-        src = VideoFrame.from_numpy_buffer(pixels, format="bgra")
-        yuv = src.reformat(format=self.profile.pix_fmt)
+        yuv = prepared if self._fits(prepared) else self.prepare(frame)
         yuv.pts = self._pts
         self._pts += max(1000 // self.fps, 1)
         if keyframe:

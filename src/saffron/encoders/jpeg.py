@@ -26,7 +26,7 @@ class JpegEncoder(Encoder):
         super().__init__(width, height, fps, bitrate_kbps)
         self.quality = 75
 
-    def encode(self, frame: Frame, keyframe: bool = False) -> Packet:
+    def encode(self, frame: Frame, keyframe: bool = False, prepared: object = None) -> Packet:
         t0 = time.perf_counter()
         pixels = frame.pixels
         if not pixels.flags.c_contiguous:

@@ -74,8 +74,8 @@ class WebViewer:
     def in_flight(self) -> int:
         return self._next - 1 - self._acked
 
-    def writable(self, slack: int = 0) -> bool:
-        if self.closed or self.in_flight >= WINDOW_FRAMES + slack:
+    def writable(self) -> bool:
+        if self.closed or self.in_flight >= WINDOW_FRAMES:
             return False
         transport = self.transport
         return transport is None or transport.get_write_buffer_size() < WINDOW_BYTES
