@@ -40,6 +40,7 @@ class Options:
     size: tuple[int, int] = (1280, 720)
     motion: float = 0.25
     buffering: str = "newest"
+    fixed_bitrate: bool = False
     password: str | None = None
     no_auth: bool = False
     view_only: bool = False
@@ -128,6 +129,7 @@ class Server:
             fps=opts.fps,
             bitrate_kbps=opts.bitrate_kbps,
             fifo=opts.buffering == "fifo",
+            adapt=not opts.fixed_bitrate,
         )
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:

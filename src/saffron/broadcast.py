@@ -82,6 +82,7 @@ class Stream:
         fps: int,
         bitrate_kbps: int,
         fifo: bool = False,
+        adapt: bool = True,
         encoder_factory: EncoderFactory = create_encoder,
         on_failure: Callable[[Stream, str], None] | None = None,
     ) -> None:
@@ -118,6 +119,7 @@ class Stream:
             target=self._convert, name=f"convert-{codec}", daemon=True
         )
         self._converter.start()
+        self.adapt = adapt
         self._adapt_handle = loop.call_later(INTERVAL, self._adapt)
 
     # -- FrameSink (producer side, any thread) ---------------------------------
@@ -186,6 +188,8 @@ class Stream:
         if self._closed:
             return
         self._adapt_handle = self.loop.call_later(INTERVAL, self._adapt)
+        if not self.adapt:
+            return
         rates = [r for v in self._viewers if (r := v.rate_kbps()) is not None]
         target = choose_bitrate(rates, self.max_kbps)
         now = time.monotonic()
@@ -206,7 +210,9 @@ class Stream:
             if not packet.keyframe and seat.expected != index:
                 seat.dropped += 1
                 continue
-            if seat.viewer not in admitted and not seat.viewer.writable():
+            # A plain FIFO, for comparison only, queues everything for everyone.
+            fits = self.slot.fifo or seat.viewer in admitted or seat.viewer.writable()
+            if not fits:
                 seat.dropped += 1
                 seat.expected = -1
                 continue
@@ -318,9 +324,11 @@ class Broadcast:
         fps: int = 60,
         bitrate_kbps: int = 8000,
         fifo: bool = False,
+        adapt: bool = True,
         encoder_factory: EncoderFactory = create_encoder,
     ) -> None:
         self.display = display
+        self.adapt = adapt
         self.loop = loop
         self.fps = fps
         self.bitrate_kbps = bitrate_kbps
@@ -340,6 +348,7 @@ class Broadcast:
                 fps=self.fps,
                 bitrate_kbps=self.bitrate_kbps,
                 fifo=self.fifo,
+                adapt=self.adapt,
                 encoder_factory=self._factory,
                 on_failure=self._stream_failed,
             )

@@ -107,6 +107,11 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         help="newest-wins (default) or a plain queue, only for comparisons",
     )
     p.add_argument(
+        "--fixed-bitrate",
+        action="store_true",
+        help="keep --bitrate whatever the viewers' links carry (for comparisons)",
+    )
+    p.add_argument(
         "--password-file",
         type=Path,
         metavar="FILE",
@@ -209,6 +214,7 @@ def _options(args: argparse.Namespace) -> Options:
         size=args.size,
         motion=getattr(args, "motion", 0.25),
         buffering=args.buffering,
+        fixed_bitrate=args.fixed_bitrate,
         password=_password(args),
         no_auth=args.no_auth,
         view_only=args.view_only,

@@ -1,0 +1,257 @@
+"""Latency on a slow link: newest-wins against a naive FIFO, in one run.
+
+Saffron (the ``pattern`` producer, whose frames carry their capture time in
+their top rows) and a measuring viewer run inside a network namespace of
+their own whose loopback is shaped with ``tc tbf`` to a few Mbit/s. The
+viewer decodes every frame with FFmpeg, reads the capture time back from the
+pixels and records the frame's age. Needs root (namespaces, tc).
+
+    saffron bench --full          # the minute-long version, with the other tables
+    python -m saffron.netbench    # just this
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+TBF_LATENCY_MS = 50
+"""How long tbf may hold a packet before dropping it: a short queue, as a busy
+home uplink has, so the measured delay is Saffron's and not the shaper's."""
+
+
+@contextmanager
+def shaped_namespace(rate_kbit: int) -> Iterator[str]:
+    """A fresh namespace whose loopback carries ``rate_kbit``; removed afterwards."""
+    name = f"saffron-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        run = ["ip", "netns", "exec", name]
+        subprocess.run([*run, "ip", "link", "set", "lo", "mtu", "1500", "up"], check=True)
+        burst = max(rate_kbit * 1000 // 8 // 100, 3000)  # 10 ms of data, at least two packets
+        subprocess.run(
+            [
+                *run,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "tbf",
+                "rate",
+                f"{rate_kbit}kbit",
+                "burst",
+                str(burst),
+                "latency",
+                f"{TBF_LATENCY_MS}ms",
+            ],
+            check=True,
+        )
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
+    """Watch ``url`` for ``seconds``: every frame decoded, its age read from its pixels."""
+    import av
+    from aiohttp import ClientSession, WSMsgType
+
+    from .sources.pattern import read_stamp
+    from .web.protocol import unpack_video
+
+    decoder = av.CodecContext.create({"h264": "h264", "vp8": "vp8", "vp9": "vp9"}[codec], "r")
+    samples: list[tuple[float, float]] = []  # (seconds since start, age ms)
+    received = 0
+    start = time.monotonic()
+    async with ClientSession() as session, session.ws_connect(url, max_msg_size=0) as ws:
+        await ws.receive()  # hello
+        await ws.send_str(json.dumps({"type": "start", "codec": codec}))
+        while time.monotonic() - start < seconds:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), 2)
+            except TimeoutError:
+                continue
+            if msg.type != WSMsgType.BINARY:
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    break
+                continue
+            header, data = unpack_video(msg.data)
+            received += len(msg.data)
+            for frame in decoder.decode(av.Packet(data)):
+                age = (time.time_ns() // 1000 - read_stamp(frame.to_ndarray(format="bgra"))) / 1000
+                if 0 <= age < 600_000:  # a misread stamp is not a frame age
+                    samples.append((time.monotonic() - start, age))
+            await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
+    return {"samples": samples, "bytes": received, "seconds": time.monotonic() - start}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(int(len(ordered) * q / 100), len(ordered) - 1)]
+
+
+def summarize(mode: str, report: dict[str, Any], windows: int = 6) -> dict[str, Any]:
+    samples = report["samples"]
+    ages = [a for _, a in samples]
+    span = report["seconds"]
+    trend = []
+    for i in range(windows):
+        lo, hi = span * i / windows, span * (i + 1) / windows
+        part = [a for t, a in samples if lo <= t < hi]
+        trend.append(round(_percentile(part, 95)) if part else None)
+    return {
+        "mode": mode,
+        "frames_per_s": round(len(ages) / span, 1),
+        "kbit_s": round(report["bytes"] * 8 / 1000 / span),
+        "age_p50_ms": round(_percentile(ages, 50)),
+        "age_p95_ms": round(_percentile(ages, 95)),
+        "age_p99_ms": round(_percentile(ages, 99)),
+        "p95_trend_ms": trend,
+    }
+
+
+MODES = {
+    "newest-wins + rate control": ["--buffering", "newest"],
+    "newest-wins, fixed bitrate": ["--buffering", "newest", "--fixed-bitrate"],
+    "FIFO, fixed bitrate": ["--buffering", "fifo", "--fixed-bitrate"],
+}
+"""Saffron as it ships, its buffering alone, and the naive queue it replaces."""
+
+
+def run_mode(
+    namespace: str, mode: str, seconds: float, *, bitrate: int, codec: str, fps: int
+) -> dict[str, Any]:
+    port = 18000 + os.getpid() % 1000
+    exec_ns = ["ip", "netns", "exec", namespace]
+    server = subprocess.Popen(
+        [
+            *exec_ns,
+            sys.executable,
+            "-m",
+            "saffron.cli",
+            "serve",
+            "--source",
+            "pattern",
+            "--motion",
+            "0.5",
+            "--fps",
+            str(fps),
+            "--bitrate",
+            str(bitrate),
+            "--codec",
+            codec,
+            *MODES[mode],
+            "--web",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "open http" in line:
+                break
+        out = subprocess.run(
+            [
+                *exec_ns,
+                sys.executable,
+                "-m",
+                "saffron.netbench",
+                "--viewer",
+                f"http://127.0.0.1:{port}/ws",
+                "--seconds",
+                str(seconds),
+                "--codec",
+                codec,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+        return summarize(mode, json.loads(out.stdout))
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run(
+    seconds: float = 60,
+    *,
+    link_kbit: int = 4000,
+    bitrate: int = 20000,
+    codec: str = "h264",
+    fps: int = 60,
+) -> dict[str, Any]:
+    """Both modes over the same shaped link, one after the other, in one run."""
+    rows = []
+    with shaped_namespace(link_kbit) as ns:
+        for mode in MODES:
+            print(
+                f"slow link: {mode} buffering, {seconds:g} s over {link_kbit} kbit/s ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(run_mode(ns, mode, seconds, bitrate=bitrate, codec=codec, fps=fps))
+    return {
+        "link_kbit_s": link_kbit,
+        "content_bitrate_kbit_s": bitrate,
+        "codec": codec,
+        "fps": fps,
+        "seconds": seconds,
+        "rows": rows,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    print(
+        f"\nSlow link: {result['link_kbit_s']} kbit/s (tbf), pattern at {result['fps']} fps "
+        f"asking {result['content_bitrate_kbit_s']} kbit/s, {result['codec']}, "
+        f"{result['seconds']:g} s per mode; frame age = capture to decoded, from the pixels"
+    )
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--viewer", metavar="URL", help="(internal) run the measuring viewer")
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--codec", default="h264")
+    p.add_argument("--link", type=int, default=4000, help="link rate, kbit/s")
+    p.add_argument("--json")
+    args = p.parse_args()
+    if args.viewer:
+        print(json.dumps(asyncio.run(viewer(args.viewer, args.seconds, args.codec))))
+        return
+    result = run(args.seconds, link_kbit=args.link, codec=args.codec)
+    print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
