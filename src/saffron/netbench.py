@@ -65,12 +65,16 @@ def shaped_namespace(rate_kbit: int) -> Iterator[str]:
 async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
     """Watch ``url`` for ``seconds``: every frame decoded, its age read from its pixels."""
     import av
+    import numpy as np
     from aiohttp import ClientSession, WSMsgType
 
     from .sources.pattern import read_stamp
     from .web.protocol import unpack_video
 
+    from av.video.codeccontext import VideoCodecContext
+
     decoder = av.CodecContext.create({"h264": "h264", "vp8": "vp8", "vp9": "vp9"}[codec], "r")
+    assert isinstance(decoder, VideoCodecContext)
     samples: list[tuple[float, float]] = []  # (seconds since start, age ms)
     received = 0
     start = time.monotonic()
@@ -89,7 +93,8 @@ async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
             header, data = unpack_video(msg.data)
             received += len(msg.data)
             for frame in decoder.decode(av.Packet(data)):
-                age = (time.time_ns() // 1000 - read_stamp(frame.to_ndarray(format="bgra"))) / 1000
+                pixels = np.asarray(frame.to_ndarray(format="bgra"), np.uint8)
+                age = (time.time_ns() // 1000 - read_stamp(pixels)) / 1000
                 if 0 <= age < 600_000:  # a misread stamp is not a frame age
                     samples.append((time.monotonic() - start, age))
             await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
