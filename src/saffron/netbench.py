@@ -67,11 +67,10 @@ async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
     import av
     import numpy as np
     from aiohttp import ClientSession, WSMsgType
+    from av.video.codeccontext import VideoCodecContext
 
     from .sources.pattern import read_stamp
     from .web.protocol import unpack_video
-
-    from av.video.codeccontext import VideoCodecContext
 
     decoder = av.CodecContext.create({"h264": "h264", "vp8": "vp8", "vp9": "vp9"}[codec], "r")
     assert isinstance(decoder, VideoCodecContext)
