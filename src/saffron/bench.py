@@ -17,10 +17,12 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,11 +239,40 @@ def run_bench(args: argparse.Namespace) -> int:
         "medians; present() = the producer's done, in microseconds",
         rows,
     )
+    if args.full:
+        results.update(_full())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _full() -> dict[str, Any]:
+    """The tables of the measurement issue: slow link, fan-out, idle, beside spice-server."""
+    from . import loadbench, netbench
+
+    out: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        slow = netbench.run(60)
+        netbench.print_table(slow)
+        out["slow_link"] = slow
+    else:
+        print("\nslow link: skipped, it needs root for a network namespace", file=sys.stderr)
+    out["fanout"] = loadbench.fanout()
+    loadbench.print_rows(
+        "Fan-out: one h264 stream, 1280x720 at 30 fps; server CPU in cores", out["fanout"]
+    )
+    out["idle"] = loadbench.idle()
+    loadbench.print_rows("Idle", out["idle"])
+    script = Path(__file__).resolve().parents[2] / "bench" / "spice_vs_saffron.py"
+    if script.exists():  # a source checkout: it needs the test guest builder
+        json_path = Path("bench-results") / "spice-vs-saffron.json"
+        json_path.parent.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, str(script), "--json", str(json_path)], check=False)
+        if json_path.exists():
+            out["spice_vs_saffron"] = json.loads(json_path.read_text())
+    return out
 
 
 def main() -> None:  # pragma: no cover - `python -m saffron.bench`

@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the frame path")
     bench.add_argument("--json", type=Path, help="write the results here")
+    bench.add_argument(
+        "--full",
+        action="store_true",
+        help="also the slow link (root), fan-out, idle and spice-server tables (minutes)",
+    )
     bench.add_argument("--codecs", help="comma-separated codecs (default: all software)")
     bench.add_argument("--sizes", help="comma-separated WxH (default 1280x720,1920x1080)")
     bench.add_argument("--seconds", type=float, default=3.0, help="length of each run")
