@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from aiohttp import web
+
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
@@ -160,6 +162,8 @@ class Server:
                         f"{exc.strerror or exc}"
                     ) from None
             routes["/spice"] = spice.aiohttp_handler
+            if SPICE_HTML5.is_dir():
+                routes["/spice-html5/{name:.*}"] = _spice_html5
         if opts.web is not None:
             self.web = WebServer(
                 self.display,
@@ -190,6 +194,18 @@ class Server:
             await self.spice.close()  # type: ignore[attr-defined]
         if self.broadcast is not None:
             self.broadcast.close()
+
+
+SPICE_HTML5 = Path("/usr/share/spice-html5")
+"""Debian's spice-html5, served by the web port so a browser needs nothing else."""
+
+
+async def _spice_html5(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"] or "spice_auto.html"
+    path = (SPICE_HTML5 / name).resolve()
+    if not path.is_relative_to(SPICE_HTML5.resolve()) or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
 
 
 def _addr(addr: tuple[str, int]) -> str:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .app import Options, Server, StartupError
+from .app import SPICE_HTML5, Options, Server, StartupError
 from .display import Display
 from .encoders.base import CODECS
 
@@ -276,6 +276,11 @@ def announce(opts: Options, server: Server | None = None) -> None:
         host, port = opts.spice
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"Saffron: or run  remote-viewer spice://{shown}:{port}", flush=True)
+        if opts.web is not None and SPICE_HTML5.is_dir():
+            whost, wport = opts.web
+            whost = "127.0.0.1" if whost in ("0.0.0.0", "::") else whost
+            page = f"spice-html5/spice_auto.html?host={whost}&port={wport}&path=spice"
+            print(f"Saffron: or spice-html5 at http://{whost}:{wport}/{page}", flush=True)
     if opts.spice_tls is not None and server is not None and server.certificate is not None:
         host, port = opts.spice_tls
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import ARTIFACTS, run_saffron
+from tests.conftest import ARTIFACTS, free_port, run_saffron
 
 pytestmark = pytest.mark.e2e
 
@@ -98,5 +98,45 @@ def test_mouse_drag_turns_the_scene_and_a_key_recolours_it(browser: Any) -> None
             page.keyboard.press("KeyC")
             assert wait_for_change(page, turned), "a key press did not change the colour"
             assert "web viewer 127.0.0.1 watches h264" in saffron.output()
+        finally:
+            page.close()
+
+
+def test_spice_html5_from_the_web_port_shows_the_demo(browser: Any) -> None:
+    """The URL `saffron serve --spice` prints: Debian's spice-html5 page, served by the web
+    port, speaking SPICE over a WebSocket on the same port (no websockify)."""
+    spice = free_port()
+    with run_saffron("serve", "--spice", f"127.0.0.1:{spice}", "--fps", str(FPS)) as saffron:
+        url = next(
+            line.split(" at ", 1)[1].strip()
+            for line in saffron.output().splitlines()
+            if "spice-html5 at" in line
+        )
+        page = browser.new_page(viewport={"width": 1300, "height": 800})
+        try:
+            page.goto(url)
+            page.wait_for_function(
+                """() => { const c = document.querySelector('#spice-screen canvas');
+                           return c && c.width === 1280 && c.height === 720; }""",
+                timeout=30000,
+            )
+            # VP8 plays in a <video> that spice-html5 lays over its canvas; MJPEG and
+            # still refreshes draw on the canvas. Either way the scene must be moving.
+            shown = """() => {
+                const v = document.querySelector('#spice-screen video');
+                if (v && v.videoWidth > 0) return ['video', v.currentTime];
+                const c = document.querySelector('#spice-screen canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let sum = 0; for (let i = 0; i < d.length; i += 4096) sum += d[i] + d[i + 1];
+                return ['canvas', sum];
+            }"""
+            page.wait_for_function(f"() => ({shown})()[1] > 0", timeout=30000)
+            kind, first = page.evaluate(shown)
+            page.wait_for_timeout(2000)
+            kind2, second = page.evaluate(shown)
+            assert kind == kind2 and second != first, (kind, first, kind2, second)
+            if kind == "video":
+                assert second > first, "the VP8 video is not playing"
+            page.screenshot(path=str(ARTIFACTS / "spice-html5-demo.png"))
         finally:
             page.close()
