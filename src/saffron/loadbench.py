@@ -25,7 +25,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 def _start(*args: str) -> tuple[subprocess.Popen[str], int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "saffron.cli", "serve", *args, "--web", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
