@@ -175,18 +175,7 @@ def run_saffron(codec: str, seconds: float, guest: Any, tmp: Path) -> dict[str, 
     try:
         wait_file(serial, "saffron-guest: ready", 90)
         wait_port(port, 10)
-        qemu_pid = (
-            int(
-                subprocess.check_output(
-                    ["pgrep", "-P", str(saffron.pid), "-f", "qemu-system"], text=True
-                ).split()[0]
-            )
-            if subprocess.run(
-                ["pgrep", "-P", str(saffron.pid), "-f", "qemu-system"], capture_output=True
-            ).returncode
-            == 0
-            else _qemu_below(saffron.pid)
-        )
+        qemu_pid = _qemu_below(saffron.pid)
         return {
             "server": "Saffron (saffron qemu)",
             **watch(port, codec, seconds, {"qemu": qemu_pid, "saffron": saffron.pid}),
