@@ -14,6 +14,7 @@ from aiohttp import web
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
+from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
 from .tls import Certificate, self_signed
 from .web.auth import WebAuth
 from .web.server import Handler, WebServer
@@ -52,6 +53,8 @@ class Options:
     cert: Path | None = None
     key: Path | None = None
     spice_tls: tuple[str, int] | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_address: int = DEFAULT_MAX_PER_ADDRESS
 
 
 def web_codecs() -> list[str]:
@@ -99,6 +102,7 @@ class Server:
         self.spice: object | None = None
         self.certificate: Certificate | None = None
         self.auth = WebAuth(opts.password, secure=opts.tls is not None or opts.cert is not None)
+        self.limits = ConnectionLimits(opts.max_connections, opts.max_per_address)
 
     def resolve_certificate(self) -> Certificate | None:
         opts = self.opts
@@ -146,6 +150,7 @@ class Server:
                 codecs=preferred if opts.codec != "auto" else None,
                 exclusive=opts.exclusive,
                 view_only=opts.view_only,
+                limits=self.limits,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -175,6 +180,7 @@ class Server:
                 producer=self.producer,
                 auth=self.auth,
                 ssl_context=ssl_context,
+                limits=self.limits,
             )
             try:
                 await self.web.start(*opts.web)

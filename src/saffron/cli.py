@@ -14,6 +14,7 @@ from pathlib import Path
 from .app import SPICE_HTML5, Options, Server, StartupError
 from .display import Display
 from .encoders.base import CODECS
+from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 
 log = logging.getLogger("saffron")
 
@@ -136,6 +137,20 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a new SPICE client disconnects the previous one, as spice-server does",
     )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"open connections, web and SPICE together (default {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--max-per-address",
+        type=_positive,
+        default=DEFAULT_MAX_PER_ADDRESS,
+        metavar="N",
+        help=f"open connections from one IP address (default {DEFAULT_MAX_PER_ADDRESS})",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: debug)")
 
 
@@ -228,6 +243,8 @@ def _options(args: argparse.Namespace) -> Options:
         spice_tls=args.spice_tls,
         cert=args.cert,
         key=args.key,
+        max_connections=args.max_connections,
+        max_per_address=args.max_per_address,
     )
 
 

@@ -4,7 +4,10 @@ One TCP port carries SPICE (first bytes ``REDQ``) and SPICE over WebSocket for
 spice-html5 (first bytes ``GET ``); :meth:`SpiceServer.aiohttp_handler` serves
 the same thing from an aiohttp web server on any path. Each connection runs the
 link handshake, then one channel. A connection that misbehaves is closed with
-a logged reason; the server and every other viewer carry on.
+a logged reason; the server and every other viewer carry on. Each TCP
+connection takes a slot from the shared :class:`~saffron.limits.ConnectionLimits`
+(the aiohttp path is counted by the web server), and must link within
+``LINK_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
 from ..encoders.base import Packet
+from ..limits import CLOSE_GRACE_S, ConnectionLimits, Slot, host_of, peer_label
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
@@ -34,7 +39,15 @@ from .session import (
 )
 from .viewer import WRITE_BUFFER_LIMIT, DamageLog, DisplayViewer
 from .websocket import WebSocketAdapter, looks_like_http
-from .wire import Caps, ChannelType, LinkErr, MainCap, ProtocolError, make_caps
+from .wire import (
+    MAX_CLIENT_MESSAGE_SIZE,
+    Caps,
+    ChannelType,
+    LinkErr,
+    MainCap,
+    ProtocolError,
+    make_caps,
+)
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -47,7 +60,19 @@ log = logging.getLogger("saffron.spice")
 
 LINK_TIMEOUT_S = 30.0
 """A connection that has not linked by then is dropped (spice-html5 itself gives up
-after 30 s), so half-open sockets cannot pile up."""
+after 30 s), so half-open sockets cannot pile up. It covers the TLS handshake and,
+on this port, the WebSocket upgrade as well."""
+
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 6
+"""TCP keepalive: a client whose machine vanished (power off, cable pulled) is
+noticed after about two minutes of silence and its channels closed, instead of
+holding its slot for the kernel's default of two hours."""
+
+WEBSOCKET_MAX_MESSAGE = 2 * MAX_CLIENT_MESSAGE_SIZE
+"""Largest WebSocket message taken on the aiohttp path: spice-html5 sends one SPICE
+message per WebSocket message, and no client message is above 64 KiB."""
 
 WRITE_BUFFER_LOW = WRITE_BUFFER_LIMIT // 4
 """Below this the viewer counts as caught up again."""
@@ -145,10 +170,14 @@ class Connection:
             self._timeout.cancel()
             self._timeout = None
         session, channel = self.session, _channel_name(self.channel_type)
-        if warn:
-            who = session.label if session else f"SPICE connection from {self.peer}"
-            log.warning("%s: closing the %s channel: %s", who, channel, reason)
-        elif session is not None and self.channel_type != ChannelType.MAIN:
+        if session is None:
+            if warn:
+                log.warning("closing SPICE connection from %s: %s", self.peer, reason)
+            else:
+                log.debug("SPICE connection from %s closed: %s", self.peer, reason)
+        elif warn:
+            log.warning("%s: closing the %s channel: %s", session.label, channel, reason)
+        elif self.channel_type != ChannelType.MAIN:  # the main channel's end is logged below
             log.debug("%s: %s channel closed (%s)", session.label, channel, reason)
         if self.handler is not None:
             try:
@@ -278,17 +307,24 @@ class _TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.ws: WebSocketAdapter | None = None
+        self.slot: Slot | None = None
         self._sniffing = True
         self._head = b""
+        self._request_tail = b""
+        self._abort: asyncio.TimerHandle | None = None
         self.congested = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        peername = transport.get_extra_info("peername")
+        self.slot = self.server.limits.admit(host_of(peername), "SPICE")
+        if self.slot is None:
+            transport.abort()  # nothing was sent: no reason to linger
+            return
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT, low=WRITE_BUFFER_LOW)
-        peer = transport.get_extra_info("peername")
-        label = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unknown")
-        self.conn = Connection(self.server, self, label)
+        _keepalive(transport)
+        self.conn = Connection(self.server, self, peer_label(peername))
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -307,7 +343,15 @@ class _TcpConnection(asyncio.Protocol):
             conn.data_received(data)
             return
         try:
-            payload = self.ws.receive_data(data)
+            if self.ws.open:
+                payload = self.ws.receive_data(data)
+            else:
+                # wsproto drops what follows the request in the same read: keep it
+                # for the open WebSocket instead of losing the first SPICE bytes.
+                request, rest = self._split_request(data)
+                payload = self.ws.receive_data(request)
+                if rest and self.ws.open:
+                    payload += self.ws.receive_data(rest)
         except ProtocolError as exc:
             self._raw(self.ws.data_to_send())
             conn.close(str(exc), warn=True)
@@ -317,6 +361,16 @@ class _TcpConnection(asyncio.Protocol):
             conn.data_received(payload)
         if self.ws.closed:
             conn.close("the client closed the WebSocket")
+
+    def _split_request(self, data: bytes) -> tuple[bytes, bytes]:
+        """``data`` cut after the blank line that ends the HTTP request, if it is there."""
+        window = self._request_tail + data
+        end = window.find(b"\r\n\r\n")
+        if end < 0:
+            self._request_tail = window[-3:]
+            return data, b""
+        cut = end + 4 - len(self._request_tail)
+        return data[:cut], data[cut:]
 
     def _raw(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
@@ -334,8 +388,11 @@ class _TcpConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.ws is not None:
             self._raw(self.ws.close())
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            # A peer that stops reading would keep the socket (and its slot) forever.
+            self._abort = self.server.loop.call_later(CLOSE_GRACE_S, transport.abort)
 
     def pause_writing(self) -> None:
         self.congested = True
@@ -346,8 +403,30 @@ class _TcpConnection(asyncio.Protocol):
             self.conn.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+        self.server.limits.release(self.slot)
         if self.conn is not None:
             self.conn.connection_lost()
+
+
+def _keepalive(transport: asyncio.Transport) -> None:
+    """Turn on TCP keepalive with the short timings above (where the OS has them)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)
 
 
 class _AiohttpOutput:
@@ -430,6 +509,8 @@ async def serve_aiohttp_websocket(
                 conn.data_received(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 conn.close("a text frame: SPICE over WebSocket is binary only", warn=True)
+            elif msg.type == WSMsgType.ERROR:
+                conn.close(f"broken WebSocket: {ws.exception() or msg.data}", warn=True)
             if conn.closed:
                 break
     finally:
@@ -457,10 +538,13 @@ class SpiceServer:
         codecs: list[str] | None = None,
         exclusive: bool = False,
         view_only: bool = False,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
         self.password = password
+        self.limits = limits if limits is not None else ConnectionLimits()
+        """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
         chosen = default_codecs() if codecs is None else list(codecs)
         dropped = [c for c in chosen if c not in CODEC_TYPES]
         if dropped:
@@ -499,7 +583,13 @@ class SpiceServer:
         """Listen on ``host:port``; with ``ssl``, as a TLS port (spice-gtk's ``tls-port``,
         or ``wss://`` for spice-html5). May be called twice, for a plain and a TLS port."""
         self.attach()
-        server = await self.loop.create_server(lambda: _TcpConnection(self), host, port, ssl=ssl)
+        server = await self.loop.create_server(
+            lambda: _TcpConnection(self),
+            host,
+            port,
+            ssl=ssl,
+            ssl_handshake_timeout=LINK_TIMEOUT_S if ssl is not None else None,
+        )
         self._servers.append(server)
         codecs = ", ".join(CODEC_LABELS.get(c, c) for c in self.codecs)
         mode = " exclusive," if self.exclusive else ""
@@ -536,13 +626,21 @@ class SpiceServer:
             self.display.remove_sink(self.damage_log)
             self._attached = False
 
-    async def aiohttp_handler(self, request: web.Request) -> web.WebSocketResponse:
+    async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         """An aiohttp handler: ``app.router.add_get("/spice", server.aiohttp_handler)``."""
         from aiohttp import web
 
-        ws = web.WebSocketResponse(protocols=("binary",), compress=False)
-        await ws.prepare(request)
-        await serve_aiohttp_websocket(ws, self, peer=request.remote or "web client")
+        from ..web.server import open_websocket
+
+        ws = web.WebSocketResponse(
+            protocols=("binary",), compress=False, max_msg_size=WEBSOCKET_MAX_MESSAGE
+        )
+        refused = await open_websocket(ws, request, "SPICE WebSocket")
+        if refused is not None:
+            return refused
+        transport = request.transport
+        peer = peer_label(transport.get_extra_info("peername")) if transport else "web client"
+        await serve_aiohttp_websocket(ws, self, peer=peer)
         return ws
 
     # -- sessions ----------------------------------------------------------------------

@@ -4,6 +4,11 @@ Each page is a :class:`WebViewer` in the broadcast. Its send window is counted
 in frames the page has not yet acknowledged as decoded, so a page on a slow
 link (or a slow decoder) simply stops being offered frames until it catches
 up, and never builds a queue.
+
+Every TCP connection passes through an :class:`_HttpGuard` before aiohttp sees
+it: it takes a slot from the shared connection limits (or gets a 503), and is
+cut off when a request is not complete within ``HANDSHAKE_TIMEOUT_S``, which
+aiohttp alone does not do.
 """
 
 from __future__ import annotations
@@ -19,11 +24,21 @@ from importlib import resources
 from typing import Any, ClassVar
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from ..broadcast import Broadcast, Stream
 from ..display import Button, Cursor, Display
 from ..encoders.base import Packet
 from ..keys import scancode_for
+from ..limits import (
+    CLOSE_GRACE_S,
+    HANDSHAKE_TIMEOUT_S,
+    ConnectionLimits,
+    Slot,
+    host_of,
+    peer_label,
+)
 from ..ratecontrol import RateEstimator
 from .auth import WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
@@ -40,6 +55,24 @@ whatever it has acknowledged: a guard against a page that acks but cannot read."
 
 STATS_INTERVAL = 1.0
 
+HEARTBEAT_S = 30.0
+"""A page's WebSocket is pinged this often; one that does not answer within half of
+it is closed (a browser that vanished without closing its socket)."""
+
+MAX_PENDING_MESSAGES = 256
+"""JSON messages queued for a page that is not reading them (pongs it asked for,
+cursor shapes): past this the page is closed rather than let memory grow."""
+
+_BUSY = b"Saffron has too many connections; try again later.\n"
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Retry-After: 10\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_BUSY), _BUSY)
+)
+"""The answer to a connection over the limits, before reading its request."""
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -53,7 +86,10 @@ class WebViewer:
         self.view_only = view_only or server.view_only
         self.ws = ws
         self.transport = request.transport
-        self.label = f"web viewer {request.remote}"
+        peername = self.transport.get_extra_info("peername") if self.transport else request.remote
+        self.label = f"web viewer {peer_label(peername)}"
+        self.host = host_of(peername)
+        self.port = peername[1] if isinstance(peername, tuple) and len(peername) > 1 else "?"
         self.codec = ""
         self.stream: Stream | None = None
         self.closed = False
@@ -67,6 +103,8 @@ class WebViewer:
         self.frames_acked = 0
         self.page_stats: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self.end = ""
+        """Why the server closed this page's socket, if it did."""
 
     # -- Viewer ---------------------------------------------------------------
 
@@ -102,14 +140,19 @@ class WebViewer:
                 elif msg.type == WSMsgType.BINARY:
                     raise ProtocolError("the page sent binary data; it only sends JSON")
                 elif msg.type == WSMsgType.ERROR:
+                    self.end = f"broken WebSocket: {self.ws.exception() or msg.data}"
+                    log.warning("closing %s: %s", self.label, self.end)
                     break
         except ProtocolError as exc:
+            self.end = str(exc)
             log.warning("closing %s: %s", self.label, exc)
             await self.ws.close(code=1008, message=str(exc)[:120].encode())
         finally:
             self.closed = True
             sender.cancel()
             ticker.cancel()
+            for task in list(self._tasks):
+                task.cancel()
             self.server.broadcast.leave(self)
 
     async def _send_loop(self) -> None:
@@ -123,14 +166,27 @@ class WebViewer:
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
         if not self.ws.closed:
-            await self.ws.send_str(json.dumps(obj))
+            try:
+                await self.ws.send_str(json.dumps(obj))
+            except (ConnectionError, RuntimeError):
+                self.closed = True  # the page went away meanwhile; run() ends it
 
     def notify(self, obj: dict[str, Any]) -> None:
         """Queue a JSON message from a synchronous context on the loop."""
-        if not self.closed:
+        if self.closed:
+            return
+        if len(self._tasks) >= MAX_PENDING_MESSAGES:
+            self.closed = True
+            self.end = f"it does not read what it is sent ({len(self._tasks)} messages waiting)"
+            log.warning("closing %s: %s", self.label, self.end)
+            task = asyncio.ensure_future(self._close(1008, "not reading"))
+        else:
             task = asyncio.ensure_future(self._send_json(obj))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
 
     async def _stats_loop(self) -> None:
         while True:
@@ -179,7 +235,7 @@ class WebViewer:
         self.stream = self.server.broadcast.join(self, codec)
         self._next, self._acked = 0, -1
         self._sent.clear()
-        log.info("%s watches %s", self.label, codec)
+        log.info("web viewer %s watches %s (port %s)", self.host, codec, self.port)
 
     def _on_ack(self, msg: dict[str, Any]) -> None:
         frame = int(msg["frame"])
@@ -258,8 +314,10 @@ class WebServer:
         producer: object | None = None,
         auth: WebAuth | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.display = display
+        self.limits = limits if limits is not None else ConnectionLimits()
         self.broadcast = broadcast
         self.codecs = codecs
         self.default_codec = default_codec
@@ -270,6 +328,7 @@ class WebServer:
         self.auth = auth or WebAuth(None, secure=ssl_context is not None)
         self.ssl_context = ssl_context
         self.app = web.Application(middlewares=[self.auth.middleware])
+        self.app.on_response_prepare.append(_answered)
         self.app.router.add_route("*", "/login", self.auth.login)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/ws", self._websocket)
@@ -280,6 +339,7 @@ class WebServer:
         for path, handler in (extra_routes or {}).items():
             self.app.router.add_get(path, handler)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         display.add_listener(self)
         broadcast.failure_listeners.append(self._stream_failed)
 
@@ -298,16 +358,38 @@ class WebServer:
         }
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, logger=HTTP_LOG
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
-        await site.start()
+        handler = self._runner.server
+        assert handler is not None
+        limits, loop = self.limits, asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: _HttpGuard(handler(), limits, loop),
+            host,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self.ssl_context else None,
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the page listens (the real port when 0 was asked for)."""
+        if self._listener is None:
+            return []
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._listener.sockets]
 
     async def close(self) -> None:
-        for viewer in list(self.viewers):
-            await viewer.ws.close()
+        if self._listener is not None:
+            self._listener.close()
+        viewers = [viewer.ws.close() for viewer in list(self.viewers)]
+        await asyncio.gather(*viewers, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
 
     # -- routes ---------------------------------------------------------------
 
@@ -326,9 +408,11 @@ class WebServer:
         except FileNotFoundError:
             raise web.HTTPNotFound() from None
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_MESSAGE * 4, heartbeat=30)
-        await ws.prepare(request)
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_MESSAGE * 4, heartbeat=HEARTBEAT_S)
+        refused = await open_websocket(ws, request, "WebSocket")
+        if refused is not None:
+            return refused
         session = self.auth.session(request)
         viewer = WebViewer(self, ws, request, view_only=session is None or session.view_only)
         self.viewers.add(viewer)
@@ -337,7 +421,7 @@ class WebServer:
             await viewer.run()
         finally:
             self.viewers.discard(viewer)
-            log.info("%s left", viewer.label)
+            log.info("%s left (%s)", viewer.label, viewer.end or _close_reason(ws))
         return ws
 
     async def _no_content(self, request: web.Request) -> web.Response:
@@ -439,6 +523,187 @@ class WebServer:
                 viewer.notify({"type": "switch", "codecs": self.codecs, "reason": reason})
             else:
                 viewer.notify({"type": "error", "text": f"no encoder works any more: {reason}"})
+
+
+class _HttpGuard(asyncio.Protocol):
+    """One connection of the web port, in front of aiohttp's own protocol.
+
+    It takes a slot from the limits (over them the client gets a 503 and the
+    socket closes), and gives every HTTP request ``HANDSHAKE_TIMEOUT_S`` from
+    the connection or the previous answer to arrive and be answered, and a
+    WebSocket as long to open; then the socket is cut. Once a WebSocket is up,
+    its own heartbeat (or SPICE's link timeout) takes over.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, limits: ConnectionLimits, loop: Loop) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.loop = loop
+        self.slot: Slot | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self._timer: asyncio.TimerHandle | None = None
+        self._partial = False
+        """Bytes of a request arrived that has not been answered yet."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peername = transport.get_extra_info("peername")
+        self.peer = peer_label(peername)
+        self.slot = self.limits.admit(host_of(peername), "web")
+        if self.slot is None:
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            self.loop.call_later(CLOSE_GRACE_S, transport.abort)
+            return
+        self.transport = transport
+        self._arm()
+        if isinstance(self.inner, RequestHandler):  # its log lines then name the peer
+            self.inner.logger = _PeerLog(HTTP_LOG, {"peer": self.peer})  # type: ignore[assignment]
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.slot is None:
+            return
+        if self._timer is not None:
+            self._partial = True
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.slot is not None else None
+
+    def pause_writing(self) -> None:
+        if self.slot is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.slot is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.slot is None:
+            return
+        log.debug("web connection from %s closed%s", self.peer, f" ({exc})" if exc else "")
+        self.limits.release(self.slot)
+        self.inner.connection_lost(exc)
+
+    def answered(self, websocket: bool) -> None:
+        """A response is on its way: the next request has its own time; a WebSocket none."""
+        self._partial = False
+        if websocket:
+            self._disarm()
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._partial:
+            log.warning(
+                "closing web connection from %s: no complete request within %.0f s",
+                self.peer,
+                HANDSHAKE_TIMEOUT_S,
+            )
+        else:
+            log.debug("closing idle web connection from %s", self.peer)
+        transport.abort()
+
+
+Loop = asyncio.AbstractEventLoop
+
+
+async def _answered(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp prepares a response: tell the connection's guard (on_response_prepare)."""
+    transport = request.transport
+    guard = transport.get_protocol() if transport is not None else None
+    if isinstance(guard, _HttpGuard):
+        guard.answered(isinstance(response, web.WebSocketResponse))
+
+
+class _PeerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's log for one connection, with the peer's address and port attached."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return msg, {**kwargs, "extra": self.extra}
+
+
+class _BadRequestsAreWarnings(logging.Filter):
+    """aiohttp logs a malformed request as an error with a traceback, though it is the
+    client's doing and already answered with a 400: one warning line says it better.
+    (A first request that is not HTTP at all, say TLS to a plain port, aiohttp logs
+    at debug level as internet noise; it stays there, in one line too.) A client
+    that hangs up while a handler reads its body is no error either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            who = getattr(record, "peer", None)
+            if who is None:
+                who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            text = (exc.message or type(exc).__name__).strip().splitlines()[0]
+            text = text.split(": b'", 1)[0].split(': b"', 1)[0][:160]
+            if record.levelno >= logging.ERROR:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "bad HTTP request from %s (answered %d): %s"
+            record.args = (who, exc.code, text)
+            record.exc_info, record.exc_text = None, None
+        elif isinstance(exc, ConnectionError):  # the client left while a handler read or wrote
+            who = getattr(record, "peer", "?")
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args = "web connection from %s went away mid-request: %s", (who, exc)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+HTTP_LOG = logging.getLogger("saffron.web.http")
+"""aiohttp's own messages about connections (bad requests, handler errors)."""
+HTTP_LOG.addFilter(_BadRequestsAreWarnings())
+
+
+async def open_websocket(
+    ws: web.WebSocketResponse, request: web.Request, what: str
+) -> web.StreamResponse | None:
+    """Answer a WebSocket handshake: None once it is open, else the response to return
+    instead (the refusal is logged, naming the peer)."""
+    transport = request.transport
+    peer = peer_label(transport.get_extra_info("peername") if transport else None)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException as exc:
+        log.warning("refused a %s from %s: %s", what, peer, (exc.text or exc.reason).strip())
+        raise
+    except ValueError:
+        # aiohttp fails on handshake headers that are not ASCII (it decodes the key, or
+        # quotes the header in its 400), which would be logged as a server error.
+        log.warning("refused a %s from %s: its handshake headers are not text", what, peer)
+        response = web.Response(status=400, text="bad WebSocket handshake\n")
+        response.force_close()
+        return response
+    except ConnectionError as exc:
+        log.debug("%s from %s went away while it opened: %s", what, peer, exc)
+        # A fresh response, not the half-opened ws: aiohttp finds the socket closed
+        # and lets it be, where finishing the ws would make it log an error.
+        return web.Response(status=400, text="closed during the WebSocket handshake\n")
+    return None
+
+
+def _close_reason(ws: web.WebSocketResponse) -> str:
+    code = ws.close_code
+    if code is None or code == 1006:
+        return "the connection dropped"
+    return f"the page closed it, code {code}"
 
 
 def _static_text(name: str) -> str:

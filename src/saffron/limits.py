@@ -1,0 +1,176 @@
+"""How many connections Saffron takes, from whom, and how long a handshake may last.
+
+One Saffron serves one display to a handful of people, so it needs few
+sockets; a script that opens thousands must not use up the process's file
+descriptors (then nobody could connect, and the producer could not open a
+dma-buf). Every TCP connection, web or SPICE, takes a slot from one shared
+:class:`ConnectionLimits` when it is accepted and gives it back when it
+closes. Refusals are logged, but a flood of them is summed up rather than
+written line by line, so the log cannot be flooded instead.
+
+This module only counts: the front ends decide what a refusal looks like on
+their wire (an HTTP 503, or a closed SPICE socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("saffron.limits")
+
+DEFAULT_MAX_CONNECTIONS = 400
+"""Connections open at once, all front ends together. A browser page uses its
+WebSocket and up to six HTTP connections, a SPICE client four channels, so this
+is fifty viewers with room to spare, and stays well below the usual limit of
+1024 open files, which the encoders, QEMU's dma-bufs and the log also need."""
+
+DEFAULT_MAX_PER_ADDRESS = 100
+"""Connections open at once from one IP address: a dozen people behind one NAT,
+or a 50-viewer benchmark from one machine, while one host cannot take every slot."""
+
+HANDSHAKE_TIMEOUT_S = 30.0
+"""Seconds a web connection has to finish each HTTP request, or to open its
+WebSocket: a client that sends half a request and waits (slowloris) is then
+closed. 30 s is what spice-html5 waits for a connection before giving up."""
+
+CLOSE_GRACE_S = 5.0
+"""Seconds a closed connection may take to hand over the bytes still queued for it
+before it is cut off (a peer that stops reading would otherwise hold it forever)."""
+
+REFUSAL_LOG_INTERVAL_S = 10.0
+"""Refusals after the first are summed up in one line at most this often."""
+
+
+def host_of(peername: object) -> str:
+    """The IP address of a socket's peer, IPv4-mapped IPv6 written as IPv4."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0]).removeprefix("::ffff:")
+    return str(peername or "unknown")
+
+
+def peer_label(peername: object) -> str:
+    """``host:port`` of a socket's peer, for log lines."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host = host_of(peername)
+        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
+    return host_of(peername)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One admitted connection; give it back with :meth:`ConnectionLimits.release`."""
+
+    address: str
+    released: bool = False
+
+
+@dataclass
+class _Refusals:
+    """Refusals not yet written to the log, by (address, reason)."""
+
+    pending: dict[tuple[str, str], int] = field(default_factory=dict)
+    last_logged: float = float("-inf")
+    flush: asyncio.TimerHandle | None = None
+
+
+class ConnectionLimits:
+    """A total and a per-address cap on open connections, shared by the front ends."""
+
+    def __init__(
+        self,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+    ) -> None:
+        if max_connections < 1 or max_per_address < 1:
+            raise ValueError("connection limits must be at least 1")
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.total = 0
+        self.refused = 0
+        """Connections refused since start, for tests and metrics."""
+        self.peak = 0
+        self._by_address: dict[str, int] = {}
+        self._refusals = _Refusals()
+
+    def open_from(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+    def admit(self, address: str, what: str) -> Slot | None:
+        """A slot for a new connection from ``address``, or None (logged) if over a cap.
+
+        ``what`` names the front end in the log ("web", "SPICE").
+        """
+        if self.total >= self.max_connections:
+            self._refuse(
+                address,
+                what,
+                f"{self.total} connections are open, the most allowed (--max-connections)",
+            )
+            return None
+        count = self._by_address.get(address, 0)
+        if count >= self.max_per_address:
+            self._refuse(
+                address,
+                what,
+                f"{count} connections from that address are open, the most allowed "
+                "(--max-per-address)",
+            )
+            return None
+        self._by_address[address] = count + 1
+        self.total += 1
+        self.peak = max(self.peak, self.total)
+        return Slot(address)
+
+    def release(self, slot: Slot | None) -> None:
+        """Give a slot back (again is harmless)."""
+        if slot is None or slot.released:
+            return
+        slot.released = True
+        self.total -= 1
+        left = self._by_address.get(slot.address, 0) - 1
+        if left > 0:
+            self._by_address[slot.address] = left
+        else:
+            self._by_address.pop(slot.address, None)
+
+    # -- the log ---------------------------------------------------------------------
+
+    def _refuse(self, address: str, what: str, reason: str) -> None:
+        self.refused += 1
+        r = self._refusals
+        now = time.monotonic()
+        if now - r.last_logged >= REFUSAL_LOG_INTERVAL_S and not r.pending:
+            r.last_logged = now
+            log.warning("refused a %s connection from %s: %s", what, address, reason)
+            return
+        key = (address, reason)
+        r.pending[key] = r.pending.get(key, 0) + 1
+        if r.flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            delay = max(r.last_logged + REFUSAL_LOG_INTERVAL_S - now, 0.0)
+            r.flush = loop.call_later(delay, self.flush_log)
+
+    def flush_log(self) -> None:
+        """Write the refusals summed up since the last line."""
+        r = self._refusals
+        if r.flush is not None:
+            r.flush.cancel()
+            r.flush = None
+        if not r.pending:
+            return
+        r.last_logged = time.monotonic()
+        for (address, reason), count in r.pending.items():
+            log.warning(
+                "refused %d more connection%s from %s: %s",
+                count,
+                "" if count == 1 else "s",
+                address,
+                reason,
+            )
+        r.pending.clear()
