@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,7 +165,7 @@ class Server:
                 except OSError as exc:
                     raise StartupError(
                         f"cannot listen for SPICE{' TLS' if tls else ''} on {_addr(addr)}: "
-                        f"{exc.strerror or exc}"
+                        f"{_why(exc)}"
                     ) from None
             routes["/spice"] = spice.aiohttp_handler
             if SPICE_HTML5.is_dir():
@@ -186,7 +187,7 @@ class Server:
                 await self.web.start(*opts.web)
             except OSError as exc:
                 raise StartupError(
-                    f"cannot listen for the web page on {_addr(opts.web)}: {exc.strerror or exc}"
+                    f"cannot listen for the web page on {_addr(opts.web)}: {_why(exc)}"
                 ) from None
         if self.producer is not None:
             self.producer.start()
@@ -212,6 +213,11 @@ async def _spice_html5(request: web.Request) -> web.StreamResponse:
     if not path.is_relative_to(SPICE_HTML5.resolve()) or not path.is_file():
         raise web.HTTPNotFound()
     return web.FileResponse(path)
+
+
+def _why(exc: OSError) -> str:
+    """The OS's own words ("Address already in use"), not asyncio's long version."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def _addr(addr: tuple[str, int]) -> str:

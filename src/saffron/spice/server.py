@@ -26,7 +26,7 @@ from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import CLOSE_GRACE_S, ConnectionLimits, Slot, host_of, peer_label
 from .cursor import CursorChannel
-from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
+from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel, choose_codec
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
 from .link import LinkEstablished, LinkFailed, ServerLink, TicketKey
 from .main import MainChannel
@@ -563,6 +563,7 @@ class SpiceServer:
         self._attached = False
         self._move: tuple[int, int, bool] | None = None
         self._move_lock = threading.Lock()
+        broadcast.failure_listeners.append(self._stream_failed)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -625,6 +626,8 @@ class SpiceServer:
             self.display.remove_listener(self)
             self.display.remove_sink(self.damage_log)
             self._attached = False
+        with contextlib.suppress(ValueError):
+            self.broadcast.failure_listeners.remove(self._stream_failed)
 
     async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         """An aiohttp handler: ``app.router.add_get("/spice", server.aiohttp_handler)``."""
@@ -666,6 +669,31 @@ class SpiceServer:
         del self.sessions[session.id]
         log.info("%s disconnected (%s)", session.label, reason)
         session.close(reason)
+
+    def _stream_failed(self, codec: str, reason: str) -> None:
+        """A codec's every encoder broke: its viewers move to another codec they can play."""
+        if codec not in self.codecs:
+            return
+        self.codecs = [c for c in self.codecs if c != codec]
+        label = CODEC_LABELS.get(codec, codec)
+        log.warning(
+            "SPICE: no longer sending %s (%s); left: %s",
+            label,
+            reason,
+            ", ".join(CODEC_LABELS.get(c, c) for c in self.codecs) or "nothing",
+        )
+        for viewer in self.viewers():
+            if viewer.codec != codec:
+                continue
+            channel = viewer.channel
+            if choose_codec(self.codecs, channel.client_caps, channel.preferred_codecs) is None:
+                viewer.conn.close(
+                    f"the {label} encoder broke and the client plays no other codec "
+                    "this server still encodes",
+                    warn=True,
+                )
+                continue
+            viewer._join()  # picks the best codec left and says so in the log
 
     def viewers(self) -> list[DisplayViewer]:
         found: list[DisplayViewer] = []

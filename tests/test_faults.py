@@ -1,0 +1,470 @@
+"""Faults: viewers killed mid-frame, a producer that stalls, an encoder that raises under
+a SPICE viewer, no EGL, no working encoder, the SPICE port in use.
+
+Each must leave a clear message and no traceback, and must not disturb the other
+viewers. (QEMU killed under its viewers is tested in tests/e2e/test_qemu_web.py; a
+broken encoder under a web page in tests/test_web.py; the web port in use in
+tests/test_web_auth.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saffron import soak
+from saffron.app import Options, Server
+from saffron.display import Display
+from saffron.encoders.base import Encoder, EncoderError
+from saffron.encoders.registry import create_encoder
+from saffron.sources.pattern import PatternSource
+from saffron.spice import wire as w
+from saffron.web import server as web_server_module
+from tests.spice.helpers import run_gtk_client, spice_server
+from tests.spice.pyclient import PyClient, open_session
+from tests.test_fuzz_net import Records, stop_watchers, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StallingPattern(PatternSource):
+    """The pattern, with a switch that makes its thread stop presenting (a hung guest)."""
+
+    def __init__(self, display: Display, width: int, height: int, fps: int) -> None:
+        super().__init__(display, width, height, fps)
+        self.stalled = threading.Event()
+
+    def tick(self, t: float) -> None:
+        if not self.stalled.is_set():
+            super().tick(t)
+
+
+@dataclass
+class Running:
+    server: Server
+    producer: StallingPattern
+    web_port: int
+    spice_port: int
+    records: Records
+    spice_watch: soak.Tally
+    web_watch: soak.Tally
+    baseline: int
+
+    def progress(self) -> None:
+        seen = (self.spice_watch.frames, self.web_watch.frames)
+        assert wait_until(
+            lambda: self.spice_watch.frames > seen[0] and self.web_watch.frames > seen[1],
+            timeout=60,
+        ), f"the good viewers stopped: {self.spice_watch}, {self.web_watch}"
+
+    def settled(self) -> None:
+        assert wait_until(lambda: self.server.limits.total == self.baseline), (
+            f"{self.server.limits.total} connections open, {self.baseline} expected"
+        )
+
+
+@contextmanager
+def saffron(width: int = 640, height: int = 360) -> Iterator[Running]:
+    """A whole Saffron in-process, with a SPICE and a web viewer watching it."""
+    records = Records()
+    logging.getLogger().addHandler(records)
+    saffron_log = logging.getLogger("saffron")
+    old_level = saffron_log.level
+    saffron_log.setLevel(logging.INFO)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="saffron", daemon=True)
+    thread.start()
+    display = Display()
+    producer = StallingPattern(display, width, height, 30)
+    opts = Options(
+        source="pattern",
+        web=("127.0.0.1", 0),
+        spice=("127.0.0.1", 0),
+        codec="mjpeg",
+        fps=30,
+        size=(width, height),
+    )
+    server = Server(opts, display, producer)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
+    assert server.web is not None and server.spice is not None
+    web_port, spice_port = server.web.addresses[0][1], server.spice.port  # type: ignore[attr-defined]
+    watch_loop = asyncio.new_event_loop()
+    watch_thread = threading.Thread(target=watch_loop.run_forever, name="watchers", daemon=True)
+    watch_thread.start()
+    spice_watch, web_watch = soak.Tally(), soak.Tally()
+    tasks = [
+        asyncio.run_coroutine_threadsafe(
+            soak.spice_viewer("127.0.0.1", spice_port, spice_watch), watch_loop
+        ),
+        asyncio.run_coroutine_threadsafe(
+            soak.web_viewer(f"http://127.0.0.1:{web_port}/", web_watch), watch_loop
+        ),
+    ]
+    try:
+        assert wait_until(lambda: spice_watch.frames > 0 and web_watch.frames > 0, timeout=60)
+        running = Running(
+            server,
+            producer,
+            web_port,
+            spice_port,
+            records,
+            spice_watch,
+            web_watch,
+            server.limits.total,
+        )
+        yield running
+        assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+        assert spice_watch.connects == 1 and web_watch.connects == 1, "nobody reconnected"
+        assert not records.errors(), records.errors()
+    finally:
+        stop_watchers(watch_loop, tasks)
+        watch_thread.join(5)
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        logging.getLogger().removeHandler(records)
+        saffron_log.setLevel(old_level)
+
+
+# -- viewers killed mid-frame ----------------------------------------------------------------
+
+VICTIM = textwrap.dedent(
+    r"""
+    import asyncio, socket, struct, sys, time
+    from saffron import soak
+    from saffron.spice import wire as w
+
+    kind, port = sys.argv[1], int(sys.argv[2])
+    UPGRADE = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    async def spice(half_sent):
+        reader, writer, mini = await soak.spice_link("127.0.0.1", port, w.ChannelType.MAIN)
+        main = soak.SpiceChannel(reader, writer, mini)
+        async for raw in main.messages():
+            if raw.type == w.MainInit.TYPE:
+                session = w.MainInit.unpack(raw.body).session_id
+                break
+        reader, writer, mini = await soak.spice_link(
+            "127.0.0.1", port, w.ChannelType.DISPLAY, connection_id=session,
+            channel_caps=soak.SPICE_GTK_DISPLAY_CAPS)
+        writer.write(w.frame(w.DisplayInit(1, 1000, 1, 1000), mini=mini))
+        await reader.read(4096)  # the first bytes of the display channel, then stop reading
+        if half_sent:  # half an inputs-like message: a header promising 12 bytes, 3 given
+            main.writer.write(struct.pack("<HI", w.Pong.TYPE, 12) + b"abc")
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+    def web(half_sent):
+        import json
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(UPGRADE)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        start = json.dumps({"type": "start", "codec": "mjpeg"}).encode()
+        sock.sendall(bytes([0x81, 0x80 | len(start)]) + bytes(4) + start)
+        got = 0
+        while got < 8192:  # part of the first frames, then stop reading
+            got += len(sock.recv(4096))
+        if half_sent:  # half a WebSocket frame: 24 of the 200 bytes it announces
+            sock.sendall(bytes([0x81, 0x80 | 126, 0, 200]) + bytes(4) + bytes(24))
+        print("ready", flush=True)
+        time.sleep(3600)
+
+    if kind.startswith("spice"):
+        asyncio.run(spice(kind.endswith("half")))
+    else:
+        web(kind.endswith("half"))
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["spice", "spice-half", "web", "web-half"])
+def test_viewer_killed_mid_frame(kind: str) -> None:
+    """SIGKILL a viewer that stopped reading in the middle of the video (and, for the
+    half cases, had sent half a message): its connections go, the others carry on."""
+    with saffron() as s:
+        port = s.spice_port if kind.startswith("spice") else s.web_port
+        start = len(s.records)
+        victim = subprocess.Popen(
+            [sys.executable, "-c", VICTIM, kind, str(port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert victim.stdout is not None
+            assert victim.stdout.readline().strip() == "ready"
+            wants = s.baseline + (2 if kind.startswith("spice") else 1)
+            assert wait_until(lambda: s.server.limits.total == wants)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(30)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+                victim.wait()
+        s.settled()
+        s.progress()
+        said = [text for _, _, text in s.records.since(start)]
+        if kind.startswith("spice"):
+            assert any("disconnected (the client closed the connection)" in t for t in said), said
+        else:
+            assert any(" left (" in t for t in said), said
+
+
+# -- the producer stalls -------------------------------------------------------------------------
+
+
+def test_producer_stall_keeps_viewers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No new picture for a while: viewers stay connected (heartbeats answered), get
+    nothing, and get frames again when the producer comes back."""
+    monkeypatch.setattr(web_server_module, "HEARTBEAT_S", 0.5)
+    with saffron(160, 96) as s:
+        s.producer.stalled.set()
+        # What was in flight arrives; then nothing more.
+        last = (-1, -1)
+        while (s.spice_watch.frames, s.web_watch.frames) != last:
+            last = (s.spice_watch.frames, s.web_watch.frames)
+            wait_until(lambda: False, timeout=1.0)
+        heartbeats = len(s.records)
+        wait_until(lambda: False, timeout=3.0)  # a few web heartbeats and a SPICE ping
+        assert (s.spice_watch.frames, s.web_watch.frames) == last, "frames during the stall"
+        assert s.server.limits.total == s.baseline, "a viewer was dropped during the stall"
+        assert not s.records.errors(heartbeats)
+        s.producer.stalled.clear()
+        s.progress()
+
+
+# -- an encoder that raises under a SPICE viewer ------------------------------------------------
+
+
+class BrokenH264(Encoder):
+    codec, backend = "h264", "broken"
+
+    def encode(self, frame: Any, keyframe: bool = False, prepared: object = None) -> Any:
+        raise EncoderError("simulated failure")
+
+
+def broken_h264(codec: str, w_: int, h: int, fps: int, kbps: int, skip: int) -> Encoder:
+    if codec == "h264":
+        return BrokenH264(w_, h, fps, kbps)
+    return create_encoder(codec, w_, h, fps, kbps, skip)
+
+
+GTK_DISPLAY = (0x6FBF,)
+
+
+def test_spice_viewer_moves_to_another_codec(caplog: pytest.LogCaptureFixture) -> None:
+    """H.264 breaks: the SPICE viewer gets VP9 instead (the next it plays) and keeps watching."""
+    caplog.set_level(logging.INFO, "saffron")
+    with spice_server(width=160, height=96) as (srv, _):
+        srv.broadcast._factory = broken_h264  # before anyone joins: every h264 stream breaks
+        assert srv.server.codecs[0] == "h264"
+
+        async def watch() -> list[w.Message]:
+            main, init = await open_session(srv.port)
+            display = await PyClient.open(
+                srv.port,
+                w.ChannelType.DISPLAY,
+                connection_id=init.session_id,
+                channel_caps=GTK_DISPLAY,
+            )
+            display.auto_ack = True
+            display.send(w.DisplayInit(1, 1000, 1, 1000))
+            got: list[w.Message] = []
+            while sum(isinstance(m, w.StreamData | w.StreamDataSized) for m in got) < 5:
+                got.append(await display.read(30))  # type: ignore[arg-type]
+            main.close()
+            display.close()
+            return got
+
+        got = asyncio.run(watch())
+    creates = [m for m in got if isinstance(m, w.StreamCreate)]
+    assert [c.codec_type for c in creates] == [w.VideoCodec.VP9], creates
+    said = caplog.text
+    assert "SPICE: no longer sending H.264 (simulated failure)" in said
+    assert "switching video from H.264 to VP9" in said
+    assert "Traceback" not in said
+
+
+def test_spice_viewer_is_told_when_no_codec_is_left(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that encodes only H.264 (--codec h264 where nothing else works) loses it:
+    the display channel is closed with the reason, the session stays."""
+    caplog.set_level(logging.INFO, "saffron")
+    with spice_server(width=160, height=96, codecs=["h264"]) as (srv, _):
+        srv.broadcast._factory = broken_h264
+
+        async def watch() -> bool:
+            main, init = await open_session(srv.port)
+            display = await PyClient.open(
+                srv.port,
+                w.ChannelType.DISPLAY,
+                connection_id=init.session_id,
+                channel_caps=GTK_DISPLAY,
+            )
+            display.send(w.DisplayInit(1, 1000, 1, 1000))
+            closed = await display.closed(30)
+            main.close()
+            return closed
+
+        assert asyncio.run(watch())
+    assert (
+        "closing the display channel: the H.264 encoder broke and the client plays no other "
+        "codec this server still encodes"
+    ) in caplog.text
+
+
+@pytest.mark.e2e
+def test_spice_gtk_keeps_watching_when_h264_breaks() -> None:
+    """spice-gtk itself: its H.264 stream is replaced by another codec it plays, and it
+    goes on showing frames."""
+    with spice_server(fps=30) as (srv, _):
+        srv.broadcast._factory = broken_h264
+        report = run_gtk_client(srv.port, "--settle", "2", "--seconds", "3")
+        assert not report["errors"], report
+        assert report["frames"] > 0, report
+        assert "h264" not in srv.codecs_sent and sum(srv.codecs_sent.values()) > 0, srv.codecs_sent
+
+
+# -- what cannot start says why -------------------------------------------------------------------
+
+
+def _saffron(*args: str, env: dict[str, str] | None = None, code: str = "") -> list[str]:
+    """The command line of ``saffron`` (after ``code``, run first in the same process)."""
+    boot = code + "\nimport sys\nfrom saffron.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", boot, *args]
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text and " ERROR " not in text, text
+
+
+def test_no_egl_falls_back_to_numpy() -> None:
+    """A host without an EGL driver (glvnd finds no vendor): the demo draws with NumPy,
+    says so in one line, and the page gets frames."""
+    env = {
+        **os.environ,
+        "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent/egl-vendor.json",
+        "__EGL_VENDOR_LIBRARY_DIRS": "/nonexistent",
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = soak.free_port()
+    proc = subprocess.Popen(
+        _saffron("serve", "--size", "160x96", "--fps", "15", "--web", f"127.0.0.1:{port}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
+    try:
+        assert wait_until(lambda: any("open http" in line for line in lines), 60), lines
+        tally = soak.Tally()
+
+        async def watch() -> None:
+            task = asyncio.ensure_future(soak.web_viewer(f"http://127.0.0.1:{port}/", tally))
+            for _ in range(600):
+                if tally.frames >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+
+        asyncio.run(watch())
+        assert tally.frames >= 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        reader.join(5)
+    text = "".join(lines)
+    fallback = [line for line in text.splitlines() if "OpenGL through EGL is not available" in line]
+    assert len(fallback) == 1 and fallback[0].rstrip().endswith("drawing with NumPy"), text
+    _no_traceback(text)
+
+
+NO_ENCODERS = """
+import dataclasses
+import saffron.encoders.registry as registry
+from saffron.encoders.base import EncoderError
+
+def _cannot_open(*args, **kwargs):
+    raise EncoderError("cannot open the encoder: no such device")
+
+_real = registry._backends
+registry._backends = lambda: [dataclasses.replace(b, factory=_cannot_open) for b in _real()]
+"""
+"""Every backend fails to open, as on a host whose FFmpeg and libjpeg are unusable."""
+
+
+def test_no_working_encoder() -> None:
+    serve = subprocess.run(
+        _saffron(
+            "serve",
+            "--source",
+            "pattern",
+            "--web",
+            f"127.0.0.1:{soak.free_port()}",
+            code=NO_ENCODERS,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert serve.returncode == 2, serve
+    assert serve.stderr.strip().splitlines()[-1] == (
+        "saffron: no video encoder works on this host (see 'saffron probe')"
+    )
+    _no_traceback(serve.stdout + serve.stderr)
+    probe = subprocess.run(
+        _saffron("probe", code=NO_ENCODERS), capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 1, probe
+    rows = probe.stdout.strip().splitlines()[1:]
+    assert rows and all("no: no such device" in row for row in rows), probe.stdout
+    _no_traceback(probe.stdout + probe.stderr)
+
+
+@pytest.mark.parametrize("which", ["--spice", "--spice-tls"])
+def test_spice_port_in_use(which: str, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["serve", "--source", "pattern", "--no-web", which, f"127.0.0.1:{port}"]
+        if which == "--spice-tls":
+            args += ["--tls", "auto"]
+        r = subprocess.run(
+            [sys.executable, "-m", "saffron.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+        )
+    tls = " TLS" if which == "--spice-tls" else ""
+    assert r.returncode == 2, r
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"saffron: cannot listen for SPICE{tls} on 127.0.0.1:{port}: Address already in use"
+    ), r.stderr
+    _no_traceback(r.stdout + r.stderr)
