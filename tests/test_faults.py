@@ -243,7 +243,7 @@ def test_producer_stall_keeps_viewers(monkeypatch: pytest.MonkeyPatch) -> None:
         last = (-1, -1)
         while (s.spice_watch.frames, s.web_watch.frames) != last:
             last = (s.spice_watch.frames, s.web_watch.frames)
-            wait_until(lambda: False, timeout=1.0)
+            wait_until(lambda: False, timeout=2.0)  # longer than a keyframe retry
         heartbeats = len(s.records)
         wait_until(lambda: False, timeout=3.0)  # a few web heartbeats and a SPICE ping
         assert (s.spice_watch.frames, s.web_watch.frames) == last, "frames during the stall"
