@@ -156,6 +156,24 @@ def test_unknown_codec_is_refused_by_the_cli() -> None:
     assert r.returncode == 2 and "invalid choice: 'theora'" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--spice-secure-channels", "inputs"], "--spice-secure-channels needs a TLS port"),
+        (["--spice-secure-channels", "main,sound"], "unknown channel sound: choose from"),
+    ],
+)
+def test_secure_channels_are_checked_before_starting(flags: list[str], said: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "saffron.cli", "serve", "--spice", "127.0.0.1:0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and said in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
     env_dir = tmp_path / "config"
     import os

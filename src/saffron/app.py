@@ -54,6 +54,8 @@ class Options:
     cert: Path | None = None
     key: Path | None = None
     spice_tls: tuple[str, int] | None = None
+    spice_secure_channels: tuple[str, ...] = ()
+    """Names (main, display, inputs, cursor) served over TLS only."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
 
@@ -141,8 +143,11 @@ class Server:
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:
             raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
+        if opts.spice_secure_channels and opts.spice_tls is None:
+            raise StartupError("--spice-secure-channels needs a TLS port: add --spice-tls")
         if opts.spice is not None or opts.spice_tls is not None:
             from .spice.server import SpiceServer
+            from .spice.wire import ChannelType
 
             spice = SpiceServer(
                 self.display,
@@ -152,6 +157,7 @@ class Server:
                 exclusive=opts.exclusive,
                 view_only=opts.view_only,
                 limits=self.limits,
+                secure_channels=[ChannelType[n.upper()] for n in opts.spice_secure_channels],
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []

@@ -46,6 +46,19 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+SPICE_CHANNELS = ("main", "display", "inputs", "cursor")
+
+
+def _channels(text: str) -> tuple[str, ...]:
+    names = SPICE_CHANNELS if text == "all" else tuple(n.strip() for n in text.split(","))
+    unknown = [n for n in names if n not in SPICE_CHANNELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown channel {', '.join(unknown)}: choose from {', '.join(SPICE_CHANNELS)} or all"
+        )
+    return names
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -79,6 +92,14 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT",
         help="serve SPICE clients over TLS here (needs --tls auto or --cert/--key)",
+    )
+    p.add_argument(
+        "--spice-secure-channels",
+        type=_channels,
+        default=(),
+        metavar="LIST",
+        help="SPICE channels served over TLS only, e.g. main,inputs or all; on the plain "
+        "port they answer NEED_SECURED and remote-viewer moves them to --spice-tls",
     )
     p.add_argument(
         "--codec",
@@ -241,6 +262,7 @@ def _options(args: argparse.Namespace) -> Options:
         exclusive=args.exclusive,
         tls=args.tls,
         spice_tls=args.spice_tls,
+        spice_secure_channels=args.spice_secure_channels,
         cert=args.cert,
         key=args.key,
         max_connections=args.max_connections,
@@ -270,12 +292,17 @@ def _producer(opts: Options, args: argparse.Namespace, display: Display) -> obje
     raise StartupError(f"unknown source {opts.source}")
 
 
+def _shown(host: str) -> str:
+    """The address a user types for a wildcard listener."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
 def announce(opts: Options, server: Server | None = None) -> None:
-    secure = server is not None and server.certificate is not None
+    cert = server.certificate if server is not None else None
+    scheme = "https" if cert is not None else "http"
     if opts.web is not None:
-        host, port = opts.web
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        base = f"{'https' if secure else 'http'}://{shown}:{port}/"
+        web = f"{_shown(opts.web[0])}:{opts.web[1]}"
+        base = f"{scheme}://{web}/"
         print(f"Saffron: open {base} in a browser", flush=True)
         if server is not None and server.auth.enabled:
             print(
@@ -283,29 +310,25 @@ def announce(opts: Options, server: Server | None = None) -> None:
                 f"{server.auth.full_token}  (view only: ?token={server.auth.view_token})",
                 flush=True,
             )
-    if secure and server is not None and server.certificate is not None:
+    if cert is not None:
+        print(f"Saffron: certificate {cert.cert} (SHA-256 {cert.fingerprint})", flush=True)
+    if opts.spice is not None and not opts.spice_secure_channels:
+        shown = f"{_shown(opts.spice[0])}:{opts.spice[1]}"
+        print(f"Saffron: or run  remote-viewer spice://{shown}", flush=True)
+    if opts.spice_tls is not None and cert is not None:
+        # With both ports spice-gtk opens channels plain unless told NEED_SECURED.
+        plain = ""
+        if opts.spice is not None and opts.spice_secure_channels:
+            plain = f"port={opts.spice[1]}&"
         print(
-            f"Saffron: certificate {server.certificate.cert} "
-            f"(SHA-256 {server.certificate.fingerprint})",
+            f"Saffron: or over TLS  remote-viewer --spice-ca-file={cert.cert} "
+            f"'spice://{_shown(opts.spice_tls[0])}?{plain}tls-port={opts.spice_tls[1]}'",
             flush=True,
         )
-    if opts.spice is not None:
-        host, port = opts.spice
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"Saffron: or run  remote-viewer spice://{shown}:{port}", flush=True)
-        if opts.web is not None and SPICE_HTML5.is_dir():
-            whost, wport = opts.web
-            whost = "127.0.0.1" if whost in ("0.0.0.0", "::") else whost
-            page = f"spice-html5/spice_auto.html?host={whost}&port={wport}&path=spice"
-            print(f"Saffron: or spice-html5 at http://{whost}:{wport}/{page}", flush=True)
-    if opts.spice_tls is not None and server is not None and server.certificate is not None:
-        host, port = opts.spice_tls
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(
-            f"Saffron: or over TLS  remote-viewer --spice-ca-file={server.certificate.cert} "
-            f"spice://{shown}?tls-port={port}",
-            flush=True,
-        )
+    if opts.web is not None and SPICE_HTML5.is_dir() and (opts.spice or opts.spice_tls):
+        host, port = _shown(opts.web[0]), opts.web[1]
+        page = f"spice-html5/spice_auto.html?host={host}&port={port}&path=spice"
+        print(f"Saffron: or spice-html5 at {scheme}://{host}:{port}/{page}", flush=True)
 
 
 async def _serve(opts: Options, display: Display, producer: object) -> int:

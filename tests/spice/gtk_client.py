@@ -51,7 +51,11 @@ class Client:
         self.loop = GLib.MainLoop()
         self.session = SpiceClientGLib.Session()
         self.session.set_property("host", args.host)
-        if args.ca_file:
+        if args.tls_port:  # both ports, as remote-viewer spice://host?port=..&tls-port=..
+            self.session.set_property("port", str(args.port))
+            self.session.set_property("tls-port", str(args.tls_port))
+            self.session.set_property("ca-file", args.ca_file)
+        elif args.ca_file:
             self.session.set_property("tls-port", str(args.port))
             self.session.set_property("ca-file", args.ca_file)
         else:
@@ -242,6 +246,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--password")
     parser.add_argument("--ca-file", help="connect with TLS, trusting this certificate")
+    parser.add_argument(
+        "--tls-port", type=int, help="with --ca-file: PORT is plain, this one is TLS"
+    )
     parser.add_argument("--codec", choices=sorted(CODECS))
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of measuring")

@@ -9,6 +9,7 @@ the keys and mouse it sent reaching the producer, and the password check.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from typing import Any
 
@@ -155,3 +156,42 @@ def test_tls_port(tmp_path: Any) -> None:
             "1",
         )
         assert not report["errors"] and report["width"] == 640 and report["frames"] > 0, report
+
+
+def test_secure_channels_move_to_the_tls_port(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """spice-gtk given both ports opens each channel plain; those Saffron keeps for
+    TLS answer NEED_SECURED, and spice-gtk opens them again on the TLS port."""
+    from saffron.spice.wire import ChannelType
+    from saffron.tls import self_signed
+
+    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
+    secure = {ChannelType.DISPLAY, ChannelType.INPUTS}
+    caplog.set_level(logging.DEBUG, logger="saffron")
+    with spice_server(fps=FPS, secure_channels=secure) as (srv, scene):
+        assert scene is not None
+        srv.run(srv.server.start("127.0.0.1", 0, ssl=cert.server_context()))
+        tls_port = srv.server.addresses[-1][1]
+        report = run_gtk_client(
+            srv.port,
+            "--tls-port",
+            str(tls_port),
+            "--ca-file",
+            str(cert.cert),
+            "--inputs",
+            "--settle",
+            "1",
+            "--seconds",
+            "1",
+        )
+        assert not report["errors"] and report["frames"] > 0, report
+        assert report.get("inputs_sent") and scene.recorded(), "keys over the TLS inputs channel"
+    up = [r.getMessage() for r in caplog.records if "channel up" in r.getMessage()]
+    assert any(m.endswith("main channel up") for m in up), up  # not listed: stays plain
+    for name in ("display", "inputs"):
+        assert any(m.endswith(f"{name} channel up over TLS") for m in up), up
+        assert not any(m.endswith(f"{name} channel up") for m in up), up
+    refused = [r.getMessage() for r in caplog.records if "NEED_SECURED" in r.getMessage()]
+    assert any("display channel" in m for m in refused), refused
+    assert any("inputs channel" in m for m in refused), refused

@@ -202,3 +202,23 @@ def test_random_bytes_never_crash_the_link(chunks: list[bytes], password: str | 
         for event in link.receive_data(chunk):
             assert isinstance(event, LinkEstablished | LinkFailed)
         link.data_to_send()
+
+
+def test_a_secure_channel_over_plain_tcp_needs_tls() -> None:
+    """spice-server's rule: NEED_SECURED in the reply, before any key goes out."""
+    secure = {w.ChannelType.DISPLAY}
+    plain = ServerLink(KEY, None, OFFERED, secure_channels=secure)
+    events = plain.receive_data(hello(w.ChannelType.DISPLAY))
+    assert events == [
+        LinkFailed(w.LinkErr.NEED_SECURED, "the display channel is served over TLS only")
+    ]
+    reply, _ = read_reply(plain.data_to_send())
+    assert reply.error == w.LinkErr.NEED_SECURED and reply.pub_key == bytes(162)
+
+    other = ServerLink(KEY, None, OFFERED, secure_channels=secure)
+    other.receive_data(hello(w.ChannelType.MAIN))  # not listed: plain is fine
+    assert read_reply(other.data_to_send())[0].error == w.LinkErr.OK
+
+    over_tls = ServerLink(KEY, None, OFFERED, secured=True, secure_channels=secure)
+    over_tls.receive_data(hello(w.ChannelType.DISPLAY))
+    assert read_reply(over_tls.data_to_send())[0].pub_key == KEY.public_der

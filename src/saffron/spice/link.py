@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -135,7 +135,10 @@ class ServerLink:
 
     ``offered`` maps (channel type, channel id) to the channel caps Saffron offers;
     a channel not in it is refused as CHANNEL_NOT_AVAILABLE. ``password`` None
-    accepts any ticket, but the ticket is still read (G11).
+    accepts any ticket, but the ticket is still read (G11). A channel type in
+    ``secure_channels`` reached over a plain connection (``secured`` False) is
+    refused as NEED_SECURED before any key is sent, as spice-server does;
+    spice-gtk then opens that channel again on the TLS port.
     """
 
     def __init__(
@@ -143,10 +146,15 @@ class ServerLink:
         key: TicketKey,
         password: str | None,
         offered: Mapping[tuple[int, int], Caps],
+        *,
+        secured: bool = False,
+        secure_channels: Collection[int] = (),
     ) -> None:
         self.key = key
         self.password = password
         self.offered = offered
+        self.secured = secured
+        self.secure_channels = secure_channels
         self.state = LinkState.HEADER
         self.mess: LinkMess | None = None
         self.leftover = b""
@@ -254,6 +262,11 @@ class ServerLink:
                 return self._fail_early(
                     LinkErr.CHANNEL_NOT_AVAILABLE,
                     f"no {_channel_name(mess.channel_type)} channel {mess.channel_id} here",
+                )
+            if mess.channel_type in self.secure_channels and not self.secured:
+                return self._fail_early(
+                    LinkErr.NEED_SECURED,
+                    f"the {_channel_name(mess.channel_type)} channel is served over TLS only",
                 )
             self._channel_caps = offered
             self._reply(LinkReply(LinkErr.OK, self.key.public_der, SERVER_COMMON_CAPS, offered))

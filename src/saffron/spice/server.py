@@ -19,7 +19,7 @@ import secrets
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
@@ -131,11 +131,21 @@ class Output(Protocol):
 class Connection:
     """One socket: the link handshake, then one channel's handler."""
 
-    def __init__(self, server: SpiceServer, output: Output, peer: str) -> None:
+    def __init__(
+        self, server: SpiceServer, output: Output, peer: str, *, secured: bool = False
+    ) -> None:
         self.server = server
         self.output = output
         self.peer = peer
-        self.link = ServerLink(server.key, server.password, OFFERED)
+        self.secured = secured
+        """Over TLS (the TLS port, or a WebSocket from an HTTPS page)."""
+        self.link = ServerLink(
+            server.key,
+            server.password,
+            OFFERED,
+            secured=secured,
+            secure_channels=server.secure_channels,
+        )
         self.handler: Handler | None = None
         self.session: Session | None = None
         self.channel_type: int | None = None
@@ -233,7 +243,10 @@ class Connection:
     def _refused(self, event: LinkFailed) -> None:
         mess = self.link.mess
         what = f" {_channel_name(mess.channel_type)} channel" if mess else ""
-        log.warning(
+        # NEED_SECURED is the normal way to send spice-gtk to the TLS port.
+        level = logging.INFO if event.error == LinkErr.NEED_SECURED else logging.WARNING
+        log.log(
+            level,
             "SPICE connection from %s refused%s: %s (%s)",
             self.peer,
             what,
@@ -267,8 +280,12 @@ class Connection:
         handler = self._make_handler(session, event)
         session.attach(mess.channel_type, self, handler)
         self.handler = handler
-        if mess.channel_type != ChannelType.MAIN:
-            log.debug("%s: %s channel up", session.label, _channel_name(mess.channel_type))
+        log.debug(
+            "%s: %s channel up%s",
+            session.label,
+            _channel_name(mess.channel_type),
+            " over TLS" if self.secured else "",
+        )
         handler.start()
         if self.link.leftover and not self.closed:
             handler.receive(self.link.leftover)
@@ -324,7 +341,8 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT, low=WRITE_BUFFER_LOW)
         _keepalive(transport)
-        self.conn = Connection(self.server, self, peer_label(peername))
+        secured = transport.get_extra_info("ssl_object") is not None
+        self.conn = Connection(self.server, self, peer_label(peername), secured=secured)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -491,7 +509,11 @@ class _AiohttpOutput:
 
 
 async def serve_aiohttp_websocket(
-    ws: web.WebSocketResponse, server: SpiceServer, peer: str = "web client"
+    ws: web.WebSocketResponse,
+    server: SpiceServer,
+    peer: str = "web client",
+    *,
+    secured: bool = False,
 ) -> None:
     """Run one SPICE channel over a prepared aiohttp WebSocket until it closes.
 
@@ -501,7 +523,7 @@ async def serve_aiohttp_websocket(
 
     server.attach()
     output = _AiohttpOutput(ws)
-    conn = Connection(server, output, f"{peer} (WebSocket)")
+    conn = Connection(server, output, f"{peer} (WebSocket)", secured=secured)
     output.conn = conn
     try:
         async for msg in ws:
@@ -526,7 +548,8 @@ class SpiceServer:
     MJPEG, limited to what this host encodes); a client's stated preference
     (PREFERRED_VIDEO_CODEC_TYPE) wins among those its caps allow. With
     ``exclusive`` a new client disconnects the others, as spice-server does;
-    ``view_only`` ignores keyboard and mouse.
+    ``view_only`` ignores keyboard and mouse. ``secure_channels`` (channel types)
+    are served over TLS only: on a plain port they answer NEED_SECURED.
     """
 
     def __init__(
@@ -539,6 +562,7 @@ class SpiceServer:
         exclusive: bool = False,
         view_only: bool = False,
         limits: ConnectionLimits | None = None,
+        secure_channels: Collection[int] = (),
     ) -> None:
         self.display = display
         self.broadcast = broadcast
@@ -552,6 +576,7 @@ class SpiceServer:
         self.codecs = [c for c in chosen if c in CODEC_TYPES]
         self.exclusive = exclusive
         self.view_only = view_only
+        self.secure_channels = frozenset(secure_channels)
         self.key = TicketKey()
         self.sessions: dict[int, Session] = {}
         self.connections: set[Connection] = set()
@@ -596,6 +621,9 @@ class SpiceServer:
         mode = " exclusive," if self.exclusive else ""
         mode += " view-only," if self.view_only else ""
         where = ", ".join(f"{h}:{p}" for h, p in _addresses(server))
+        secure = sorted(ChannelType(t).name.lower() for t in self.secure_channels)
+        if ssl is None and secure:
+            mode += f" {', '.join(secure)} over TLS only,"
         log.info(
             "SPICE%s on %s (spice-html5 too),%s %s, video %s",
             " with TLS" if ssl is not None else "",
@@ -643,7 +671,7 @@ class SpiceServer:
             return refused
         transport = request.transport
         peer = peer_label(transport.get_extra_info("peername")) if transport else "web client"
-        await serve_aiohttp_websocket(ws, self, peer=peer)
+        await serve_aiohttp_websocket(ws, self, peer=peer, secured=request.secure)
         return ws
 
     # -- sessions ----------------------------------------------------------------------
