@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from saffron.loadbench import cpu_seconds, free_port  # noqa: E402
+from saffron.table import print_table  # noqa: E402
 from tests.guest import build_guest  # noqa: E402
 
 QEMU = [
@@ -216,12 +217,7 @@ def main() -> None:
         for runner in (run_spice_server, run_saffron):
             print(f"... {runner.__name__} {codec}", file=sys.stderr, flush=True)
             rows.append(runner(codec, args.seconds, guest, tmp))
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print("\nTest guest (1024x768, moving band, keys) watched by spice-gtk; CPU in cores")
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    print_table(rows, "Test guest (1024x768, moving band, keys) watched by spice-gtk; CPU in cores")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -31,6 +31,7 @@ from .broadcast import Broadcast
 from .display import Display, Frame, Pixels, Rect, now_us
 from .encoders.registry import available_codecs, create_encoder
 from .sources.pattern import PatternSource
+from .table import print_table
 from .web.protocol import unpack_video
 from .web.server import WebServer
 
@@ -184,18 +185,6 @@ def measure(codec: str, size: tuple[int, int], runs: int, seconds: float, bitrat
     )
 
 
-def print_table(title: str, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print(f"\n{title}")
-    print("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(str(r[c]).rjust(w) for c, w in zip(cols, widths, strict=True)))
-
-
 def run_bench(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the table is the output
@@ -235,9 +224,11 @@ def run_bench(args: argparse.Namespace) -> int:
             rows.append(asdict(row))
     results["path"] = rows
     print_table(
+        rows,
         "Whole path (producer -> slot -> encoder -> WebSocket viewer) vs bare encoder; "
         "medians; present() = the producer's done, in microseconds",
-        rows,
+        align="right",
+        rule=True,
     )
     if args.full:
         results.update(_full())
@@ -260,11 +251,9 @@ def _full() -> dict[str, Any]:
     else:
         print("\nslow link: skipped, it needs root for a network namespace", file=sys.stderr)
     out["fanout"] = loadbench.fanout()
-    loadbench.print_rows(
-        "Fan-out: one h264 stream, 1280x720 at 30 fps; server CPU in cores", out["fanout"]
-    )
+    print_table(out["fanout"], "Fan-out: one h264 stream, 1280x720 at 30 fps; server CPU in cores")
     out["idle"] = loadbench.idle()
-    loadbench.print_rows("Idle", out["idle"])
+    print_table(out["idle"], "Idle")
     script = Path(__file__).resolve().parents[2] / "bench" / "spice_vs_saffron.py"
     if script.exists():  # a source checkout: it needs the test guest builder
         json_path = Path("bench-results") / "spice-vs-saffron.json"

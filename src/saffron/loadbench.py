@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .table import print_table
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -171,15 +173,6 @@ def idle(seconds: float = 10) -> list[dict[str, Any]]:
     return rows
 
 
-def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print(f"\n{title}")
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
-
-
 if __name__ == "__main__":
-    print_rows("Fan-out", fanout())
-    print_rows("Idle", idle())
+    print_table(fanout(), "Fan-out")
+    print_table(idle(), "Idle")

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from . import table
+
 TBF_LATENCY_MS = 50
 """How long tbf may hold a packet before dropping it: a short queue, as a busy
 home uplink has, so the measured delay is Saffron's and not the shaper's."""
@@ -226,17 +228,12 @@ def run(
 
 
 def print_table(result: dict[str, Any]) -> None:
-    rows = result["rows"]
-    print(
-        f"\nSlow link: {result['link_kbit_s']} kbit/s (tbf), pattern at {result['fps']} fps "
+    table.print_table(
+        result["rows"],
+        f"Slow link: {result['link_kbit_s']} kbit/s (tbf), pattern at {result['fps']} fps "
         f"asking {result['content_bitrate_kbit_s']} kbit/s, {result['codec']}, "
-        f"{result['seconds']:g} s per mode; frame age = capture to decoded, from the pixels"
+        f"{result['seconds']:g} s per mode; frame age = capture to decoded, from the pixels",
     )
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import table
 from .spice.link import encrypt_ticket
 from .spice.wire import (
     MAX_SERVER_MESSAGE_SIZE,
@@ -509,7 +510,4 @@ def print_table(r: dict[str, Any]) -> None:
         ("viewer errors", str(len(r["viewer_errors"]))),
         ("result", "ok" if r["ok"] else "FAILED"),
     ]
-    width = max(len(name) for name, _ in rows)
-    print("Soak")
-    for name, value in rows:
-        print(f"  {name.ljust(width)}  {value}")
+    table.print_table(rows, "Soak", indent="  ")
