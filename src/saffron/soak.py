@@ -90,6 +90,9 @@ STABLE_S = 2.0
 SAMPLE_S = 1.0
 """How often memory and descriptors are read."""
 
+PROGRESS_S = 30.0
+"""How often a soak that is not quiet says how it is going (on stderr)."""
+
 MAX_RSS_GROWTH_MB = 20.0
 """What the soak allows the resident memory to grow after the warm-up."""
 
@@ -383,6 +386,10 @@ async def _settled_fds(pid: int, at_most: int | None, timeout: float) -> int:
     return last
 
 
+def _progress(line: str) -> None:
+    print(f"soak: {line}", file=sys.stderr, flush=True)
+
+
 async def _soak(
     p: _Process, seconds: float, viewers: int, rng: random.Random, quiet: bool
 ) -> dict[str, Any]:
@@ -391,13 +398,20 @@ async def _soak(
     samples = _Samples()
     rss_start = rss_mb(p.pid)
     fds_start = open_fds(p.pid)
+    if not quiet:
+        _progress(f"warm-up: one viewer of each kind for {WARMUP_S:g} s, then the baseline")
     # Warm-up: every kind of viewer once, so each codec's encoder exists.
     await asyncio.gather(*(_watch(k, p, tally, WARMUP_S) for k in kinds))
     fds_base = await _settled_fds(p.pid, None, SETTLE_S)
     rss_base = rss_mb(p.pid)
-    warm_frames = tally.frames
+    warm_frames, warm_connects = tally.frames, tally.connects
     loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
+    start = loop.time()
+    end = start + seconds
+    if not quiet:
+        _progress(
+            f"baseline: RSS {rss_base:.1f} MB, {fds_base} fds; {viewers} viewers for {seconds:g} s"
+        )
     visits = 0
 
     async def slot(i: int) -> None:
@@ -414,23 +428,26 @@ async def _soak(
         while loop.time() < end:
             samples.rss.append(rss_mb(p.pid))
             samples.fds.append(open_fds(p.pid))
-            if not quiet and loop.time() - last_print >= 30:
+            if not quiet and loop.time() - last_print >= PROGRESS_S:
                 last_print = loop.time()
-                left = end - loop.time()
-                print(
-                    f"  soak: {left:4.0f} s left, {visits} visits, {tally.frames} frames, "
-                    f"RSS {samples.rss[-1]:.1f} MB, {samples.fds[-1]} fds",
-                    flush=True,
+                _progress(
+                    f"{loop.time() - start:4.0f}/{seconds:g} s: "
+                    f"{tally.connects - warm_connects} viewers connected so far, "
+                    f"{tally.frames - warm_frames} frames, {len(tally.errors)} viewer errors, "
+                    f"RSS {samples.rss[-1]:.1f} MB, {samples.fds[-1]} fds"
                 )
             await asyncio.sleep(SAMPLE_S)
 
     await asyncio.gather(sample(), *(slot(i) for i in range(viewers)))
+    if not quiet:
+        _progress("the viewers left; waiting for the descriptors to settle")
     fds_end = await _settled_fds(p.pid, fds_base, SETTLE_S)
     rss_end = rss_mb(p.pid)
     return {
         "seconds": seconds,
         "viewers": viewers,
         "visits": visits,
+        "connects": tally.connects - warm_connects,
         "frames": tally.frames - warm_frames,
         "viewer_errors": tally.errors,
         "rss_start_mb": round(rss_start, 1),
@@ -494,7 +511,11 @@ def run(
 def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("run", f"{r['seconds']:.0f} s, {r['viewers']} viewers, {r['size']} at {r['fps']} fps"),
-        ("viewer visits", f"{r['visits']} (web and SPICE mixed), {r['frames']} frames received"),
+        (
+            "viewer visits",
+            f"{r['visits']} (web and SPICE mixed), {r['connects']} connected, "
+            f"{r['frames']} frames received",
+        ),
         (
             "resident memory",
             f"start {r['rss_start_mb']} MB, after warm-up {r['rss_baseline_mb']} MB, "
