@@ -185,9 +185,22 @@ def measure(codec: str, size: tuple[int, int], runs: int, seconds: float, bitrat
     )
 
 
+def _machine() -> dict[str, Any]:
+    return {"python": sys.version.split()[0], "cpu": platform.processor(), "cores": os.cpu_count()}
+
+
+def _write_json(path: Path | None, results: dict[str, Any]) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {path}")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the table is the output
+    if args.soak:
+        return _soak(args)
     codecs = args.codecs.split(",") if args.codecs else available_codecs()
     sizes = [
         tuple(int(v) for v in s.split("x")) for s in (args.sizes or "1280x720,1920x1080").split(",")
@@ -196,11 +209,7 @@ def run_bench(args: argparse.Namespace) -> int:
     seconds = args.seconds
     bitrate = 8000
     results: dict[str, Any] = {
-        "machine": {
-            "python": sys.version.split()[0],
-            "cpu": platform.processor(),
-            "cores": os.cpu_count(),
-        },
+        "machine": _machine(),
         "settings": {
             "runs": runs,
             "seconds": seconds,
@@ -232,11 +241,24 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     if args.full:
         results.update(_full())
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"\nwrote {args.json}")
+    _write_json(args.json, results)
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    """``--soak``: the soak alone (saffron.soak); exit 1 if it found a leak or an error."""
+    from . import soak
+
+    seconds = args.soak_seconds
+    print(
+        f"soak: {seconds:g} s at 60 fps, 5 viewers (web and SPICE) coming and going; "
+        "progress every 30 s ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    result = soak.run(seconds)
+    _write_json(args.json, {"machine": _machine(), "soak": result})
+    return 0 if result["ok"] else 1
 
 
 def _full() -> dict[str, Any]:

@@ -211,10 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the frame path")
     bench.add_argument("--json", type=Path, help="write the results here")
-    bench.add_argument(
+    what = bench.add_mutually_exclusive_group()
+    what.add_argument(
         "--full",
         action="store_true",
         help="also the slow link (root), fan-out, idle and spice-server tables (minutes)",
+    )
+    what.add_argument(
+        "--soak",
+        action="store_true",
+        help="instead, the soak: 60 fps, 5 web and SPICE viewers coming and going, "
+        "watched for leaks (10 minutes)",
+    )
+    bench.add_argument(
+        "--soak-seconds", type=float, default=600.0, help="length of the soak (default 600)"
     )
     bench.add_argument("--codecs", help="comma-separated codecs (default: all software)")
     bench.add_argument("--sizes", help="comma-separated WxH (default 1280x720,1920x1080)")
