@@ -3,21 +3,41 @@
 QEMU gets a private D-Bus bus and ``-display dbus`` on it; Saffron attaches as
 the display's listener. When Saffron stops, QEMU is stopped; when QEMU exits,
 viewers are told and Saffron exits with QEMU's status.
+
+QEMU's stderr passes through Saffron, held back until QEMU's display is up: a
+QEMU that fails at startup (a missing disk, a bad option) ends Saffron with
+one line that carries QEMU's own complaint, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, TextIO
+
+from aiohttp import WSCloseCode
 
 from .app import Options, Server, StartupError
 from .display import Display
-from .sources.qemu import QemuError, QemuSource, start_qemu
+from .sources.qemu import QemuError, QemuProcess, QemuSource, start_qemu
 
 log = logging.getLogger("saffron.qemu")
+
+HOLD_S = 10.0
+"""Longest that QEMU's stderr is held back (and the URL not yet shown) while its
+display is not up: long enough for QEMU to fail at startup, short enough not to
+hide what a slow QEMU says."""
+
+POLL_S = 0.2
+"""How often the main loop looks at QEMU's process."""
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -37,14 +57,130 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def how_it_ended(returncode: int) -> str:
+    """``exit status 1`` or ``killed by signal 9 (SIGKILL)``."""
+    if returncode < 0:
+        return f"killed by signal {-returncode} ({_signal_name(-returncode)})"
+    return f"exit status {returncode}"
+
+
+def exit_line(returncode: int) -> str:
+    """Saffron's one line when QEMU has exited under it, with the status Saffron exits with:
+    ``QEMU exited with status 137 (killed by signal 9, SIGKILL)``."""
+    status = exit_status(returncode)
+    if returncode < 0:
+        return (
+            f"QEMU exited with status {status} "
+            f"(killed by signal {-returncode}, {_signal_name(-returncode)})"
+        )
+    return f"QEMU exited with status {status}"
+
+
+def viewer_reason(returncode: int) -> str:
+    """What the viewers are told: ``QEMU was killed by signal 9 (SIGKILL)``."""
+    if returncode < 0:
+        return f"QEMU was {how_it_ended(returncode)}"
+    return f"QEMU exited with status {returncode}"
+
+
+class QemuStderr:
+    """QEMU's stderr, passed on line by line to Saffron's own.
+
+    Until :meth:`release` the lines are held back, so that a QEMU that fails
+    before its display is up is reported once, in Saffron's error line.
+    """
+
+    MAX_HELD = 200
+
+    def __init__(self, pipe: IO[bytes], out: TextIO | None = None) -> None:
+        self._pipe = pipe
+        self._out = out
+        self._lock = threading.Lock()
+        self._held: collections.deque[str] | None = collections.deque(maxlen=self.MAX_HELD)
+        self.last: collections.deque[str] = collections.deque(maxlen=8)
+        self._thread = threading.Thread(target=self._run, name="saffron-qemu-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for raw in iter(self._pipe.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                with self._lock:
+                    if line.strip():
+                        self.last.append(line.strip())
+                    if self._held is not None:
+                        self._held.append(line)
+                        continue
+                self._write([line])
+        with contextlib.suppress(OSError):
+            self._pipe.close()
+
+    def _write(self, lines: list[str]) -> None:
+        out = self._out or sys.stderr
+        with contextlib.suppress(OSError, ValueError):
+            for line in lines:
+                out.write(line + "\n")
+            out.flush()
+
+    def release(self) -> None:
+        """Pass on what was held back, and from now on every line as it comes."""
+        with self._lock:
+            held, self._held = self._held, None
+        if held:
+            self._write(list(held))
+
+    def complaint(self, timeout: float = 2.0) -> str:
+        """QEMU's last words, once it has exited: its stderr up to the end, on one line."""
+        self._thread.join(timeout)
+        with self._lock:
+            self._held = None  # said in the error line; not passed on as well
+            return "; ".join(self.last)
+
+
+def _tell_viewers(server: Server, reason: str) -> list[asyncio.Future[object]]:
+    """Close every viewer's connection saying ``reason`` (logged as why each left)."""
+    closing: list[asyncio.Future[object]] = []
+    web = server.web
+    if web is not None:
+        for viewer in list(web.viewers):
+            viewer.end = reason
+            viewer.notify({"type": "status", "text": f"The VM stopped: {reason}"})
+            message = reason.encode()[:120]  # a close frame's reason is at most 123 bytes
+            closing.append(
+                asyncio.ensure_future(viewer.ws.close(code=WSCloseCode.GOING_AWAY, message=message))
+            )
+    if server.spice is not None:
+        from .spice.server import SpiceServer
+
+        spice = server.spice
+        if isinstance(spice, SpiceServer):
+            for session in list(spice.sessions.values()):
+                spice.end_session(session, reason)
+    return closing
+
+
 async def _run(opts: Options, args: argparse.Namespace) -> int:
     argv = _argv(args)
     try:
-        vm = start_qemu(argv)
+        vm = start_qemu(argv, stderr=subprocess.PIPE)
     except QemuError as exc:
         raise StartupError(str(exc)) from None
+    assert vm.process.stderr is not None
+    stderr = QemuStderr(vm.process.stderr)
     display = Display()
-    source = QemuSource(display, dbus_address=vm.address, console=args.console)
+    source = QemuSource(
+        display,
+        dbus_address=vm.address,
+        console=args.console,
+        process_exited=lambda: _exited(vm, 1.0),
+    )
     server = Server(opts, display, source)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -54,21 +190,65 @@ async def _run(opts: Options, args: argparse.Namespace) -> int:
         await server.start()
         from .cli import announce
 
-        announce(opts, server)
+        hold_until = time.monotonic() + HOLD_S
+        announced = False
         while not stop.is_set():
-            if vm.returncode is not None:
-                status = exit_status(vm.returncode)
-                log.info("QEMU exited with status %d; stopping", status)
-                display.disable()
-                await asyncio.sleep(0.3)  # let the viewers hear it
-                return status
+            if not announced and (source.attached.is_set() or time.monotonic() >= hold_until):
+                stderr.release()
+                announce(opts, server)
+                announced = True
+            if source.closed.is_set() and vm.returncode is None:
+                # The display's socket closes a moment before QEMU can be reaped.
+                await loop.run_in_executor(None, _exited, vm, 2.0)
+            returncode = vm.returncode
+            if returncode is not None:
+                return await _qemu_ended(server, source, stderr, returncode)
+            if source.closed.is_set():  # the display went, QEMU stays: nothing to show
+                if source.attach_count == 0:
+                    raise StartupError(source.close_reason)
+                log.info("no display from QEMU any more (%s); stopping QEMU", source.close_reason)
+                await _close_viewers(server, "the VM's display is gone")
+                return 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
+                await asyncio.wait_for(stop.wait(), POLL_S)
         log.info("stopping QEMU")
         return 0
     finally:
         await server.close()
         vm.stop()
+        stderr.release()
+
+
+async def _qemu_ended(
+    server: Server, source: QemuSource, stderr: QemuStderr, returncode: int
+) -> int:
+    """QEMU has exited: say how, tell the viewers, and give the status to exit with."""
+    if source.attach_count == 0 and returncode != 0:
+        said = stderr.complaint()
+        raise StartupError(
+            f"QEMU did not start ({how_it_ended(returncode)})" + (f": {said}" if said else "")
+        )
+    stderr.release()
+    log.info("%s; stopping", exit_line(returncode))
+    await _close_viewers(server, viewer_reason(returncode))
+    return exit_status(returncode)
+
+
+async def _close_viewers(server: Server, reason: str) -> None:
+    closing = _tell_viewers(server, reason)
+    if closing:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 5.0)
+    await asyncio.sleep(0.1)  # let the SPICE connections' last bytes go out
+
+
+def _exited(vm: QemuProcess, timeout: float) -> bool:
+    """Whether QEMU has exited, waiting up to ``timeout`` seconds for it to."""
+    try:
+        vm.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def run_qemu(args: argparse.Namespace, opts: Options) -> int:

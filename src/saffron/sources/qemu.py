@@ -1069,6 +1069,7 @@ class QemuSource:
         attach_timeout: float = 30.0,
         retry_interval: float = 0.5,
         map_interface: bool = True,
+        process_exited: Callable[[], bool] | None = None,
     ) -> None:
         self.display = display
         self.address = dbus_address
@@ -1077,6 +1078,9 @@ class QemuSource:
         self.attach_timeout = attach_timeout
         self.retry_interval = retry_interval
         self.map_interface = map_interface
+        self.process_exited = process_exited
+        """For a QEMU that Saffron started: whether its process has exited. A display
+        that goes with its process is not warned about here; the caller says how QEMU ended."""
         self.console_path = f"{ROOT}/Console_{console}"
         self.input = QemuInput(self)
         self.stats = ListenerStats()
@@ -1180,6 +1184,8 @@ class QemuSource:
                         self._attach()
                         waiting_logged = False
                     except QemuError as exc:
+                        if self._stopping:
+                            break
                         gave_up = not self.reattach and (self.attach_count > 0 or now >= deadline)
                         if gave_up:
                             reason = f"could not attach to QEMU: {exc}"
@@ -1242,7 +1248,10 @@ class QemuSource:
                 if self._stopping:
                     return "stopped"
                 if not self.reattach:
-                    log.warning("QEMU's display is gone: %s", why)
+                    if self.process_exited is not None and self.process_exited():
+                        log.debug("QEMU's display went with its process: %s", why)
+                    else:
+                        log.warning("QEMU's display is gone: %s", why)
                     return f"QEMU is gone: {why}"
                 log.warning("QEMU's display is gone (%s); waiting for it to come back", why)
             elif kind == "size?":
