@@ -8,7 +8,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -19,6 +19,9 @@ from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, Connection
 from .tls import Certificate, self_signed
 from .web.auth import WebAuth
 from .web.server import Handler, WebServer
+
+if TYPE_CHECKING:
+    from .spice.server import SpiceServer
 
 log = logging.getLogger("saffron")
 
@@ -102,7 +105,8 @@ class Server:
         self.producer = producer
         self.broadcast: Broadcast | None = None
         self.web: WebServer | None = None
-        self.spice: object | None = None
+        self.spice: SpiceServer | None = None
+        self._closed = False
         self.certificate: Certificate | None = None
         self.auth = WebAuth(opts.password, secure=opts.tls is not None or opts.cert is not None)
         self.limits = ConnectionLimits(opts.max_connections, opts.max_per_address)
@@ -198,13 +202,18 @@ class Server:
         if self.producer is not None:
             self.producer.start()
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "Saffron stopped") -> None:
+        """Stop everything once; each viewer is told ``reason``."""
+        if self._closed:
+            return
+        self._closed = True
         if self.producer is not None:
             self.producer.stop()
         if self.web is not None:
-            await self.web.close()
+            await self.web.close(reason)
         if self.spice is not None:
-            await self.spice.close()  # type: ignore[attr-defined]
+            await self.spice.close(reason)
+            await asyncio.sleep(0.1)  # closed transports flush on the loop: let them
         if self.broadcast is not None:
             self.broadcast.close()
 

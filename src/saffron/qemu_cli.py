@@ -23,8 +23,6 @@ import threading
 import time
 from typing import IO, TextIO
 
-from aiohttp import WSCloseCode
-
 from .app import Options, Server, StartupError
 from .display import Display
 from .sources.qemu import QemuError, QemuProcess, QemuSource, start_qemu
@@ -144,28 +142,6 @@ class QemuStderr:
             return "; ".join(self.last)
 
 
-def _tell_viewers(server: Server, reason: str) -> list[asyncio.Future[object]]:
-    """Close every viewer's connection saying ``reason`` (logged as why each left)."""
-    closing: list[asyncio.Future[object]] = []
-    web = server.web
-    if web is not None:
-        for viewer in list(web.viewers):
-            viewer.end = reason
-            viewer.notify({"type": "status", "text": f"The VM stopped: {reason}"})
-            message = reason.encode()[:120]  # a close frame's reason is at most 123 bytes
-            closing.append(
-                asyncio.ensure_future(viewer.ws.close(code=WSCloseCode.GOING_AWAY, message=message))
-            )
-    if server.spice is not None:
-        from .spice.server import SpiceServer
-
-        spice = server.spice
-        if isinstance(spice, SpiceServer):
-            for session in list(spice.sessions.values()):
-                spice.end_session(session, reason)
-    return closing
-
-
 async def _run(opts: Options, args: argparse.Namespace) -> int:
     argv = _argv(args)
     try:
@@ -207,7 +183,7 @@ async def _run(opts: Options, args: argparse.Namespace) -> int:
                 if source.attach_count == 0:
                     raise StartupError(source.close_reason)
                 log.info("no display from QEMU any more (%s); stopping QEMU", source.close_reason)
-                await _close_viewers(server, "the VM's display is gone")
+                await server.close("the VM's display is gone")
                 return 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_S)
@@ -230,16 +206,8 @@ async def _qemu_ended(
         )
     stderr.release()
     log.info("%s; stopping", exit_line(returncode))
-    await _close_viewers(server, viewer_reason(returncode))
+    await server.close(viewer_reason(returncode))
     return exit_status(returncode)
-
-
-async def _close_viewers(server: Server, reason: str) -> None:
-    closing = _tell_viewers(server, reason)
-    if closing:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), 5.0)
-    await asyncio.sleep(0.1)  # let the SPICE connections' last bytes go out
 
 
 def _exited(vm: QemuProcess, timeout: float) -> bool:

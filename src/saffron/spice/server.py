@@ -642,11 +642,14 @@ class SpiceServer:
     def port(self) -> int:
         return self.addresses[0][1]
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "Saffron stopped") -> None:
+        """Stop listening and end every session, logging ``reason`` as why."""
         for server in self._servers:
             server.close()
+        for session in list(self.sessions.values()):
+            self.end_session(session, reason)
         for conn in list(self.connections):
-            conn.close("the server is shutting down")
+            conn.close(reason)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, ClassVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
@@ -380,11 +380,16 @@ class WebServer:
             return []
         return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._listener.sockets]
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "Saffron stopped") -> None:
+        """Stop listening and close every page, telling it ``reason`` (logged as why it left)."""
         if self._listener is not None:
             self._listener.close()
-        viewers = [viewer.ws.close() for viewer in list(self.viewers)]
-        await asyncio.gather(*viewers, return_exceptions=True)
+        closing = []
+        for viewer in list(self.viewers):
+            viewer.end = reason
+            message = reason.encode()[:120]  # the page shows it; a close frame holds 123 bytes
+            closing.append(viewer.ws.close(code=WSCloseCode.GOING_AWAY, message=message))
+        await asyncio.gather(*closing, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._listener is not None:

@@ -239,8 +239,8 @@ function connect() {
     else onVideo(ev.data);
   };
   ws.onopen = () => { ping(); };
-  ws.onclose = () => {
-    setStatus("Disconnected; reconnecting…");
+  ws.onclose = (ev) => {
+    setStatus(ev.reason ? `Disconnected: ${ev.reason}; reconnecting…` : "Disconnected; reconnecting…");
     decoderKey = "";
     setTimeout(connect, 1000);
   };
