@@ -2,7 +2,7 @@
 a SPICE viewer, no EGL, no working encoder, the SPICE port in use.
 
 Each must leave a clear message and no traceback, and must not disturb the other
-viewers. (QEMU killed under its viewers is tested in tests/e2e/test_qemu_web.py; a
+viewers. (QEMU killed under its viewers is tested in tests/e2e/test_qemu_faults.py; a
 broken encoder under a web page in tests/test_web.py; the web port in use in
 tests/test_web_auth.py.)
 """
