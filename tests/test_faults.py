@@ -327,9 +327,10 @@ def test_spice_viewer_is_told_when_no_codec_is_left(caplog: pytest.LogCaptureFix
 
         assert asyncio.run(watch())
     assert (
-        "closing the display channel: the H.264 encoder broke and the client plays no other "
-        "codec this server still encodes"
+        "closing the display channel: the client plays none of the codecs this server "
+        "still encodes (none left)"
     ) in caplog.text
+    assert "SPICE: no longer sending H.264 (simulated failure); left: nothing" in caplog.text
 
 
 @pytest.mark.e2e

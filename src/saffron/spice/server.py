@@ -26,7 +26,7 @@ from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import CLOSE_GRACE_S, ConnectionLimits, Slot, host_of, peer_label
 from .cursor import CursorChannel
-from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel, choose_codec
+from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
 from .link import LinkEstablished, LinkFailed, ServerLink, TicketKey
 from .main import MainChannel
@@ -702,29 +702,22 @@ class SpiceServer:
         session.close(reason)
 
     def _stream_failed(self, codec: str, reason: str) -> None:
-        """A codec's every encoder broke: its viewers move to another codec they can play."""
-        if codec not in self.codecs:
-            return
-        self.codecs = [c for c in self.codecs if c != codec]
-        label = CODEC_LABELS.get(codec, codec)
-        log.warning(
-            "SPICE: no longer sending %s (%s); left: %s",
-            label,
-            reason,
-            ", ".join(CODEC_LABELS.get(c, c) for c in self.codecs) or "nothing",
-        )
+        """A codec's every encoder broke: its viewers move to another codec they can play.
+
+        Viewers are moved even when the codec was dropped already: one may have
+        joined a new stream of it before this news arrived.
+        """
+        if codec in self.codecs:
+            self.codecs = [c for c in self.codecs if c != codec]
+            log.warning(
+                "SPICE: no longer sending %s (%s); left: %s",
+                CODEC_LABELS.get(codec, codec),
+                reason,
+                ", ".join(CODEC_LABELS.get(c, c) for c in self.codecs) or "nothing",
+            )
         for viewer in self.viewers():
-            if viewer.codec != codec:
-                continue
-            channel = viewer.channel
-            if choose_codec(self.codecs, channel.client_caps, channel.preferred_codecs) is None:
-                viewer.conn.close(
-                    f"the {label} encoder broke and the client plays no other codec "
-                    "this server still encodes",
-                    warn=True,
-                )
-                continue
-            viewer._join()  # picks the best codec left and says so in the log
+            if viewer.codec == codec:
+                viewer.rejoin()  # picks the best codec left and says so in the log
 
     def viewers(self) -> list[DisplayViewer]:
         found: list[DisplayViewer] = []

@@ -230,7 +230,7 @@ class DisplayViewer:
         if self.display.enabled and width > 0 and height > 0:
             self._new_surface(width, height, initial=True)
         self._flush()
-        self._join()
+        self.rejoin()
 
     def stop(self) -> None:
         self._open = False
@@ -266,9 +266,9 @@ class DisplayViewer:
                     CODEC_LABELS.get(event.codec, event.codec),
                 )
                 self._unplayable.add(event.codec)
-                self._join()
+                self.rejoin()
             elif isinstance(event, PreferredCodecs):
-                self._join()
+                self.rejoin()
         self._flush()
 
     def _flush(self, *, video: bool = False) -> None:
@@ -305,13 +305,14 @@ class DisplayViewer:
 
     # -- codec ------------------------------------------------------------------------------
 
-    def _join(self) -> None:
+    def rejoin(self) -> None:
+        """Watch the best codec the client plays of those the server still encodes."""
         codecs = [c for c in self.server.codecs if c not in self._unplayable]
         codec = choose_codec(codecs, self.channel.client_caps, self.channel.preferred_codecs)
         if codec is None:
             self.conn.close(
-                "the client can play none of the codecs this server encodes "
-                f"({', '.join(self.server.codecs) or 'none'})",
+                "the client plays none of the codecs this server still encodes "
+                f"({', '.join(self.server.codecs) or 'none left'})",
                 warn=True,
             )
             return
