@@ -366,23 +366,20 @@ def serve(args: argparse.Namespace) -> int:
 
 def probe(args: argparse.Namespace) -> int:
     from .encoders.registry import probe as run_probe
+    from .table import print_table
 
+    results = run_probe()
     rows = [
         (
             r.backend.codec,
             r.backend.name,
             "hardware" if r.backend.hardware else "software",
-            "works" if r.works else f"no: {r.reason}",
+            "works" if r.works else f"no: {r.reason}"[:100],
         )
-        for r in run_probe()
+        for r in results
     ]
-    widths = [
-        max(len(r[i]) for r in [("codec", "backend", "kind", "status"), *rows]) for i in range(3)
-    ]
-    header = ("codec", "backend", "kind", "status")
-    for row in [header, *rows]:
-        print("  ".join(v.ljust(widths[i]) if i < 3 else v[:100] for i, v in enumerate(row)))
-    return 0 if any(r.works for r in run_probe()) else 1
+    print_table(rows, header=("codec", "backend", "kind", "status"))
+    return 0 if any(r.works for r in results) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
