@@ -1,7 +1,9 @@
-"""Shared test helpers: free ports, a Saffron subprocess, Chromium through Playwright."""
+"""Shared test helpers: free ports, a Saffron subprocess, Chromium through Playwright;
+and the figures some tests leave in ARTIFACTS, in pytest's terminal summary."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
+SESSION_START = time.time()
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -105,3 +108,20 @@ def browser() -> Iterator[object]:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line for each file of figures a test wrote this session (tests/live.py's
+    ``publish``: the fuzzer's, the connection caps')."""
+    written = [
+        path for path in sorted(ARTIFACTS.glob("*.json")) if path.stat().st_mtime >= SESSION_START
+    ]
+    lines = []
+    for path in written:
+        summary = json.loads(path.read_text()).get("summary")
+        if isinstance(summary, str):
+            lines.append(f"{summary} ({path.relative_to(ROOT)})")
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -271,14 +271,5 @@ def run_gtk_client(
     return result
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def quiet_logs() -> None:
     logging.getLogger("saffron").setLevel(logging.INFO)

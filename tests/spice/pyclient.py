@@ -146,8 +146,12 @@ class PyClient:
         path: str = "/websockify",
         ticket: bytes | None = None,
         mechanism: int = CommonCap.AUTH_SPICE,
+        source: str | None = None,
     ) -> PyClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given)
+        and link a channel."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         stream: ByteStream
         if websocket:
             ws = WebSocketStream(reader, writer)
@@ -282,6 +286,7 @@ async def open_session(
     websocket: bool = False,
     path: str = "/websockify",
     main_caps: Sequence[int] = (),
+    source: str | None = None,
 ) -> tuple[PyClient, MainInit]:
     """A main channel that got MAIN_INIT and the channel list."""
     main = await PyClient.open(
@@ -291,6 +296,7 @@ async def open_session(
         websocket=websocket,
         path=path,
         channel_caps=main_caps,
+        source=source,
     )
     assert main.ok, f"link failed: {main.link}"
     init = await main.expect(MainInit)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.spice.helpers import ARTIFACTS, run_gtk_client, spice_server, wait_until
+from tests.live import wait_until
+from tests.spice.helpers import ARTIFACTS, run_gtk_client, spice_server
 from tests.spice.test_server import EXPECTED_INPUT
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.spice.helpers import ARTIFACTS, Running, spice_server, wait_until
+from tests.live import wait_until
+from tests.spice.helpers import ARTIFACTS, Running, spice_server
 
 HTML5 = Path("/usr/share/spice-html5")
 

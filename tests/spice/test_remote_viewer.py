@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.spice.helpers import ARTIFACTS, spice_server, wait_until
+from tests.live import wait_until
+from tests.spice.helpers import ARTIFACTS, spice_server
 
 pytestmark = [
     pytest.mark.e2e,

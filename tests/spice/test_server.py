@@ -15,7 +15,8 @@ from aiohttp import web
 from saffron.display import Cursor
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
-from tests.spice.helpers import Running, Scene, spice_server, wait_until
+from tests.live import wait_until
+from tests.spice.helpers import Running, Scene, spice_server
 from tests.spice.pyclient import PyClient, open_session
 
 GTK_DISPLAY = (0x6FBF,)
