@@ -197,6 +197,7 @@ def watched_saffron(
 
 
 def _loop_thread(name: str) -> asyncio.AbstractEventLoop:
+    """A new event loop, running in a thread of its own until ``_stop_loop``."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
     return loop
@@ -205,6 +206,8 @@ def _loop_thread(name: str) -> asyncio.AbstractEventLoop:
 def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
+    if wait_until(lambda: not loop.is_running(), timeout=10):
+        loop.close()
 
 
 def _stop_watchers(loop: asyncio.AbstractEventLoop, tasks: list[Future[None]]) -> None:
