@@ -18,25 +18,24 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientWebSocketResponse
 
 from saffron import soak
-from saffron.app import Options, Server
 from saffron.display import Display
 from saffron.encoders.base import Encoder, EncoderError
 from saffron.encoders.registry import create_encoder
 from saffron.sources.pattern import PatternSource
+from saffron.spice import session as spice_session_module
 from saffron.spice import wire as w
+from saffron.spice.display import CODEC_LABELS, CODEC_TYPES
 from saffron.web import server as web_server_module
+from tests.live import GTK_DISPLAY_CAPS, IO_TIMEOUT, wait_until, watch_spice, watched_saffron
 from tests.spice.helpers import run_gtk_client, spice_server
 from tests.spice.pyclient import PyClient, open_session
-from tests.test_fuzz_net import Records, stop_watchers, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,93 +50,6 @@ class StallingPattern(PatternSource):
     def tick(self, t: float) -> None:
         if not self.stalled.is_set():
             super().tick(t)
-
-
-@dataclass
-class Running:
-    server: Server
-    producer: StallingPattern
-    web_port: int
-    spice_port: int
-    records: Records
-    spice_watch: soak.Tally
-    web_watch: soak.Tally
-    baseline: int
-
-    def progress(self) -> None:
-        seen = (self.spice_watch.frames, self.web_watch.frames)
-        assert wait_until(
-            lambda: self.spice_watch.frames > seen[0] and self.web_watch.frames > seen[1],
-            timeout=60,
-        ), f"the good viewers stopped: {self.spice_watch}, {self.web_watch}"
-
-    def settled(self) -> None:
-        assert wait_until(lambda: self.server.limits.total == self.baseline), (
-            f"{self.server.limits.total} connections open, {self.baseline} expected"
-        )
-
-
-@contextmanager
-def saffron(width: int = 640, height: int = 360) -> Iterator[Running]:
-    """A whole Saffron in-process, with a SPICE and a web viewer watching it."""
-    records = Records()
-    logging.getLogger().addHandler(records)
-    saffron_log = logging.getLogger("saffron")
-    old_level = saffron_log.level
-    saffron_log.setLevel(logging.INFO)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="saffron", daemon=True)
-    thread.start()
-    display = Display()
-    producer = StallingPattern(display, width, height, 30)
-    opts = Options(
-        source="pattern",
-        web=("127.0.0.1", 0),
-        spice=("127.0.0.1", 0),
-        codec="mjpeg",
-        fps=30,
-        size=(width, height),
-    )
-    server = Server(opts, display, producer)
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
-    assert server.web is not None and server.spice is not None
-    web_port, spice_port = server.web.addresses[0][1], server.spice.port  # type: ignore[attr-defined]
-    watch_loop = asyncio.new_event_loop()
-    watch_thread = threading.Thread(target=watch_loop.run_forever, name="watchers", daemon=True)
-    watch_thread.start()
-    spice_watch, web_watch = soak.Tally(), soak.Tally()
-    tasks = [
-        asyncio.run_coroutine_threadsafe(
-            soak.spice_viewer("127.0.0.1", spice_port, spice_watch), watch_loop
-        ),
-        asyncio.run_coroutine_threadsafe(
-            soak.web_viewer(f"http://127.0.0.1:{web_port}/", web_watch), watch_loop
-        ),
-    ]
-    try:
-        assert wait_until(lambda: spice_watch.frames > 0 and web_watch.frames > 0, timeout=60)
-        running = Running(
-            server,
-            producer,
-            web_port,
-            spice_port,
-            records,
-            spice_watch,
-            web_watch,
-            server.limits.total,
-        )
-        yield running
-        assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
-        assert spice_watch.connects == 1 and web_watch.connects == 1, "nobody reconnected"
-        assert not records.errors(), records.errors()
-    finally:
-        stop_watchers(watch_loop, tasks)
-        watch_thread.join(5)
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        logging.getLogger().removeHandler(records)
-        saffron_log.setLevel(old_level)
 
 
 # -- viewers killed mid-frame ----------------------------------------------------------------
@@ -175,15 +87,22 @@ VICTIM = textwrap.dedent(
     def web(half_sent):
         import json
         sock = socket.create_connection(("127.0.0.1", port))
+
+        def recv():
+            data = sock.recv(4096)
+            if not data:
+                sys.exit("the server closed the connection")
+            return data
+
         sock.sendall(UPGRADE)
         head = b""
         while b"\r\n\r\n" not in head:
-            head += sock.recv(4096)
+            head += recv()
         start = json.dumps({"type": "start", "codec": "mjpeg"}).encode()
         sock.sendall(bytes([0x81, 0x80 | len(start)]) + bytes(4) + start)
         got = 0
         while got < 8192:  # part of the first frames, then stop reading
-            got += len(sock.recv(4096))
+            got += len(recv())
         if half_sent:  # half a WebSocket frame: 24 of the 200 bytes it announces
             sock.sendall(bytes([0x81, 0x80 | 126, 0, 200]) + bytes(4) + bytes(24))
         print("ready", flush=True)
@@ -201,7 +120,7 @@ VICTIM = textwrap.dedent(
 def test_viewer_killed_mid_frame(kind: str) -> None:
     """SIGKILL a viewer that stopped reading in the middle of the video (and, for the
     half cases, had sent half a message): its connections go, the others carry on."""
-    with saffron() as s:
+    with watched_saffron(size=(640, 360)) as s:
         port = s.spice_port if kind.startswith("spice") else s.web_port
         start = len(s.records)
         victim = subprocess.Popen(
@@ -214,7 +133,7 @@ def test_viewer_killed_mid_frame(kind: str) -> None:
             assert victim.stdout is not None
             assert victim.stdout.readline().strip() == "ready"
             wants = s.baseline + (2 if kind.startswith("spice") else 1)
-            assert wait_until(lambda: s.server.limits.total == wants)
+            assert wait_until(lambda: s.open_connections == wants)
             victim.send_signal(signal.SIGKILL)
             victim.wait(30)
         finally:
@@ -233,24 +152,68 @@ def test_viewer_killed_mid_frame(kind: str) -> None:
 # -- the producer stalls -------------------------------------------------------------------------
 
 
+class Counter(logging.Handler):
+    """Counts the log records whose message contains ``words``."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.words = words
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.count += 1
+
+
 def test_producer_stall_keeps_viewers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No new picture for a while: viewers stay connected (heartbeats answered), get
-    nothing, and get frames again when the producer comes back."""
-    monkeypatch.setattr(web_server_module, "HEARTBEAT_S", 0.5)
-    with saffron(160, 96) as s:
-        s.producer.stalled.set()
-        # What was in flight arrives; then nothing more.
-        last = (-1, -1)
-        while (s.spice_watch.frames, s.web_watch.frames) != last:
-            last = (s.spice_watch.frames, s.web_watch.frames)
-            wait_until(lambda: False, timeout=2.0)  # longer than a keyframe retry
-        heartbeats = len(s.records)
-        wait_until(lambda: False, timeout=3.0)  # a few web heartbeats and a SPICE ping
-        assert (s.spice_watch.frames, s.web_watch.frames) == last, "frames during the stall"
-        assert s.server.limits.total == s.baseline, "a viewer was dropped during the stall"
-        assert not s.records.errors(heartbeats)
-        s.producer.stalled.clear()
-        s.progress()
+    """No new picture for a while: the viewers get nothing, stay connected (they answer
+    the web heartbeat and the SPICE pings), and get frames again when the producer
+    comes back."""
+    monkeypatch.setattr(web_server_module, "HEARTBEAT_S", 2.0)
+    monkeypatch.setattr(spice_session_module, "PING_INTERVAL_S", 2.0)
+    web_pongs = 0
+    pong = ClientWebSocketResponse.pong
+
+    async def counted_pong(ws: ClientWebSocketResponse, message: bytes = b"") -> None:
+        nonlocal web_pongs
+        await pong(ws, message)
+        web_pongs += 1
+
+    # The good web viewer's aiohttp answers the server's heartbeat pings through this.
+    monkeypatch.setattr(ClientWebSocketResponse, "pong", counted_pong)
+    spice_pongs = Counter("round trip")  # logged by the server for each pong it gets
+    logging.getLogger("saffron.spice").addHandler(spice_pongs)
+    try:
+        with watched_saffron(producer=StallingPattern, level=logging.DEBUG) as s:
+            assert isinstance(s.producer, StallingPattern)
+
+            def frames() -> tuple[int, int]:
+                return s.spice_watch.frames, s.web_watch.frames
+
+            def heartbeat() -> None:
+                """Both viewers answer one more heartbeat (at least HEARTBEAT_S apart)."""
+                web, spice = web_pongs, spice_pongs.count
+                assert wait_until(
+                    lambda: web_pongs > web and spice_pongs.count > spice, timeout=IO_TIMEOUT
+                ), f"heartbeats answered: web {web_pongs}, SPICE {spice_pongs.count}"
+
+            s.producer.stalled.set()
+            # What was in flight arrives; a heartbeat later, nothing more.
+            last = frames()
+            for _ in range(5):
+                heartbeat()
+                if frames() == last:
+                    break
+                last = frames()
+            else:
+                raise AssertionError(f"frames keep coming during the stall: {frames()}")
+            heartbeat()
+            assert frames() == last, "frames during the stall"
+            assert s.open_connections == s.baseline, "a viewer was dropped during the stall"
+            s.producer.stalled.clear()
+            s.progress()
+    finally:
+        logging.getLogger("saffron.spice").removeHandler(spice_pongs)
 
 
 # -- an encoder that raises under a SPICE viewer ------------------------------------------------
@@ -269,39 +232,22 @@ def broken_h264(codec: str, w_: int, h: int, fps: int, kbps: int, skip: int) -> 
     return create_encoder(codec, w_, h, fps, kbps, skip)
 
 
-GTK_DISPLAY = (0x6FBF,)
-
-
 def test_spice_viewer_moves_to_another_codec(caplog: pytest.LogCaptureFixture) -> None:
-    """H.264 breaks: the SPICE viewer gets VP9 instead (the next it plays) and keeps watching."""
+    """H.264 breaks: the SPICE viewer gets the next codec of the server's that it plays
+    instead, and keeps watching."""
     caplog.set_level(logging.INFO, "saffron")
     with spice_server(width=160, height=96) as (srv, _):
         srv.broadcast._factory = broken_h264  # before anyone joins: every h264 stream breaks
-        assert srv.server.codecs[0] == "h264"
-
-        async def watch() -> list[w.Message]:
-            main, init = await open_session(srv.port)
-            display = await PyClient.open(
-                srv.port,
-                w.ChannelType.DISPLAY,
-                connection_id=init.session_id,
-                channel_caps=GTK_DISPLAY,
-            )
-            display.auto_ack = True
-            display.send(w.DisplayInit(1, 1000, 1, 1000))
-            got: list[w.Message] = []
-            while sum(isinstance(m, w.StreamData | w.StreamDataSized) for m in got) < 5:
-                got.append(await display.read(30))  # type: ignore[arg-type]
-            main.close()
-            display.close()
-            return got
-
-        got = asyncio.run(watch())
+        codecs = srv.server.codecs
+        assert codecs[0] == "h264"
+        # The viewer (spice-gtk's caps) plays every codec SPICE carries.
+        expected = next(c for c in codecs[1:] if c in CODEC_TYPES)
+        got = asyncio.run(watch_spice(srv.port, 5))
     creates = [m for m in got if isinstance(m, w.StreamCreate)]
-    assert [c.codec_type for c in creates] == [w.VideoCodec.VP9], creates
+    assert [c.codec_type for c in creates] == [CODEC_TYPES[expected]], (creates, codecs)
     said = caplog.text
     assert "SPICE: no longer sending H.264 (simulated failure)" in said
-    assert "switching video from H.264 to VP9" in said
+    assert f"switching video from H.264 to {CODEC_LABELS[expected]}" in said
     assert "Traceback" not in said
 
 
@@ -318,7 +264,7 @@ def test_spice_viewer_is_told_when_no_codec_is_left(caplog: pytest.LogCaptureFix
                 srv.port,
                 w.ChannelType.DISPLAY,
                 connection_id=init.session_id,
-                channel_caps=GTK_DISPLAY,
+                channel_caps=GTK_DISPLAY_CAPS,
             )
             display.send(w.DisplayInit(1, 1000, 1, 1000))
             closed = await display.closed(30)
