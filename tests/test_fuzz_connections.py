@@ -3,13 +3,14 @@ a few lines, two good viewers keep watching throughout, and every slot comes bac
 
 The flood comes from other loopback addresses (127.0.0.2 and up, all of which
 reach a server on 127.0.0.1) so the per-address cap can be told from the total.
+How many connections were tried, refused and admitted goes to
+.cache/test-artifacts/connection-caps.json and to one line of pytest's terminal
+summary (the per-address flood is smaller where the open-file limit is low).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import re
 import resource
 import select
@@ -18,26 +19,24 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from saffron import limits as limits_module
-from saffron import soak
-from saffron.app import Options, Server
-from saffron.display import Display
-from saffron.limits import ConnectionLimits
-from saffron.sources.pattern import PatternSource
-from saffron.spice import wire as w
-from tests.test_fuzz_net import (
+from tests.conftest import free_port
+from tests.live import (
     IO_TIMEOUT,
+    Live,
     Records,
-    main_init,
-    read_until_closed,
-    spice_link,
-    stop_watchers,
+    connect,
+    exchange,
+    publish,
     wait_until,
+    watch_spice,
+    watched_saffron,
 )
+from tests.spice.pyclient import open_session
 
 TOTAL = 300
 PER_ADDRESS = 100
@@ -55,83 +54,38 @@ def _raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-FLOOD = min(WANTED, (_raise_fd_limit() - 2 * TOTAL - 200) // 2)
-
-
-@dataclass
-class Flooded:
-    server: Server
-    limits: ConnectionLimits
-    web_port: int
-    spice_port: int
-    records: Records
-    spice_watch: soak.Tally
-    web_watch: soak.Tally
-    baseline: int
-
-    def watchers_progress(self) -> None:
-        seen = (self.spice_watch.frames, self.web_watch.frames)
-        assert wait_until(
-            lambda: self.spice_watch.frames > seen[0] and self.web_watch.frames > seen[1],
-            timeout=60,
-        ), f"the good viewers stopped: {self.spice_watch}, {self.web_watch}"
+FD_LIMIT = _raise_fd_limit()
+FLOOD = min(WANTED, (FD_LIMIT - 2 * TOTAL - 200) // 2)
 
 
 @pytest.fixture(scope="module")
-def flooded() -> Iterator[Flooded]:
-    records = Records()
-    logging.getLogger().addHandler(records)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="saffron", daemon=True)
-    thread.start()
-    display = Display()
-    opts = Options(
-        source="pattern",
-        web=("127.0.0.1", 0),
-        spice=("127.0.0.1", 0),
-        codec="mjpeg",
-        fps=30,
-        size=(160, 96),
-        max_connections=TOTAL,
-        max_per_address=PER_ADDRESS,
-    )
-    server = Server(opts, display, PatternSource(display, 160, 96, 30))
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
-    assert server.web is not None and server.spice is not None
-    web_port, spice_port = server.web.addresses[0][1], server.spice.port  # type: ignore[attr-defined]
-    watch_loop = asyncio.new_event_loop()
-    watch_thread = threading.Thread(target=watch_loop.run_forever, name="watchers", daemon=True)
-    watch_thread.start()
-    spice_watch, web_watch = soak.Tally(), soak.Tally()
-    tasks = [
-        asyncio.run_coroutine_threadsafe(
-            soak.spice_viewer("127.0.0.1", spice_port, spice_watch), watch_loop
-        ),
-        asyncio.run_coroutine_threadsafe(
-            soak.web_viewer(f"http://127.0.0.1:{web_port}/", web_watch), watch_loop
-        ),
-    ]
-    try:
-        assert wait_until(lambda: spice_watch.frames > 0 and web_watch.frames > 0, timeout=60)
-        yield Flooded(
-            server,
-            server.limits,
-            web_port,
-            spice_port,
-            records,
-            spice_watch,
-            web_watch,
-            server.limits.total,
+def flooded() -> Iterator[Live]:
+    with watched_saffron(max_connections=TOTAL, max_per_address=PER_ADDRESS) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def figures(flooded: Live) -> Iterator[dict[str, Any]]:
+    """What the cap tests tried, and how many the server refused and admitted."""
+    figures: dict[str, Any] = {}
+    yield figures
+    parts = []
+    if "per_address" in figures:
+        f = figures["per_address"]
+        shrunk = "" if f["tried"] == WANTED else f" (of {WANTED}: open-file limit {FD_LIMIT})"
+        parts.append(
+            f"per address (at most {PER_ADDRESS}): {f['tried']} tried from {f['from']}"
+            f"{shrunk}, {f['refused']} refused, {f['admitted']} admitted"
         )
-        assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
-        assert not records.errors()
-    finally:
-        stop_watchers(watch_loop, tasks)
-        watch_thread.join(5)
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        logging.getLogger().removeHandler(records)
+    if "total" in figures:
+        f = figures["total"]
+        parts.append(
+            f"total (at most {TOTAL}, {f['watchers']} of them the good viewers'): "
+            f"{f['tried']} tried from {f['addresses']} addresses on both ports, "
+            f"{f['refused']} refused, {f['admitted']} admitted"
+        )
+    if parts:
+        publish("connection-caps", figures, "connection caps: " + "; ".join(parts))
 
 
 def open_many(port: int, source: str, count: int) -> list[socket.socket]:
@@ -181,19 +135,26 @@ def refusals_logged(records: Records, start: int, address: str) -> int:
     return total
 
 
-def test_per_address_cap(flooded: Flooded, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_per_address_cap(
+    flooded: Live, figures: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(limits_module, "REFUSAL_LOG_INTERVAL_S", 0.2)
-    limits, start = flooded.limits, len(flooded.records)
+    limits, start = flooded.server.limits, len(flooded.records)
     refused_before = limits.refused
     socks = open_many(flooded.spice_port, "127.0.0.2", FLOOD)
     try:
-        assert wait_until(lambda: limits.refused - refused_before == FLOOD - PER_ADDRESS)
-        assert limits.open_from("127.0.0.2") == PER_ADDRESS
+        refused = wait_until(lambda: limits.refused - refused_before == FLOOD - PER_ADDRESS)
+        figures["per_address"] = counted = {
+            "from": "127.0.0.2",
+            "tried": FLOOD,
+            "refused": limits.refused - refused_before,
+            "admitted": limits.open_from("127.0.0.2"),
+        }
+        assert refused and counted["admitted"] == PER_ADDRESS, counted
         assert wait_until(lambda: len(closed_by_server(socks)) == FLOOD - PER_ADDRESS)
-        flooded.watchers_progress()
+        flooded.progress()
         # Another address is not affected: a viewer from 127.0.0.1 links as usual.
-        main = socket.create_connection(("127.0.0.1", flooded.spice_port), timeout=IO_TIMEOUT)
-        main_init(main, spice_link(main, w.ChannelType.MAIN))
+        main, _ = flooded.run(open_session(flooded.spice_port))
         main.close()
         lines = [text for _, name, text in flooded.records.since(start) if name == "saffron.limits"]
         assert lines[0] == (
@@ -208,52 +169,63 @@ def test_per_address_cap(flooded: Flooded, monkeypatch: pytest.MonkeyPatch) -> N
         close_all(socks)
     assert wait_until(lambda: limits.total == flooded.baseline)
     assert limits.open_from("127.0.0.2") == 0
-    flooded.watchers_progress()
+    flooded.progress()
 
 
-def test_total_cap_over_both_ports(flooded: Flooded, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_total_cap_over_both_ports(
+    flooded: Live, figures: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(limits_module, "REFUSAL_LOG_INTERVAL_S", 0.2)
-    limits = flooded.limits
+    limits = flooded.server.limits
     refused_before = limits.refused
     addresses = [f"127.0.0.{i}" for i in range(3, 10)]
+    web_addresses = addresses[1::2]
     socks: dict[str, list[socket.socket]] = {}
     try:
-        for i, address in enumerate(addresses):
-            port = flooded.web_port if i % 2 else flooded.spice_port
+        for address in addresses:
+            port = flooded.web_port if address in web_addresses else flooded.spice_port
             socks[address] = open_many(port, address, PER_ADDRESS)
         opened = PER_ADDRESS * len(addresses)
         admitted = TOTAL - flooded.baseline
-        assert wait_until(lambda: limits.refused - refused_before == opened - admitted)
-        assert limits.total == TOTAL
+        refused = wait_until(lambda: limits.refused - refused_before == opened - admitted)
+        figures["total"] = counted = {
+            "addresses": len(addresses),
+            "watchers": flooded.baseline,
+            "tried": opened,
+            "refused": limits.refused - refused_before,
+            "admitted": limits.total - flooded.baseline,
+        }
+        assert refused and limits.total == TOTAL, counted
         everyone = [s for group in socks.values() for s in group]
         assert wait_until(lambda: len(closed_by_server(everyone)) == opened - admitted)
-        busy = [s for s in socks[addresses[-1]] if s in closed_by_server(socks[addresses[-1]])]
-        if addresses.index(addresses[-1]) % 2:  # a web address: refused with a 503
-            assert read_until_closed(busy[0]).startswith(b"HTTP/1.1 503 Service Unavailable")
-        flooded.watchers_progress()
+        # A browser that asks while every slot is taken is told so.
+        page = flooded.run(connect(flooded.web_port, web_addresses[-1]))
+        request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        _, answer = flooded.run(exchange(page, [request], half_close=False))
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+        flooded.progress()
         warned = [t for _, n, t in flooded.records.since(0) if "(--max-connections)" in t]
         assert warned, "the total cap's refusals are logged"
     finally:
         for group in socks.values():
             close_all(group)
     assert wait_until(lambda: limits.total == flooded.baseline)
-    flooded.watchers_progress()
+    flooded.progress()
 
 
-def test_the_flooded_address_can_watch_again(flooded: Flooded) -> None:
+def test_the_flooded_address_can_watch_again(flooded: Live) -> None:
     """Once its connections are gone, an address that flooded is served like any other."""
-    tally = soak.Tally()
-
-    async def watch() -> None:
-        task = asyncio.ensure_future(soak.spice_viewer("127.0.0.1", flooded.spice_port, tally))
-        for _ in range(600):
-            if tally.frames >= 3:
-                break
-            await asyncio.sleep(0.05)
-        task.cancel()
-
-    asyncio.run(watch())
-    assert tally.frames >= 3
+    over = 20
+    socks = open_many(flooded.spice_port, "127.0.0.2", PER_ADDRESS + over)
+    try:
+        assert wait_until(lambda: len(closed_by_server(socks)) == over)
+    finally:
+        close_all(socks)
+    assert wait_until(lambda: flooded.open_connections == flooded.baseline)
+    start = len(flooded.records)
+    flooded.run(watch_spice(flooded.spice_port, 3, source="127.0.0.2"))
+    said = [text for _, _, text in flooded.records.since(start)]
+    assert any(re.match(r"SPICE client 127\.0\.0\.2:\d+ connected", t) for t in said), said
 
 
 def test_cli_flags() -> None:
@@ -266,7 +238,7 @@ def test_cli_flags() -> None:
     )
     assert bad.returncode == 2 and "--max-connections: 0 must be above zero" in bad.stderr
 
-    spice = soak.free_port()
+    spice = free_port()
     with saffron_spice_only(spice, "--max-per-address", "2") as log:
         socks = open_many(spice, "127.0.0.1", 3)
         try:
