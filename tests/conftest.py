@@ -111,16 +111,15 @@ def browser() -> Iterator[object]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line for each file of figures a test wrote this session (tests/live.py's
+    """One line for each file of figures this test process wrote (tests/live.py's
     ``publish``: the fuzzer's, the connection caps')."""
-    written = [
-        path for path in sorted(ARTIFACTS.glob("*.json")) if path.stat().st_mtime >= SESSION_START
-    ]
     lines = []
-    for path in written:
-        summary = json.loads(path.read_text()).get("summary")
-        if isinstance(summary, str):
-            lines.append(f"{summary} ({path.relative_to(ROOT)})")
+    for path in sorted(ARTIFACTS.glob("*.json")):
+        if path.stat().st_mtime < SESSION_START:
+            continue
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("pid") == os.getpid() and "summary" in data:
+            lines.append(f"{data['summary']} ({path.relative_to(ROOT)})")
     if lines:
         terminalreporter.section("figures")
         for line in lines:

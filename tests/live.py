@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -309,7 +310,7 @@ async def watch_spice(
 def publish(name: str, figures: dict[str, Any], summary: str) -> None:
     """Write ``figures`` and their one-line ``summary`` to ARTIFACTS/``name``.json; the
     terminal summary (tests/conftest.py) prints the summary of every such file this
-    session wrote."""
+    test process wrote."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    data = {"summary": summary, **figures}
+    data = {"summary": summary, "pid": os.getpid(), **figures}
     (ARTIFACTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
