@@ -181,17 +181,18 @@ def watched_saffron(
                 soak.web_viewer(f"http://127.0.0.1:{web_port}/", live.web_watch), clients
             ),
         ]
-        assert wait_until(lambda: live.spice_watch.frames > 0 and live.web_watch.frames > 0)
+        assert wait_until(
+            lambda: live.spice_watch.frames > 0 and live.web_watch.frames > 0, IO_TIMEOUT
+        ), f"the good viewers got no frames: {live.spice_watch}, {live.web_watch}"
         live.baseline = live.open_connections
         assert live.baseline == 3, "a SPICE main and display channel and one page"
         yield live
-        ended = [w.exception() for w in watchers if w.done()]
+        ended = [task.exception() for task in watchers if task.done()]
         assert not ended, f"a good viewer stopped watching: {ended}"
         assert not records.errors(), records.errors()
     finally:
         _stop_watchers(clients, watchers)
-        with contextlib.suppress(RuntimeError):  # the server never started
-            asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
         _stop_loop(loop)
         root.removeHandler(records)
         saffron_log.setLevel(old_level)
@@ -234,10 +235,10 @@ def local_port(streams: Streams) -> int:
 
 
 async def exchange(streams: Streams, chunks: list[bytes], *, half_close: bool) -> tuple[int, bytes]:
-    """Send the chunks (stopping where the server closed meanwhile), half-close if told
-    to, and read until the server closes (a reset counts as closing), all the while;
-    returns the bytes sent and all the server answered. Fails if the server keeps the
-    connection open for ``IO_TIMEOUT``."""
+    """Read all the server sends until it closes (a reset counts as closing), while
+    sending the chunks (stopping where the server closed meanwhile) and then, if told
+    to, half-closing; returns the bytes sent and the server's answer. Fails if the
+    server keeps the connection open for ``IO_TIMEOUT``."""
     reader, writer = streams
     answer = bytearray()
 
@@ -283,15 +284,17 @@ async def watch_spice(
 ) -> list[w.Message | w.RawMessage]:
     """A SPICE viewer (as spice-gtk links and acks) from ``source``: what its display
     channel received until ``frames`` stream frames had come."""
-    main, init = await open_session(port, source=source)
-    display = await PyClient.open(
-        port,
-        w.ChannelType.DISPLAY,
-        connection_id=init.session_id,
-        channel_caps=GTK_DISPLAY_CAPS,
-        source=source,
-    )
-    try:
+    with contextlib.ExitStack() as opened:
+        main, init = await open_session(port, source=source)
+        opened.callback(main.close)
+        display = await PyClient.open(
+            port,
+            w.ChannelType.DISPLAY,
+            connection_id=init.session_id,
+            channel_caps=GTK_DISPLAY_CAPS,
+            source=source,
+        )
+        opened.callback(display.close)
         display.auto_ack = True
         display.send(w.DisplayInit(1, 1000, 1, 1000))
         got: list[w.Message | w.RawMessage] = []
@@ -299,9 +302,6 @@ async def watch_spice(
             while sum(isinstance(m, w.StreamData | w.StreamDataSized) for m in got) < frames:
                 got.append(await display.read(timeout))
         return got
-    finally:
-        main.close()
-        display.close()
 
 
 # -- figures for the terminal summary ------------------------------------------------------------
