@@ -216,6 +216,7 @@ class Server:
             await asyncio.sleep(0.1)  # closed transports flush on the loop: let them
         if self.broadcast is not None:
             self.broadcast.close()
+        self.limits.flush_log()  # refusals still being summed up, and its timer
 
 
 SPICE_HTML5 = Path("/usr/share/spice-html5")

@@ -15,6 +15,7 @@ their wire (an HTTP 503, or a closed SPICE socket).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ is fifty viewers with room to spare, and stays well below the usual limit of
 
 DEFAULT_MAX_PER_ADDRESS = 100
 """Connections open at once from one IP address: a dozen people behind one NAT,
-or a 50-viewer benchmark from one machine, while one host cannot take every slot."""
+or a 50-viewer benchmark from one machine, while one host cannot take every slot.
+An IPv6 /64 counts as one address: one host usually has a whole /64 to pick from."""
 
 HANDSHAKE_TIMEOUT_S = 30.0
 """Seconds a web connection has to finish each HTTP request, or to open its
@@ -42,6 +44,10 @@ before it is cut off (a peer that stops reading would otherwise hold it forever)
 
 REFUSAL_LOG_INTERVAL_S = 10.0
 """Refusals after the first are summed up in one line at most this often."""
+
+REFUSAL_LOG_ADDRESSES = 10
+"""Addresses named in one summing-up; refusals of any others are counted in one
+more line, so a flood from many addresses is a few lines too."""
 
 
 def host_of(peername: object) -> str:
@@ -59,19 +65,33 @@ def peer_label(peername: object) -> str:
     return host_of(peername)
 
 
+def network_of(address: str) -> str:
+    """What the per-address cap counts ``address`` as: itself (IPv4), or its IPv6 /64."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
 @dataclass(eq=False)
 class Slot:
     """One admitted connection; give it back with :meth:`ConnectionLimits.release`."""
 
     address: str
+    """What the per-address cap counted it as (see :func:`network_of`)."""
     released: bool = False
 
 
 @dataclass
 class _Refusals:
-    """Refusals not yet written to the log, by (address, reason)."""
+    """Refusals not yet written to the log: by (address, reason) for a few addresses,
+    then only counted."""
 
     pending: dict[tuple[str, str], int] = field(default_factory=dict)
+    others: int = 0
     last_logged: float = float("-inf")
     flush: asyncio.TimerHandle | None = None
 
@@ -96,13 +116,15 @@ class ConnectionLimits:
         self._refusals = _Refusals()
 
     def open_from(self, address: str) -> int:
-        return self._by_address.get(address, 0)
+        """Connections open from ``address`` (from its /64, for IPv6)."""
+        return self._by_address.get(network_of(address), 0)
 
     def admit(self, address: str, what: str) -> Slot | None:
         """A slot for a new connection from ``address``, or None (logged) if over a cap.
 
         ``what`` names the front end in the log ("web", "SPICE").
         """
+        address = network_of(address)
         if self.total >= self.max_connections:
             self._refuse(
                 address,
@@ -115,8 +137,8 @@ class ConnectionLimits:
             self._refuse(
                 address,
                 what,
-                f"{count} connections from that address are open, the most allowed "
-                "(--max-per-address)",
+                f"{count} connections from that {'network' if '/' in address else 'address'} "
+                "are open, the most allowed (--max-per-address)",
             )
             return None
         self._by_address[address] = count + 1
@@ -142,12 +164,15 @@ class ConnectionLimits:
         self.refused += 1
         r = self._refusals
         now = time.monotonic()
-        if now - r.last_logged >= REFUSAL_LOG_INTERVAL_S and not r.pending:
+        if now - r.last_logged >= REFUSAL_LOG_INTERVAL_S and not r.pending and not r.others:
             r.last_logged = now
             log.warning("refused a %s connection from %s: %s", what, address, reason)
             return
         key = (address, reason)
-        r.pending[key] = r.pending.get(key, 0) + 1
+        if key in r.pending or len(r.pending) < REFUSAL_LOG_ADDRESSES:
+            r.pending[key] = r.pending.get(key, 0) + 1
+        else:
+            r.others += 1
         if r.flush is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -157,12 +182,12 @@ class ConnectionLimits:
             r.flush = loop.call_later(delay, self.flush_log)
 
     def flush_log(self) -> None:
-        """Write the refusals summed up since the last line."""
+        """Write the refusals summed up since the last line (and stop waiting to)."""
         r = self._refusals
         if r.flush is not None:
             r.flush.cancel()
             r.flush = None
-        if not r.pending:
+        if not r.pending and not r.others:
             return
         r.last_logged = time.monotonic()
         for (address, reason), count in r.pending.items():
@@ -173,4 +198,11 @@ class ConnectionLimits:
                 address,
                 reason,
             )
+        if r.others:
+            log.warning(
+                "refused %d more connection%s from other addresses",
+                r.others,
+                "" if r.others == 1 else "s",
+            )
         r.pending.clear()
+        r.others = 0

@@ -1,0 +1,193 @@
+"""The connection guards of the web and SPICE ports, over real sockets.
+
+The refusals they log are summed up in a few lines, also at exit; an IPv6 /64
+counts as one address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from saffron import limits as limits_module
+from saffron.app import Options, Server
+from saffron.display import Display
+from saffron.limits import ConnectionLimits, network_of
+from saffron.sources.pattern import PatternSource
+
+IO_TIMEOUT = 30.0
+"""Safety net only: how long a client waits for the server."""
+
+# -- running a server in-process -------------------------------------------------------------
+
+
+class Records(logging.Handler):
+    """Every log record, kept for the assertions (any thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.items_lock = threading.Lock()
+        self.items: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.items_lock:
+            self.items.append((record.levelno, record.getMessage()))
+
+    def texts(self, level: int = logging.DEBUG) -> list[str]:
+        with self.items_lock:
+            return [text for lvl, text in self.items if lvl >= level]
+
+
+@dataclass
+class Running:
+    loop: asyncio.AbstractEventLoop
+    limits: ConnectionLimits
+    records: Records
+    web_port: int = 0
+    spice_port: int = 0
+    server: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _loop_and_log() -> Iterator[tuple[asyncio.AbstractEventLoop, Records]]:
+    records = Records()
+    saffron_log = logging.getLogger("saffron")
+    old_level = saffron_log.level
+    saffron_log.setLevel(logging.DEBUG)
+    saffron_log.addHandler(records)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="saffron", daemon=True)
+    thread.start()
+    try:
+        yield loop, records
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        saffron_log.removeHandler(records)
+        saffron_log.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def saffron(**options: Any) -> Iterator[Running]:
+    """A whole Saffron (pattern producer, MJPEG) with the given Options."""
+    size = options.pop("size", (160, 96))
+    with _loop_and_log() as (loop, records):
+        display = Display()
+        opts = Options(source="pattern", codec="mjpeg", fps=30, size=size, **options)
+        server = Server(opts, display, PatternSource(display, size[0], size[1], 30))
+        asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
+        running = Running(loop, server.limits, records, server=server)
+        if server.web is not None:
+            running.web_port = server.web.addresses[0][1]
+        if server.spice is not None:
+            running.spice_port = server.spice.addresses[-1][1]
+        try:
+            yield running
+        finally:
+            asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+
+
+# -- talking to it ---------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def connect(port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(IO_TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; ConnectionResetError if it resets."""
+    out = bytearray()
+    while data := sock.recv(1 << 16):
+        out += data
+    return bytes(out)
+
+
+def get(path: str, port: int) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+
+# -- 5: the refusal log and IPv6 ----------------------------------------------------------------
+
+
+def test_server_close_writes_the_summed_up_refusals() -> None:
+    with saffron(web=("127.0.0.1", 0), max_connections=1) as s:
+        holder = connect(s.web_port)
+        try:
+            assert wait_until(lambda: s.limits.total == 1)
+            for _ in range(3):
+                sock = connect(s.web_port)
+                sock.sendall(get("/", s.web_port))
+                with contextlib.suppress(ConnectionResetError):
+                    read_until_closed(sock)
+                sock.close()
+            assert s.limits.refused == 3
+            assert not any("refused 2 more" in t for t in s.records.texts())
+        finally:
+            holder.close()
+        s.run(s.server.close())
+        assert any("refused 2 more connections from 127.0.0.1" in t for t in s.records.texts())
+        assert s.limits._refusals.flush is None
+
+
+def test_ipv6_addresses_count_by_slash_64() -> None:
+    limits = ConnectionLimits(max_connections=10, max_per_address=2)
+    a = limits.admit("2001:db8:1:2::1", "web")
+    b = limits.admit("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "web")
+    assert a is not None and b is not None
+    assert limits.admit("2001:db8:1:2::3", "web") is None, "same /64: over the cap"
+    assert limits.admit("2001:db8:1:3::1", "web") is not None, "another /64"
+    assert limits.open_from("2001:db8:1:2::99") == 2
+    assert limits.admit("192.0.2.1", "web") is not None
+    assert limits.admit("fe80::1%eth0", "web") is not None
+    limits.release(a)
+    limits.release(b)
+    assert limits.open_from("2001:db8:1:2::1") == 0
+    assert network_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert network_of("10.1.2.3") == "10.1.2.3"
+
+
+def test_refusal_summary_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Refusals from thousands of addresses: a few lines that still count them all."""
+    caplog.set_level(logging.WARNING, "saffron.limits")
+    limits = ConnectionLimits(max_connections=1)
+    assert limits.admit("10.0.0.1", "SPICE") is not None
+    for i in range(5000):
+        assert limits.admit(f"10.1.{i // 250}.{i % 250}", "SPICE") is None
+    assert len(limits._refusals.pending) <= limits_module.REFUSAL_LOG_ADDRESSES
+    limits.flush_log()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= limits_module.REFUSAL_LOG_ADDRESSES + 2, lines
+    counted = 0
+    for line in lines:
+        if line.startswith("refused a "):
+            counted += 1
+        else:
+            counted += int(line.split()[1])
+    assert counted == 5000, lines
