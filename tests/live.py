@@ -2,17 +2,20 @@
 for the tests that throw bad clients, floods and faults at it (test_fuzz_net,
 test_fuzz_connections, test_faults); and what those tests share around it:
 waiting on a condition, the log records, a connection that sends and reads until
-the server closes, a SPICE viewer from any loopback address, and figures for
-pytest's terminal summary (see ``publish`` and tests/conftest.py).
+the server closes, WebSocket handshakes and frames, a SPICE viewer from any
+loopback address, and figures for pytest's terminal summary (see ``publish`` and
+tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -232,6 +235,47 @@ async def connect(port: int, source: str = "127.0.0.1") -> Streams:
 
 def local_port(streams: Streams) -> int:
     return int(streams[1].get_extra_info("sockname")[1])
+
+
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\n"
+    "Host: 127.0.0.1\r\n"
+    "Upgrade: websocket\r\n"
+    "Connection: Upgrade\r\n"
+    "Sec-WebSocket-Key: {key}\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: binary\r\n"
+    "\r\n"
+)
+
+
+def upgrade(path: str) -> bytes:
+    """A WebSocket handshake request for ``path``."""
+    return UPGRADE.format(path=path, key=base64.b64encode(bytes(16)).decode()).encode()
+
+
+def ws_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = b"\x11\x22\x33\x44",
+    length: int | None = None,
+) -> bytes:
+    """One WebSocket frame as a client sends it (masked), with any length field."""
+    n = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 15)
+    bit = 0x80 if mask is not None else 0
+    if n < 126:
+        head = bytes([first, bit | n])
+    elif n < 1 << 16:
+        head = bytes([first, bit | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([first, bit | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def exchange(streams: Streams, chunks: list[bytes], *, half_close: bool) -> tuple[int, bytes]:

@@ -46,14 +46,17 @@ from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
 from saffron.web import server as web_server_module
 from tests.live import (
+    UPGRADE,
     Live,
     Streams,
     connect,
     exchange,
     local_port,
     publish,
+    upgrade,
     wait_until,
     watched_saffron,
+    ws_frame,
 )
 from tests.spice.pyclient import PyClient
 
@@ -351,42 +354,6 @@ def channel_messages(draw: st.DrawFn, channel: int, mini: bool) -> bytes:
     return mutate(out, draw(mutations)) if draw(st.integers(0, 3)) == 0 else out
 
 
-UPGRADE = (
-    "GET {path} HTTP/1.1\r\n"
-    "Host: 127.0.0.1\r\n"
-    "Upgrade: websocket\r\n"
-    "Connection: Upgrade\r\n"
-    "Sec-WebSocket-Key: {key}\r\n"
-    "Sec-WebSocket-Version: 13\r\n"
-    "Sec-WebSocket-Protocol: binary\r\n"
-    "\r\n"
-)
-
-
-def ws_frame(
-    opcode: int,
-    payload: bytes,
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    mask: bytes | None = b"\x11\x22\x33\x44",
-    length: int | None = None,
-) -> bytes:
-    """One WebSocket frame as a client sends it (masked), with any length field."""
-    n = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 15)
-    bit = 0x80 if mask is not None else 0
-    if n < 126:
-        head = bytes([first, bit | n])
-    elif n < 1 << 16:
-        head = bytes([first, bit | 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([first, bit | 127]) + struct.pack(">Q", n)
-    if mask is None:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 PAGE_MESSAGES = [
     {"type": "start", "codec": "mjpeg"},
     {"type": "start", "codec": "theora"},
@@ -596,10 +563,6 @@ def _link_mess(channel: int = 1) -> bytes:
     return w.LinkHeader(2, 2, len(body)).pack() + body
 
 
-def _upgrade(path: str) -> bytes:
-    return UPGRADE.format(path=path, key=base64.b64encode(bytes(16)).decode()).encode()
-
-
 FOUR_GIB_FRAME = ws_frame(2, b"x" * 64, length=(1 << 32) + 64)
 CLOSE_FRAME = ws_frame(8, struct.pack(">H", 1000))
 BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
@@ -615,27 +578,27 @@ BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
     "spice-port-http": ("spice", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "Missing header"),
     "spice-port-text-frame": (
         "spice",
-        _upgrade("/") + ws_frame(1, b"REDQ"),
+        upgrade("/") + ws_frame(1, b"REDQ"),
         "text frame",
     ),
-    "spice-port-4gib-frame": ("spice", _upgrade("/") + FOUR_GIB_FRAME, "not a SPICE client"),
+    "spice-port-4gib-frame": ("spice", upgrade("/") + FOUR_GIB_FRAME, "not a SPICE client"),
     "ws-upgrade-not-utf8": (
         "web",
-        _upgrade("/ws").replace(b"Upgrade: websocket", b"Upgrade:\x80websocket"),
+        upgrade("/ws").replace(b"Upgrade: websocket", b"Upgrade:\x80websocket"),
         "headers are not text",
     ),
     "ws-key-not-ascii": (
         "web",
-        _upgrade("/spice").replace(b"Key: AAAA", "Key: ÄÄ".encode()),
+        upgrade("/spice").replace(b"Key: AAAA", "Key: ÄÄ".encode()),
         "headers are not text",
     ),
-    "ws-binary": ("web", _upgrade("/ws") + ws_frame(2, b"\x01\x02"), "binary data"),
-    "ws-not-json": ("web", _upgrade("/ws") + ws_frame(1, b"{{{"), "not JSON"),
-    "ws-unknown-type": ("web", _upgrade("/ws") + ws_frame(1, b'{"type": "x"}'), "unknown message"),
-    "ws-4gib-frame": ("web", _upgrade("/ws") + FOUR_GIB_FRAME, "exceeds limit"),
-    "web-spice-4gib-frame": ("web", _upgrade("/spice") + FOUR_GIB_FRAME, "exceeds limit"),
-    "web-spice-text": ("web", _upgrade("/spice") + ws_frame(1, _link_mess()), "text frame"),
-    "web-spice-junk": ("web", _upgrade("/spice") + ws_frame(2, b"JUNKJUNKJUNKJUNK"), "not a SPICE"),
+    "ws-binary": ("web", upgrade("/ws") + ws_frame(2, b"\x01\x02"), "binary data"),
+    "ws-not-json": ("web", upgrade("/ws") + ws_frame(1, b"{{{"), "not JSON"),
+    "ws-unknown-type": ("web", upgrade("/ws") + ws_frame(1, b'{"type": "x"}'), "unknown message"),
+    "ws-4gib-frame": ("web", upgrade("/ws") + FOUR_GIB_FRAME, "exceeds limit"),
+    "web-spice-4gib-frame": ("web", upgrade("/spice") + FOUR_GIB_FRAME, "exceeds limit"),
+    "web-spice-text": ("web", upgrade("/spice") + ws_frame(1, _link_mess()), "text frame"),
+    "web-spice-junk": ("web", upgrade("/spice") + ws_frame(2, b"JUNKJUNKJUNKJUNK"), "not a SPICE"),
     "web-long-header": ("web", b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", "bad HTTP"),
     "web-bad-chunks": (
         "web",
@@ -699,7 +662,7 @@ HALF_SENT: dict[str, tuple[str, bytes, str]] = {
     "spice-half-link": ("spice", _link_mess()[:20], "no SPICE link within"),
     "spice-no-ticket": ("spice", _link_mess(), "no SPICE link within"),
     "spice-port-half-upgrade": ("spice", b"GET / HTTP/1.1\r\nHost:", "no SPICE link within"),
-    "spice-port-upgraded-only": ("spice", _upgrade("/"), "no SPICE link within"),
+    "spice-port-upgraded-only": ("spice", upgrade("/"), "no SPICE link within"),
     "web-half-request": ("web", b"GET / HTTP/1.1\r\nHost: 127.0", "no complete request"),
     "web-half-body": (
         "web",
@@ -707,8 +670,8 @@ HALF_SENT: dict[str, tuple[str, bytes, str]] = {
         b"Content-Type: application/x-www-form-urlencoded\r\n\r\npassword=",
         "no complete request",
     ),
-    "web-half-upgrade": ("web", _upgrade("/ws")[:40], "no complete request"),
-    "web-spice-upgraded-only": ("web", _upgrade("/spice"), "no SPICE link within"),
+    "web-half-upgrade": ("web", upgrade("/ws")[:40], "no complete request"),
+    "web-spice-upgraded-only": ("web", upgrade("/spice"), "no SPICE link within"),
 }
 
 

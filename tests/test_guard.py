@@ -11,8 +11,7 @@ import contextlib
 import logging
 import socket
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from saffron.app import Options, Server
 from saffron.display import Display
 from saffron.limits import ConnectionLimits, network_of
 from saffron.sources.pattern import PatternSource
+from tests.live import wait_until
 
 IO_TIMEOUT = 30.0
 """Safety net only: how long a client waits for the server."""
@@ -101,15 +101,6 @@ def saffron(**options: Any) -> Iterator[Running]:
 
 
 # -- talking to it ---------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def connect(port: int, *, rcvbuf: int | None = None) -> socket.socket:
