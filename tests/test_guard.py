@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ from saffron.app import Options, Server
 from saffron.display import Display
 from saffron.limits import ConnectionLimits, network_of
 from saffron.sources.pattern import PatternSource
-from tests.live import wait_until
+from saffron.web import server as web_server_module
+from tests.live import upgrade, wait_until, ws_frame
 
 IO_TIMEOUT = 30.0
 """Safety net only: how long a client waits for the server."""
@@ -182,3 +185,72 @@ def test_refusal_summary_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
         else:
             counted += int(line.split()[1])
     assert counted == 5000, lines
+
+
+# -- a page that stops reading ------------------------------------------------------------------
+
+PAGE_ENDS: dict[str, bytes | None] = {
+    "heartbeat": b"",  # the page answers no ping: aiohttp closes the socket
+    "bad-message": ws_frame(2, b"\x01"),  # Saffron closes the WebSocket (1008)
+    "close-frame": ws_frame(8, struct.pack(">H", 1000)),
+    "eof": None,  # the page half-closes its socket
+}
+
+
+@pytest.mark.parametrize("end", sorted(PAGE_ENDS))
+def test_page_that_stopped_reading_gives_its_slot_back(
+    monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """However the WebSocket of a page that no longer reads ends, its connection is cut
+    off CLOSE_GRACE_S later: a close waits for the page to take what is queued."""
+    monkeypatch.setattr(limits_module, "CLOSE_GRACE_S", 0.5)
+    monkeypatch.setattr(web_server_module, "HEARTBEAT_S", 1.0 if end == "heartbeat" else 600.0)
+    with saffron(web=("127.0.0.1", 0), size=(1280, 720)) as s:
+        assert s.server.web is not None
+        page = connect(s.web_port, rcvbuf=4096)
+        try:
+            page.sendall(upgrade("/ws"))
+            assert wait_until(lambda: len(s.server.web.viewers) == 1)
+            (viewer,) = s.server.web.viewers
+            assert viewer.transport is not None
+            # Small kernel buffers on both sides, so the frames wait in Saffron's own.
+            server_side = viewer.transport.get_extra_info("socket")
+            server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            page.sendall(ws_frame(1, json.dumps({"type": "start", "codec": "mjpeg"}).encode()))
+            assert wait_until(lambda: viewer.transport.get_write_buffer_size() > 0)
+            ending = PAGE_ENDS[end]
+            if ending is None:
+                page.shutdown(socket.SHUT_WR)
+            else:
+                page.sendall(ending)
+            assert wait_until(lambda: s.limits.total == 0, timeout=10), (
+                f"{s.limits.total} connection still holds its slot"
+            )
+        finally:
+            page.close()
+
+
+def test_answer_the_client_does_not_take_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer aiohttp closed the connection after, which the client does not read, is
+    cut off when the request's time is up."""
+    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    made = web_server_module._HttpGuard.connection_made
+
+    def small_buffer(guard: Any, transport: asyncio.Transport) -> None:
+        """A small kernel buffer, so the answer waits in Saffron's own."""
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        made(guard, transport)
+
+    monkeypatch.setattr(web_server_module._HttpGuard, "connection_made", small_buffer)
+    with saffron(web=("127.0.0.1", 0)) as s:
+        client = connect(s.web_port, rcvbuf=4096)
+        try:
+            # Four answers in a row (about 44 KiB), the last closing the connection.
+            request = b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n"
+            client.sendall(
+                request * 3 + request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+            )
+            assert wait_until(lambda: any("it stopped reading" in t for t in s.records.texts()))
+            assert wait_until(lambda: s.limits.total == 0), "the slot is still held"
+        finally:
+            client.close()

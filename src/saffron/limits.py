@@ -50,6 +50,14 @@ REFUSAL_LOG_ADDRESSES = 10
 more line, so a flood from many addresses is a few lines too."""
 
 
+def abort_later(transport: asyncio.Transport) -> asyncio.TimerHandle:
+    """Abort ``transport`` in ``CLOSE_GRACE_S`` unless the caller cancels the timer once the
+    connection is lost. Call it when a connection starts to close: a close waits for the
+    peer to take the bytes still queued, and a peer that stopped reading would keep the
+    socket, and its slot, forever."""
+    return asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.abort)
+
+
 def host_of(peername: object) -> str:
     """The IP address of a socket's peer, IPv4-mapped IPv6 written as IPv4."""
     if isinstance(peername, tuple) and peername:

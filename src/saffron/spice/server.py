@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
 from ..encoders.base import Packet
-from ..limits import CLOSE_GRACE_S, ConnectionLimits, Slot, host_of, peer_label
+from ..limits import ConnectionLimits, Slot, abort_later, host_of, peer_label
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from ..broadcast import Broadcast
+    from ..web.server import WebSocket
 
 log = logging.getLogger("saffron.spice")
 
@@ -409,8 +410,7 @@ class _TcpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
-            # A peer that stops reading would keep the socket (and its slot) forever.
-            self._abort = self.server.loop.call_later(CLOSE_GRACE_S, transport.abort)
+            self._abort = abort_later(transport)
 
     def pause_writing(self) -> None:
         self.congested = True
@@ -450,7 +450,7 @@ def _keepalive(transport: asyncio.Transport) -> None:
 class _AiohttpOutput:
     """Bytes for an aiohttp WebSocketResponse, sent by one writer task."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.conn: Connection | None = None
         self.congested = False
@@ -475,6 +475,7 @@ class _AiohttpOutput:
     def close(self) -> None:
         self._closing = True
         self._wake.set()
+        self.ws.closing()  # the writer may wait for a peer that stopped reading
 
     async def wait(self) -> None:
         await self._task
@@ -509,15 +510,16 @@ class _AiohttpOutput:
 
 
 async def serve_aiohttp_websocket(
-    ws: web.WebSocketResponse,
+    ws: WebSocket,
     server: SpiceServer,
     peer: str = "web client",
     *,
     secured: bool = False,
 ) -> None:
-    """Run one SPICE channel over a prepared aiohttp WebSocket until it closes.
+    """Run one SPICE channel over a prepared WebSocket until it closes.
 
-    Prepare ``ws`` with ``protocols=("binary",)``: spice-html5 insists on it.
+    Prepare ``ws`` with ``protocols=("binary",)``: spice-html5 insists on it. (The
+    web server's WebSocket: it is cut off when its peer stops reading as it closes.)
     """
     from aiohttp import WSMsgType
 
@@ -662,13 +664,9 @@ class SpiceServer:
 
     async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         """An aiohttp handler: ``app.router.add_get("/spice", server.aiohttp_handler)``."""
-        from aiohttp import web
+        from ..web.server import WebSocket, open_websocket
 
-        from ..web.server import open_websocket
-
-        ws = web.WebSocketResponse(
-            protocols=("binary",), compress=False, max_msg_size=WEBSOCKET_MAX_MESSAGE
-        )
+        ws = WebSocket(protocols=("binary",), compress=False, max_msg_size=WEBSOCKET_MAX_MESSAGE)
         refused = await open_websocket(ws, request, "SPICE WebSocket")
         if refused is not None:
             return refused

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, ClassVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
@@ -36,6 +37,7 @@ from ..limits import (
     HANDSHAKE_TIMEOUT_S,
     ConnectionLimits,
     Slot,
+    abort_later,
     host_of,
     peer_label,
 )
@@ -414,7 +416,7 @@ class WebServer:
             raise web.HTTPNotFound() from None
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_TEXT_MESSAGE * 4, heartbeat=HEARTBEAT_S)
+        ws = WebSocket(max_msg_size=MAX_TEXT_MESSAGE * 4, heartbeat=HEARTBEAT_S)
         refused = await open_websocket(ws, request, "WebSocket")
         if refused is not None:
             return refused
@@ -537,7 +539,8 @@ class _HttpGuard(asyncio.Protocol):
     socket closes), and gives every HTTP request ``HANDSHAKE_TIMEOUT_S`` from
     the connection or the previous answer to arrive and be answered, and a
     WebSocket as long to open; then the socket is cut. Once a WebSocket is up,
-    its own heartbeat (or SPICE's link timeout) takes over.
+    its own heartbeat (or SPICE's link timeout) takes over. A connection that is
+    closing is cut off if it has not closed within ``CLOSE_GRACE_S``.
     """
 
     def __init__(self, inner: asyncio.Protocol, limits: ConnectionLimits, loop: Loop) -> None:
@@ -548,6 +551,7 @@ class _HttpGuard(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "unknown"
         self._timer: asyncio.TimerHandle | None = None
+        self._abort: asyncio.TimerHandle | None = None
         self._partial = False
         """Bytes of a request arrived that has not been answered yet."""
 
@@ -575,7 +579,12 @@ class _HttpGuard(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.slot is not None else None
+        if self.slot is None:
+            return None
+        keep_open = self.inner.eof_received()
+        if not keep_open:  # asyncio closes the transport now
+            self.closing()
+        return keep_open
 
     def pause_writing(self) -> None:
         if self.slot is not None:
@@ -587,6 +596,9 @@ class _HttpGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
         if self.slot is None:
             return
         log.debug("web connection from %s closed%s", self.peer, f" ({exc})" if exc else "")
@@ -601,6 +613,11 @@ class _HttpGuard(asyncio.Protocol):
         else:
             self._arm()
 
+    def closing(self) -> None:
+        """The connection is to close: cut it off if it has not within ``CLOSE_GRACE_S``."""
+        if self._abort is None and self.transport is not None:
+            self._abort = abort_later(self.transport)
+
     def _arm(self) -> None:
         self._disarm()
         self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._expired)
@@ -613,9 +630,12 @@ class _HttpGuard(asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
-        if self._partial:
+        if transport.is_closing():
+            # aiohttp closed it after an answer the peer has not taken all of yet.
+            log.debug("cutting off web connection from %s: it stopped reading", self.peer)
+        elif self._partial:
             log.warning(
                 "closing web connection from %s: no complete request within %.0f s",
                 self.peer,
@@ -635,6 +655,36 @@ async def _answered(request: web.Request, response: web.StreamResponse) -> None:
     guard = transport.get_protocol() if transport is not None else None
     if isinstance(guard, _HttpGuard):
         guard.answered(isinstance(response, web.WebSocketResponse))
+
+
+class WebSocket(web.WebSocketResponse):
+    """aiohttp's WebSocketResponse, cut off ``CLOSE_GRACE_S`` after it starts to close.
+
+    close() is called however a WebSocket ends (by a handler; by aiohttp when the
+    peer closes it, or after the handler returns), and waits for the peer to take
+    what is queued: a peer that stopped reading would keep the connection, and its
+    slot, forever.
+    """
+
+    _guard: _HttpGuard | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        transport = request.transport
+        guard = transport.get_protocol() if transport is not None else None
+        if isinstance(guard, _HttpGuard):
+            self._guard = guard
+        return await super().prepare(request)
+
+    def closing(self) -> None:
+        """The connection is to end: cut it off unless it has closed within CLOSE_GRACE_S."""
+        if self._guard is not None:
+            self._guard.closing()
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        self.closing()
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
