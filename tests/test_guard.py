@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,3 +255,54 @@ def test_answer_the_client_does_not_take_is_cut_off(monkeypatch: pytest.MonkeyPa
             assert wait_until(lambda: s.limits.total == 0), "the slot is still held"
         finally:
             client.close()
+
+
+# -- a refused web connection -------------------------------------------------------------------
+
+
+def test_refused_client_that_sent_its_request_reads_the_503() -> None:
+    """The 503 reaches a client over the cap that sent its request before reading: the
+    server reads the request rather than reset the connection by closing it unread."""
+    with saffron(web=("127.0.0.1", 0), max_connections=1) as s:
+        holder = connect(s.web_port)
+        try:
+            assert wait_until(lambda: s.limits.total == 1)
+            for n in range(1, 6):
+                sock = connect(s.web_port)
+                try:
+                    sock.sendall(get("/healthz", s.web_port))
+                    assert wait_until(lambda: s.limits.refused == n)  # noqa: B023
+                    time.sleep(0.1)  # the request is in, and the answer out, before reading
+                    answer = read_until_closed(sock)
+                finally:
+                    sock.close()
+                assert answer.startswith(b"HTTP/1.1 503 "), answer
+        finally:
+            holder.close()
+
+
+def test_refused_client_that_stays_is_cut_off() -> None:
+    """A refused client that neither closes nor stops sending loses its socket after
+    REFUSAL_LINGER_S, as refused sockets are outside the caps."""
+    with saffron(web=("127.0.0.1", 0), max_connections=1) as s:
+        holder = connect(s.web_port)
+        sock = connect(s.web_port)
+        try:
+            assert wait_until(lambda: s.limits.refused == 1)
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 503 ")
+            start = time.monotonic()
+
+            def gone() -> bool:
+                try:
+                    sock.send(b"x")
+                except OSError:
+                    return True
+                return False
+
+            assert wait_until(gone, timeout=10, step=0.05)
+            took = time.monotonic() - start
+            linger = web_server_module.REFUSAL_LINGER_S
+            assert linger / 2 < took < linger + 2, took
+        finally:
+            sock.close()
+            holder.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import ssl
@@ -33,7 +34,6 @@ from ..display import Button, Cursor, Display
 from ..encoders.base import Packet
 from ..keys import scancode_for
 from ..limits import (
-    CLOSE_GRACE_S,
     HANDSHAKE_TIMEOUT_S,
     ConnectionLimits,
     Slot,
@@ -74,6 +74,13 @@ TOO_MANY_CONNECTIONS = (
     b"Connection: close\r\n\r\n%s" % (len(_BUSY), _BUSY)
 )
 """The answer to a connection over the limits, before reading its request."""
+
+REFUSAL_LINGER_S = 1.0
+"""Seconds a refused connection stays open after its 503, reading (and dropping)
+what the client sends until it closes: closed with its request unread, the
+socket would be reset, and the client might see "connection reset" instead of
+the 503. Short, as refused sockets are outside the caps: a flood of them must
+not hold file descriptors for long."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -535,12 +542,13 @@ class WebServer:
 class _HttpGuard(asyncio.Protocol):
     """One connection of the web port, in front of aiohttp's own protocol.
 
-    It takes a slot from the limits (over them the client gets a 503 and the
-    socket closes), and gives every HTTP request ``HANDSHAKE_TIMEOUT_S`` from
-    the connection or the previous answer to arrive and be answered, and a
-    WebSocket as long to open; then the socket is cut. Once a WebSocket is up,
-    its own heartbeat (or SPICE's link timeout) takes over. A connection that is
-    closing is cut off if it has not closed within ``CLOSE_GRACE_S``.
+    It takes a slot from the limits (over them the client gets a 503, and the
+    socket closes when the client does, or after ``REFUSAL_LINGER_S``), and gives
+    every HTTP request ``HANDSHAKE_TIMEOUT_S`` from the connection or the previous
+    answer to arrive and be answered, and a WebSocket as long to open; then the
+    socket is cut. Once a WebSocket is up, its own heartbeat (or SPICE's link
+    timeout) takes over. A connection that is closing is cut off if it has not
+    closed within ``CLOSE_GRACE_S``.
     """
 
     def __init__(self, inner: asyncio.Protocol, limits: ConnectionLimits, loop: Loop) -> None:
@@ -562,8 +570,12 @@ class _HttpGuard(asyncio.Protocol):
         self.slot = self.limits.admit(host_of(peername), "web")
         if self.slot is None:
             transport.write(TOO_MANY_CONNECTIONS)
-            transport.close()
-            self.loop.call_later(CLOSE_GRACE_S, transport.abort)
+            if transport.can_write_eof():  # then read until the client closes
+                with contextlib.suppress(OSError):
+                    transport.write_eof()
+            else:
+                transport.close()
+            self._timer = self.loop.call_later(REFUSAL_LINGER_S, transport.abort)
             return
         self.transport = transport
         self._arm()
