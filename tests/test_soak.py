@@ -5,9 +5,8 @@ no error or traceback, no viewer failed or was cut off, the viewers connected on
 their visits, and they got frames. ``saffron bench --soak`` runs the ten-minute
 version.
 
-soak.run counts connections and frames over all visits together: that every single
-visit got frames, or that each kind of viewer (web, web MJPEG, SPICE) did, it
-cannot tell.
+Frames are also counted per kind of viewer (web, web MJPEG, SPICE): each kind must
+get frames, and no visit of two seconds or more may go without one.
 """
 
 from __future__ import annotations
@@ -34,6 +33,9 @@ def test_soak_one_minute() -> None:
         f"visits that never connected: {result}"
     )
     assert result["frames"] >= result["connects"], f"fewer frames than visits: {result}"
+    for kind, k in result["by_kind"].items():
+        assert k["visits"] >= 1 and k["frames"] > 0, f"{kind} viewers got no frames: {result}"
+        assert k["without_frames"] == 0, f"{kind} visits went without frames: {result}"
     assert result["rss_growth_mb"] < soak.MAX_RSS_GROWTH_MB, result
     assert result["fds_end"] <= result["fds_baseline"], result
     assert result["ok"], result

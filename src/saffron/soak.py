@@ -5,9 +5,11 @@ and SPICE mixed; each slot connects, watches a few seconds, disconnects and
 comes back as a web or SPICE viewer, over and over. The viewers acknowledge
 what they receive (so the server keeps sending) without decoding it. The
 resident memory and open file descriptors of the Saffron process are read
-from /proc throughout; after a warm-up that opens every encoder once they
-must stay flat, and once the last viewer left the descriptors must be back
-where they were. Its log must have no error and no traceback.
+from /proc throughout; after a warm-up under the same load (every encoder
+open, the allocator's heaps at the size that load keeps) they must stay flat,
+and once the last viewer left the descriptors must be back where they were.
+Every kind of viewer must get frames. The log must have no error and no
+traceback.
 
 ``run()`` is ``saffron bench --soak`` (ten minutes); tests/test_soak.py runs a
 minute of it. The viewers here are also what the fuzz and fault tests use to
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +79,10 @@ SPICE_GTK_DISPLAY_CAPS = make_caps(
 )
 """What spice-gtk 0.42 offers for the display channel, minus GL and LZ4."""
 
-WARMUP_S = 6.0
-"""Every kind of viewer watches this long before the baseline is taken: encoders,
-their threads and the first buffers of each codec are allocated once, not leaked."""
+WARMUP_S = 20.0
+"""The full load runs this long before the baseline is taken, every kind of viewer
+among it: encoders, their threads and buffers, and the allocator's heaps reach the
+sizes they keep under that load. Growth after it is what a leak would show."""
 
 SETTLE_S = 30.0
 """Longest wait for the descriptors to come back after the viewers left."""
@@ -97,6 +100,10 @@ MAX_RSS_GROWTH_MB = 20.0
 """What the soak allows the resident memory to grow after the warm-up."""
 
 
+MIN_VISIT_S = 2.0
+"""A visit this long must get frames (only each viewer's last visit may be shorter)."""
+
+
 class ViewerError(Exception):
     """A viewer could not connect or was refused."""
 
@@ -108,6 +115,11 @@ class Tally:
     frames: int = 0
     connects: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.frames += other.frames
+        self.connects += other.connects
+        self.errors += other.errors
 
 
 # -- a SPICE viewer -------------------------------------------------------------------
@@ -348,6 +360,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass
+class _Visits:
+    """The visits of one kind of viewer."""
+
+    visits: int = 0
+    frames: int = 0
+    without_frames: int = 0
+    """Visits of at least ``MIN_VISIT_S`` that got no frame: that viewer was starved."""
+
+    def add(self, visit: Tally, stayed: float) -> None:
+        self.visits += 1
+        self.frames += visit.frames
+        if visit.frames == 0 and stayed >= MIN_VISIT_S:
+            self.without_frames += 1
+
+
+@dataclass
 class _Samples:
     rss: list[float] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
@@ -398,30 +426,35 @@ async def _soak(
     samples = _Samples()
     rss_start = rss_mb(p.pid)
     fds_start = open_fds(p.pid)
+    loop = asyncio.get_running_loop()
+    by_kind = {k: _Visits() for k in kinds}
+
+    async def slot(i: int, end: float) -> None:
+        """Viewers one after another until ``end``; the first is of kind ``i``."""
+        kind = kinds[i % len(kinds)]
+        while loop.time() < end:
+            stay = min(rng.uniform(MIN_VISIT_S, 5.0), max(end - loop.time(), 0.5))
+            visit = Tally()
+            await _watch(kind, p, visit, stay)
+            tally.add(visit)
+            by_kind[kind].add(visit, stay)
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            kind = rng.choice(kinds)
+
     if not quiet:
-        _progress(f"warm-up: one viewer of each kind for {WARMUP_S:g} s, then the baseline")
-    # Warm-up: every kind of viewer once, so each codec's encoder exists.
-    await asyncio.gather(*(_watch(k, p, tally, WARMUP_S) for k in kinds))
+        _progress(f"warm-up: {viewers} viewers for {WARMUP_S:g} s, then the baseline")
+    warm_end = loop.time() + WARMUP_S
+    await asyncio.gather(*(slot(i, warm_end) for i in range(max(viewers, len(kinds)))))
     fds_base = await _settled_fds(p.pid, None, SETTLE_S)
     rss_base = rss_mb(p.pid)
     warm_frames, warm_connects = tally.frames, tally.connects
-    loop = asyncio.get_running_loop()
+    by_kind = {k: _Visits() for k in kinds}
     start = loop.time()
     end = start + seconds
     if not quiet:
         _progress(
             f"baseline: RSS {rss_base:.1f} MB, {fds_base} fds; {viewers} viewers for {seconds:g} s"
         )
-    visits = 0
-
-    async def slot(i: int) -> None:
-        nonlocal visits
-        while loop.time() < end:
-            kind = rng.choice(kinds)
-            stay = min(rng.uniform(2.0, 5.0), max(end - loop.time(), 0.5))
-            await _watch(kind, p, tally, stay)
-            visits += 1
-            await asyncio.sleep(rng.uniform(0.0, 1.0))
 
     async def sample() -> None:
         last_print = loop.time()
@@ -438,7 +471,7 @@ async def _soak(
                 )
             await asyncio.sleep(SAMPLE_S)
 
-    await asyncio.gather(sample(), *(slot(i) for i in range(viewers)))
+    await asyncio.gather(sample(), *(slot(i, end) for i in range(viewers)))
     if not quiet:
         _progress("the viewers left; waiting for the descriptors to settle")
     fds_end = await _settled_fds(p.pid, fds_base, SETTLE_S)
@@ -446,7 +479,8 @@ async def _soak(
     return {
         "seconds": seconds,
         "viewers": viewers,
-        "visits": visits,
+        "visits": sum(v.visits for v in by_kind.values()),
+        "by_kind": {k: asdict(v) for k, v in by_kind.items()},
         "connects": tally.connects - warm_connects,
         "frames": tally.frames - warm_frames,
         "viewer_errors": tally.errors,
@@ -455,6 +489,7 @@ async def _soak(
         "rss_peak_mb": round(max(samples.rss, default=rss_base), 1),
         "rss_end_mb": round(rss_end, 1),
         "rss_growth_mb": round(rss_end - rss_base, 1),
+        "rss_every_10s_mb": [round(mb, 1) for mb in samples.rss[:: max(int(10 / SAMPLE_S), 1)]],
         "fds_start": fds_start,
         "fds_baseline": fds_base,
         "fds_peak": max(samples.fds, default=fds_base),
@@ -501,7 +536,7 @@ def run(
         and result["fds_end"] <= result["fds_baseline"]
         and not problems
         and not result["viewer_errors"]
-        and result["frames"] > 0
+        and all(k["frames"] > 0 and not k["without_frames"] for k in result["by_kind"].values())
     )
     if not quiet:
         print_table(result)
@@ -515,6 +550,15 @@ def print_table(r: dict[str, Any]) -> None:
             "viewer visits",
             f"{r['visits']} (web and SPICE mixed), {r['connects']} connected, "
             f"{r['frames']} frames received",
+        ),
+        (
+            "by kind",
+            ", ".join(
+                f"{kind} {k['visits']} visits {k['frames']} frames"
+                for kind, k in r["by_kind"].items()
+            )
+            + f"; visits of {MIN_VISIT_S:g} s or more without a frame: "
+            + str(sum(k["without_frames"] for k in r["by_kind"].values())),
         ),
         (
             "resident memory",
