@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -307,9 +308,25 @@ def _shown(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::") else host
 
 
+def _bound(asked: tuple[str, int] | None, bound: list[tuple[str, int]]) -> tuple[str, int] | None:
+    """The address to show: the one asked for, with the port the system chose for port 0."""
+    if asked is None or asked[1] != 0 or not bound:
+        return asked
+    return asked[0], bound[0][1]
+
+
 def announce(opts: Options, server: Server | None = None) -> None:
     cert = server.certificate if server is not None else None
     scheme = "https" if cert is not None else "http"
+    if server is not None:
+        pages = server.web.addresses if server.web is not None else []
+        spice = server.spice.addresses if server.spice is not None else []
+        opts = dataclasses.replace(
+            opts,
+            web=_bound(opts.web, pages),
+            spice=_bound(opts.spice, spice[:1]),
+            spice_tls=_bound(opts.spice_tls, spice[-1:]),
+        )
     if opts.web is not None:
         web = f"{_shown(opts.web[0])}:{opts.web[1]}"
         base = f"{scheme}://{web}/"
