@@ -1188,8 +1188,9 @@ class QemuSource:
                             break
                         gave_up = not self.reattach and (self.attach_count > 0 or now >= deadline)
                         if gave_up:
+                            # The owner says it, once, from close_reason.
                             reason = f"could not attach to QEMU: {exc}"
-                            log.error("%s", reason)
+                            log.debug("%s", reason)
                             break
                         if not waiting_logged or not isinstance(exc, _NotThere):
                             log.info("waiting for QEMU on %s (%s)", self.address, exc)
