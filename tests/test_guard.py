@@ -1,7 +1,9 @@
 """The connection guards of the web and SPICE ports, over real sockets.
 
 The refusals they log are summed up in a few lines, also at exit; an IPv6 /64
-counts as one address.
+counts as one address. A connection whose peer stopped reading is cut off once
+it is closing; a refused web client reads its 503 even if it sent its request
+first; connections in their TLS handshake count against the caps.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +29,9 @@ from saffron.app import Options, Server
 from saffron.display import Display
 from saffron.limits import ConnectionLimits, network_of
 from saffron.sources.pattern import PatternSource
+from saffron.spice import server as spice_server_module
+from saffron.spice import wire as w
+from saffron.tls import self_signed
 from saffron.web import server as web_server_module
 from tests.live import upgrade, wait_until, ws_frame
 
@@ -282,8 +289,8 @@ def test_refused_client_that_sent_its_request_reads_the_503() -> None:
 
 
 def test_refused_client_that_stays_is_cut_off() -> None:
-    """A refused client that neither closes nor stops sending loses its socket after
-    REFUSAL_LINGER_S, as refused sockets are outside the caps."""
+    """A refused client that keeps its socket open loses it after REFUSAL_LINGER_S, as
+    refused sockets are outside the caps."""
     with saffron(web=("127.0.0.1", 0), max_connections=1) as s:
         holder = connect(s.web_port)
         sock = connect(s.web_port)
@@ -306,3 +313,138 @@ def test_refused_client_that_stays_is_cut_off() -> None:
         finally:
             sock.close()
             holder.close()
+
+
+# -- TLS handshakes ------------------------------------------------------------------------------
+
+
+def _main_link() -> bytes:
+    """A SPICE main channel's link message."""
+    body = w.LinkMess(0, w.ChannelType.MAIN, 0, (), ()).pack()
+    return w.LinkHeader(2, 2, len(body)).pack() + body
+
+
+@pytest.mark.parametrize("port", ["web", "spice-tls"])
+def test_tls_handshakes_take_slots(tmp_path: Path, port: str) -> None:
+    """Connections still in their TLS handshake count against the caps: ones that never
+    send a ClientHello take an address's every slot, and give them back when they close;
+    then a TLS client connects as usual."""
+    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
+    cap = 3
+    with saffron(
+        web=("127.0.0.1", 0),
+        spice_tls=("127.0.0.1", 0),
+        cert=cert.cert,
+        key=cert.key,
+        max_per_address=cap,
+    ) as s:
+        target = s.web_port if port == "web" else s.spice_port
+        silent = [connect(target) for _ in range(cap)]
+        try:
+            assert wait_until(lambda: s.limits.total == cap), s.limits.total
+            extra = connect(target)
+            try:
+                assert wait_until(lambda: s.limits.refused == 1)
+                with contextlib.suppress(ConnectionResetError):
+                    assert read_until_closed(extra) == b""
+            finally:
+                extra.close()
+            assert s.limits.total == cap
+        finally:
+            for sock in silent:
+                sock.close()
+        assert wait_until(lambda: s.limits.total == 0), s.limits.total
+        context = ssl.create_default_context(cafile=str(cert.cert))
+        with context.wrap_socket(connect(target), server_hostname="127.0.0.1") as tls:
+            if port == "web":
+                tls.sendall(
+                    get("/healthz", target).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                )
+                assert read_until_closed(tls).startswith(b"HTTP/1.1 200 ")
+            else:
+                tls.sendall(_main_link())
+                assert tls.recv(4) == w.MAGIC
+
+
+@pytest.mark.parametrize("port", ["web", "spice-tls"])
+def test_failed_tls_handshakes_give_their_slots_back(
+    tmp_path: Path,
+    port: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handshake that times out, or fails on what the client sent, is one warning line
+    and gives its slot back; a client that leaves mid-handshake is a debug line."""
+    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", 0.5)
+    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
+    with saffron(
+        web=("127.0.0.1", 0), spice_tls=("127.0.0.1", 0), cert=cert.cert, key=cert.key
+    ) as s:
+        target = s.web_port if port == "web" else s.spice_port
+        start = len(s.records.items)
+
+        silent = connect(target)
+        with contextlib.suppress(ConnectionResetError):
+            assert read_until_closed(silent) == b"", "closed by the server"
+        silent.close()
+        plain = connect(target)
+        plain.sendall(get("/", target))
+        with contextlib.suppress(ConnectionResetError):
+            read_until_closed(plain)
+        plain.close()
+        leaving = connect(target)
+        leaving.close()
+        assert wait_until(lambda: s.limits.total == 0)
+
+        def logged(level: int) -> list[str]:
+            with s.records.items_lock:
+                return [t for lvl, t in s.records.items[start:] if lvl >= level and "TLS" in t]
+
+        assert wait_until(lambda: len(logged(logging.DEBUG)) == 3), logged(logging.DEBUG)
+        warnings = logged(logging.WARNING)
+        assert len(warnings) == 2, warnings
+        assert "no TLS handshake within 0 s" in warnings[0], warnings
+        assert "TLS handshake failed: HTTP_REQUEST" in warnings[1], warnings
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def _tls_with_first_message(port: int, context: ssl.SSLContext, message: bytes) -> bytes:
+    """A TLS client that sends ``message`` in one write with its last handshake message,
+    as browsers often do; what the server answers until it closes (or 4 bytes, at least)."""
+    sock = connect(port)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(1 << 16))
+        tls.write(message)
+        sock.sendall(outgoing.read())
+        answer = bytearray()
+        while len(answer) < 4 and (data := sock.recv(1 << 16)):
+            incoming.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                while chunk := tls.read(1 << 16):
+                    answer += chunk
+        return bytes(answer)
+
+
+@pytest.mark.parametrize("port", ["web", "spice-tls"])
+def test_first_message_with_the_handshake_is_answered(tmp_path: Path, port: str) -> None:
+    """What comes with the client's last handshake message, before start_tls returns,
+    reaches the front end."""
+    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
+    with saffron(
+        web=("127.0.0.1", 0), spice_tls=("127.0.0.1", 0), cert=cert.cert, key=cert.key
+    ) as s:
+        context = ssl.create_default_context(cafile=str(cert.cert))
+        if port == "web":
+            request = get("/healthz", s.web_port)
+            assert _tls_with_first_message(s.web_port, context, request).startswith(b"HTTP")
+        else:
+            assert _tls_with_first_message(s.spice_port, context, _main_link())[:4] == w.MAGIC

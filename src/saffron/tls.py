@@ -1,21 +1,31 @@
-"""Certificates: the user's own, or a self-signed one made once and kept.
+"""Certificates, and the TLS handshake of the TLS ports.
 
-One certificate serves both HTTPS (WebCodecs needs a secure context anywhere
-but localhost) and SPICE's TLS port. ``--tls auto`` keeps it in the user's
-config directory so browsers and ``remote-viewer --spice-ca-file`` can be told
-to trust it once.
+Certificates: the user's own, or a self-signed one made once and kept. One
+certificate serves both HTTPS (WebCodecs needs a secure context anywhere but
+localhost) and SPICE's TLS port. ``--tls auto`` keeps it in the user's config
+directory so browsers and ``remote-viewer --spice-ca-file`` can be told to
+trust it once.
+
+The TLS ports listen plain and each connection starts TLS itself
+(:func:`start_tls`) once it has taken its slot from the connection limits:
+given to ``create_server``, TLS would hide a connection from its protocol until
+the handshake is done, and handshakes left half-done would hold file
+descriptors outside the caps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -92,3 +102,78 @@ def self_signed(directory: Path | None = None, hosts: list[str] | None = None) -
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     log.info("made a self-signed certificate in %s", directory)
     return Certificate(cert_path, key_path)
+
+
+def start_tls(
+    transport: asyncio.Transport,
+    protocol: asyncio.Protocol,
+    context: ssl.SSLContext,
+    *,
+    timeout: float,
+    peer: str,
+    then: Callable[[asyncio.Transport | None], None],
+) -> asyncio.Task[None]:
+    """Start TLS on ``transport``, just accepted on a plain socket for ``protocol``.
+
+    Once the handshake is done ``then`` gets the TLS transport, and ``protocol`` its
+    events from then on (and any that came meanwhile). If the handshake fails, or
+    takes longer than ``timeout`` seconds, it is logged in one line naming ``peer``
+    ("SPICE connection from ..."), ``transport`` is aborted and ``then`` gets None;
+    so too if the task is cancelled.
+    """
+    transport.pause_reading()  # the ClientHello waits for the TLS layer
+    loop = asyncio.get_running_loop()
+
+    async def handshake() -> None:
+        waiting = _Waiting()
+        tls: asyncio.Transport | None = None
+        try:
+            tls = await loop.start_tls(
+                transport, waiting, context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        except ConnectionAbortedError:  # what asyncio's handshake timeout raises
+            log.warning("closing %s: no TLS handshake within %.0f s", peer, timeout)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
+            log.debug("%s closed during the TLS handshake (%s)", peer, type(exc).__name__)
+        except ssl.SSLError as exc:
+            log.warning("closing %s: TLS handshake failed: %s", peer, exc.reason or exc)
+        except OSError as exc:
+            log.warning("closing %s: TLS handshake failed: %s", peer, exc)
+        finally:
+            if tls is None:
+                transport.abort()
+                then(None)
+        if tls is not None:
+            tls.set_protocol(protocol)
+            then(tls)
+            waiting.hand_over(protocol)
+
+    return loop.create_task(handshake())
+
+
+class _Waiting(asyncio.Protocol):
+    """A new TLS transport's protocol until the caller's takes over: the client's first
+    request often comes with its last handshake message, before start_tls returns."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, tuple[Any, ...]]] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(("data_received", (data,)))
+
+    def eof_received(self) -> None:
+        self.events.append(("eof_received", ()))
+
+    def pause_writing(self) -> None:
+        self.events.append(("pause_writing", ()))
+
+    def resume_writing(self) -> None:
+        self.events.append(("resume_writing", ()))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("connection_lost", (exc,)))
+
+    def hand_over(self, protocol: asyncio.Protocol) -> None:
+        for name, args in self.events:
+            getattr(protocol, name)(*args)
+        self.events.clear()

@@ -6,8 +6,8 @@ the same thing from an aiohttp web server on any path. Each connection runs the
 link handshake, then one channel. A connection that misbehaves is closed with
 a logged reason; the server and every other viewer carry on. Each TCP
 connection takes a slot from the shared :class:`~saffron.limits.ConnectionLimits`
-(the aiohttp path is counted by the web server), and must link within
-``LINK_TIMEOUT_S``.
+(the aiohttp path is counted by the web server), on a TLS port before its
+handshake, and must link within ``LINK_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, Slot, abort_later, host_of, peer_label
+from ..tls import start_tls
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
@@ -61,8 +62,8 @@ log = logging.getLogger("saffron.spice")
 
 LINK_TIMEOUT_S = 30.0
 """A connection that has not linked by then is dropped (spice-html5 itself gives up
-after 30 s), so half-open sockets cannot pile up. It covers the TLS handshake and,
-on this port, the WebSocket upgrade as well."""
+after 30 s), so half-open sockets cannot pile up. On a TLS port the handshake has as
+long again before that; a WebSocket upgrade on this port counts within it."""
 
 KEEPALIVE_IDLE_S = 60
 KEEPALIVE_INTERVAL_S = 10
@@ -320,8 +321,10 @@ class Connection:
 class _TcpConnection(asyncio.Protocol):
     """A TCP socket: raw SPICE, or SPICE inside a WebSocket when it starts with GET."""
 
-    def __init__(self, server: SpiceServer) -> None:
+    def __init__(self, server: SpiceServer, tls: SSLContext | None = None) -> None:
         self.server = server
+        self.tls = tls
+        self.peer = "unknown"
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.ws: WebSocketAdapter | None = None
@@ -330,6 +333,7 @@ class _TcpConnection(asyncio.Protocol):
         self._head = b""
         self._request_tail = b""
         self._abort: asyncio.TimerHandle | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self.congested = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -339,11 +343,32 @@ class _TcpConnection(asyncio.Protocol):
         if self.slot is None:
             transport.abort()  # nothing was sent: no reason to linger
             return
+        self.peer = peer_label(peername)
+        _keepalive(transport)
+        if self.tls is None:
+            self._connected(transport)
+        else:
+            self._handshake = start_tls(
+                transport,
+                self,
+                self.tls,
+                timeout=LINK_TIMEOUT_S,
+                peer=f"SPICE connection from {self.peer}",
+                then=self._secured,
+            )
+
+    def _secured(self, transport: asyncio.Transport | None) -> None:
+        self._handshake = None
+        if transport is None:
+            self.server.limits.release(self.slot)
+        else:
+            self._connected(transport)
+
+    def _connected(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT, low=WRITE_BUFFER_LOW)
-        _keepalive(transport)
         secured = transport.get_extra_info("ssl_object") is not None
-        self.conn = Connection(self.server, self, peer_label(peername), secured=secured)
+        self.conn = Connection(self.server, self, self.peer, secured=secured)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -424,6 +449,9 @@ class _TcpConnection(asyncio.Protocol):
         if self._abort is not None:
             self._abort.cancel()
             self._abort = None
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
         self.server.limits.release(self.slot)
         if self.conn is not None:
             self.conn.connection_lost()
@@ -611,13 +639,7 @@ class SpiceServer:
         """Listen on ``host:port``; with ``ssl``, as a TLS port (spice-gtk's ``tls-port``,
         or ``wss://`` for spice-html5). May be called twice, for a plain and a TLS port."""
         self.attach()
-        server = await self.loop.create_server(
-            lambda: _TcpConnection(self),
-            host,
-            port,
-            ssl=ssl,
-            ssl_handshake_timeout=LINK_TIMEOUT_S if ssl is not None else None,
-        )
+        server = await self.loop.create_server(lambda: _TcpConnection(self, ssl), host, port)
         self._servers.append(server)
         codecs = ", ".join(CODEC_LABELS.get(c, c) for c in self.codecs)
         mode = " exclusive," if self.exclusive else ""

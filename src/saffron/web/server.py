@@ -6,9 +6,9 @@ link (or a slow decoder) simply stops being offered frames until it catches
 up, and never builds a queue.
 
 Every TCP connection passes through an :class:`_HttpGuard` before aiohttp sees
-it: it takes a slot from the shared connection limits (or gets a 503), and is
-cut off when a request is not complete within ``HANDSHAKE_TIMEOUT_S``, which
-aiohttp alone does not do.
+it: it takes a slot from the shared connection limits (or gets a 503) before
+any TLS handshake, and is cut off when a request is not complete within
+``HANDSHAKE_TIMEOUT_S``, which aiohttp alone does not do.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ..limits import (
     peer_label,
 )
 from ..ratecontrol import RateEstimator
+from ..tls import start_tls
 from .auth import WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
@@ -374,12 +375,9 @@ class WebServer:
         handler = self._runner.server
         assert handler is not None
         limits, loop = self.limits, asyncio.get_running_loop()
+        tls = self.ssl_context
         self._listener = await loop.create_server(
-            lambda: _HttpGuard(handler(), limits, loop),
-            host,
-            port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S if self.ssl_context else None,
+            lambda: _HttpGuard(handler(), limits, loop, tls), host, port
         )
 
     @property
@@ -543,7 +541,9 @@ class _HttpGuard(asyncio.Protocol):
     """One connection of the web port, in front of aiohttp's own protocol.
 
     It takes a slot from the limits (over them the client gets a 503, and the
-    socket closes when the client does, or after ``REFUSAL_LINGER_S``), and gives
+    socket closes when the client does, or after ``REFUSAL_LINGER_S``; on an HTTPS
+    port it is closed at once), then, on an HTTPS port, runs the TLS handshake
+    (within ``HANDSHAKE_TIMEOUT_S``) before aiohttp sees the connection. It gives
     every HTTP request ``HANDSHAKE_TIMEOUT_S`` from the connection or the previous
     answer to arrive and be answered, and a WebSocket as long to open; then the
     socket is cut. Once a WebSocket is up, its own heartbeat (or SPICE's link
@@ -551,12 +551,21 @@ class _HttpGuard(asyncio.Protocol):
     closed within ``CLOSE_GRACE_S``.
     """
 
-    def __init__(self, inner: asyncio.Protocol, limits: ConnectionLimits, loop: Loop) -> None:
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        limits: ConnectionLimits,
+        loop: Loop,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.inner = inner
         self.limits = limits
         self.loop = loop
+        self.tls = tls
         self.slot: Slot | None = None
         self.transport: asyncio.Transport | None = None
+        """The transport aiohttp has (over TLS once the handshake is done)."""
+        self._handshake: asyncio.Task[None] | None = None
         self.peer = "unknown"
         self._timer: asyncio.TimerHandle | None = None
         self._abort: asyncio.TimerHandle | None = None
@@ -568,6 +577,9 @@ class _HttpGuard(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self.peer = peer_label(peername)
         self.slot = self.limits.admit(host_of(peername), "web")
+        if self.slot is None and self.tls is not None:
+            transport.abort()  # a 503 needs a TLS handshake first: not for a refusal
+            return
         if self.slot is None:
             transport.write(TOO_MANY_CONNECTIONS)
             if transport.can_write_eof():  # then read until the client closes
@@ -577,6 +589,26 @@ class _HttpGuard(asyncio.Protocol):
                 transport.close()
             self._timer = self.loop.call_later(REFUSAL_LINGER_S, transport.abort)
             return
+        if self.tls is None:
+            self._connected(transport)
+        else:
+            self._handshake = start_tls(
+                transport,
+                self,
+                self.tls,
+                timeout=HANDSHAKE_TIMEOUT_S,
+                peer=f"web connection from {self.peer}",
+                then=self._secured,
+            )
+
+    def _secured(self, transport: asyncio.Transport | None) -> None:
+        self._handshake = None
+        if transport is None:
+            self.limits.release(self.slot)
+        else:
+            self._connected(transport)
+
+    def _connected(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._arm()
         if isinstance(self.inner, RequestHandler):  # its log lines then name the peer
@@ -611,11 +643,15 @@ class _HttpGuard(asyncio.Protocol):
         if self._abort is not None:
             self._abort.cancel()
             self._abort = None
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
         if self.slot is None:
             return
         log.debug("web connection from %s closed%s", self.peer, f" ({exc})" if exc else "")
         self.limits.release(self.slot)
-        self.inner.connection_lost(exc)
+        if self.transport is not None:
+            self.inner.connection_lost(exc)
 
     def answered(self, websocket: bool) -> None:
         """A response is on its way: the next request has its own time; a WebSocket none."""
