@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from . import memory
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
@@ -110,6 +111,7 @@ class Server:
         self.certificate: Certificate | None = None
         self.auth = WebAuth(opts.password, secure=opts.tls is not None or opts.cert is not None)
         self.limits = ConnectionLimits(opts.max_connections, opts.max_per_address)
+        self._trimmer: asyncio.Task[None] | None = None
 
     def resolve_certificate(self) -> Certificate | None:
         opts = self.opts
@@ -201,12 +203,15 @@ class Server:
                 ) from None
         if self.producer is not None:
             self.producer.start()
+        self._trimmer = asyncio.create_task(memory.trim_periodically())
 
     async def close(self, reason: str = "Saffron stopped") -> None:
         """Stop everything once; each viewer is told ``reason``."""
         if self._closed:
             return
         self._closed = True
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         if self.producer is not None:
             self.producer.stop()
         if self.web is not None:
