@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .limits import ConnectionLimits, Slot, abort_later, host_of, peer_label
+
 log = logging.getLogger("saffron.tls")
 
 VALID_DAYS = 825
@@ -177,3 +179,72 @@ class _Waiting(asyncio.Protocol):
         for name, args in self.events:
             getattr(protocol, name)(*args)
         self.events.clear()
+
+
+class AdmittedConnection(asyncio.Protocol):
+    """Base of the ports' protocols, from accept to close.
+
+    A connection takes its slot from the limits before anything else (:meth:`admit`),
+    on a TLS port then runs its handshake (:func:`start_tls`), and only then is
+    :meth:`connected`. However it ends, :meth:`release` stops its timers and gives
+    the slot back.
+    """
+
+    def __init__(self, limits: ConnectionLimits, tls: ssl.SSLContext | None, what: str) -> None:
+        self.limits = limits
+        self.tls = tls
+        self.what = what
+        """The front end, in log lines: "web", "SPICE"."""
+        self.slot: Slot | None = None
+        self.peer = "unknown"
+        self.transport: asyncio.Transport | None = None
+        """The connection's transport once connected (over TLS on a TLS port)."""
+        self._handshake: asyncio.Task[None] | None = None
+        self._abort: asyncio.TimerHandle | None = None
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Take a slot for the connection just accepted; False (logged) if over a cap."""
+        peername = transport.get_extra_info("peername")
+        self.peer = peer_label(peername)
+        self.slot = self.limits.admit(host_of(peername), self.what)
+        return self.slot is not None
+
+    def start(self, transport: asyncio.Transport, handshake_timeout: float) -> None:
+        """Connect an admitted connection: at once, or on a TLS port after its handshake."""
+        if self.tls is None:
+            self.connected(transport)
+            return
+        self._handshake = start_tls(
+            transport,
+            self,
+            self.tls,
+            timeout=handshake_timeout,
+            peer=f"{self.what} connection from {self.peer}",
+            then=self._secured,
+        )
+
+    def _secured(self, transport: asyncio.Transport | None) -> None:
+        self._handshake = None
+        if transport is None:
+            self.limits.release(self.slot)
+        else:
+            self.connected(transport)
+
+    def connected(self, transport: asyncio.Transport) -> None:
+        """The connection is ready for its protocol: set ``self.transport`` and go."""
+        raise NotImplementedError
+
+    def closing(self) -> None:
+        """The connection is to close: cut it off if it has not within ``CLOSE_GRACE_S``."""
+        if self._abort is None and self.transport is not None:
+            self._abort = abort_later(self.transport)
+
+    def release(self) -> None:
+        """The connection is lost: stop its timers, give its slot back."""
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
+        self.limits.release(self.slot)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
 from ..encoders.base import Packet
-from ..limits import ConnectionLimits, Slot, abort_later, host_of, peer_label
-from ..tls import start_tls
+from ..limits import ConnectionLimits, peer_label
+from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
@@ -318,53 +318,28 @@ class Connection:
         return cursor
 
 
-class _TcpConnection(asyncio.Protocol):
+class _TcpConnection(AdmittedConnection):
     """A TCP socket: raw SPICE, or SPICE inside a WebSocket when it starts with GET."""
 
     def __init__(self, server: SpiceServer, tls: SSLContext | None = None) -> None:
+        super().__init__(server.limits, tls, "SPICE")
         self.server = server
-        self.tls = tls
-        self.peer = "unknown"
-        self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.ws: WebSocketAdapter | None = None
-        self.slot: Slot | None = None
         self._sniffing = True
         self._head = b""
         self._request_tail = b""
-        self._abort: asyncio.TimerHandle | None = None
-        self._handshake: asyncio.Task[None] | None = None
         self.congested = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        peername = transport.get_extra_info("peername")
-        self.slot = self.server.limits.admit(host_of(peername), "SPICE")
-        if self.slot is None:
+        if not self.admit(transport):
             transport.abort()  # nothing was sent: no reason to linger
             return
-        self.peer = peer_label(peername)
         _keepalive(transport)
-        if self.tls is None:
-            self._connected(transport)
-        else:
-            self._handshake = start_tls(
-                transport,
-                self,
-                self.tls,
-                timeout=LINK_TIMEOUT_S,
-                peer=f"SPICE connection from {self.peer}",
-                then=self._secured,
-            )
+        self.start(transport, LINK_TIMEOUT_S)
 
-    def _secured(self, transport: asyncio.Transport | None) -> None:
-        self._handshake = None
-        if transport is None:
-            self.server.limits.release(self.slot)
-        else:
-            self._connected(transport)
-
-    def _connected(self, transport: asyncio.Transport) -> None:
+    def connected(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT, low=WRITE_BUFFER_LOW)
         secured = transport.get_extra_info("ssl_object") is not None
@@ -435,7 +410,7 @@ class _TcpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
-            self._abort = abort_later(transport)
+            self.closing()
 
     def pause_writing(self) -> None:
         self.congested = True
@@ -446,13 +421,7 @@ class _TcpConnection(asyncio.Protocol):
             self.conn.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._abort is not None:
-            self._abort.cancel()
-            self._abort = None
-        if self._handshake is not None:
-            self._handshake.cancel()
-            self._handshake = None
-        self.server.limits.release(self.slot)
+        self.release()
         if self.conn is not None:
             self.conn.connection_lost()
 

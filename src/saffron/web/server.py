@@ -36,13 +36,11 @@ from ..keys import scancode_for
 from ..limits import (
     HANDSHAKE_TIMEOUT_S,
     ConnectionLimits,
-    Slot,
-    abort_later,
     host_of,
     peer_label,
 )
 from ..ratecontrol import RateEstimator
-from ..tls import start_tls
+from ..tls import AdmittedConnection
 from .auth import WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
@@ -537,7 +535,7 @@ class WebServer:
                 viewer.notify({"type": "error", "text": f"no encoder works any more: {reason}"})
 
 
-class _HttpGuard(asyncio.Protocol):
+class _HttpGuard(AdmittedConnection):
     """One connection of the web port, in front of aiohttp's own protocol.
 
     It takes a slot from the limits (over them the client gets a 503, and the
@@ -558,29 +556,19 @@ class _HttpGuard(asyncio.Protocol):
         loop: Loop,
         tls: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__(limits, tls, "web")
         self.inner = inner
-        self.limits = limits
         self.loop = loop
-        self.tls = tls
-        self.slot: Slot | None = None
-        self.transport: asyncio.Transport | None = None
-        """The transport aiohttp has (over TLS once the handshake is done)."""
-        self._handshake: asyncio.Task[None] | None = None
-        self.peer = "unknown"
         self._timer: asyncio.TimerHandle | None = None
-        self._abort: asyncio.TimerHandle | None = None
         self._partial = False
         """Bytes of a request arrived that has not been answered yet."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        peername = transport.get_extra_info("peername")
-        self.peer = peer_label(peername)
-        self.slot = self.limits.admit(host_of(peername), "web")
-        if self.slot is None and self.tls is not None:
-            transport.abort()  # a 503 needs a TLS handshake first: not for a refusal
-            return
-        if self.slot is None:
+        if not self.admit(transport):
+            if self.tls is not None:
+                transport.abort()  # a 503 needs a TLS handshake first: not for a refusal
+                return
             transport.write(TOO_MANY_CONNECTIONS)
             if transport.can_write_eof():  # then read until the client closes
                 with contextlib.suppress(OSError):
@@ -589,26 +577,9 @@ class _HttpGuard(asyncio.Protocol):
                 transport.close()
             self._timer = self.loop.call_later(REFUSAL_LINGER_S, transport.abort)
             return
-        if self.tls is None:
-            self._connected(transport)
-        else:
-            self._handshake = start_tls(
-                transport,
-                self,
-                self.tls,
-                timeout=HANDSHAKE_TIMEOUT_S,
-                peer=f"web connection from {self.peer}",
-                then=self._secured,
-            )
+        self.start(transport, HANDSHAKE_TIMEOUT_S)
 
-    def _secured(self, transport: asyncio.Transport | None) -> None:
-        self._handshake = None
-        if transport is None:
-            self.limits.release(self.slot)
-        else:
-            self._connected(transport)
-
-    def _connected(self, transport: asyncio.Transport) -> None:
+    def connected(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._arm()
         if isinstance(self.inner, RequestHandler):  # its log lines then name the peer
@@ -640,16 +611,10 @@ class _HttpGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._abort is not None:
-            self._abort.cancel()
-            self._abort = None
-        if self._handshake is not None:
-            self._handshake.cancel()
-            self._handshake = None
+        self.release()
         if self.slot is None:
             return
         log.debug("web connection from %s closed%s", self.peer, f" ({exc})" if exc else "")
-        self.limits.release(self.slot)
         if self.transport is not None:
             self.inner.connection_lost(exc)
 
@@ -660,11 +625,6 @@ class _HttpGuard(asyncio.Protocol):
             self._disarm()
         else:
             self._arm()
-
-    def closing(self) -> None:
-        """The connection is to close: cut it off if it has not within ``CLOSE_GRACE_S``."""
-        if self._abort is None and self.transport is not None:
-            self._abort = abort_later(self.transport)
 
     def _arm(self) -> None:
         self._disarm()
