@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger("saffron.limits")
 
@@ -93,15 +93,69 @@ class Slot:
     released: bool = False
 
 
-@dataclass
-class _Refusals:
-    """Refusals not yet written to the log: by (address, reason) for a few addresses,
-    then only counted."""
+class _Summary:
+    """Warnings about connections, by (address, reason): the first written at once, the
+    rest summed up at most every ``REFUSAL_LOG_INTERVAL_S`` for a few addresses, then
+    only counted, so a flood of connections is a few lines, not one each."""
 
-    pending: dict[tuple[str, str], int] = field(default_factory=dict)
-    others: int = 0
-    last_logged: float = float("-inf")
-    flush: asyncio.TimerHandle | None = None
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        """What was done to them, in the summing-up ("refused", "closed")."""
+        self.pending: dict[tuple[str, str], int] = {}
+        self.others = 0
+        self.last_logged = float("-inf")
+        self.flush: asyncio.TimerHandle | None = None
+
+    def add(self, address: str, reason: str, first: str) -> None:
+        """One more; ``first`` is the line to write if it is written on its own."""
+        now = time.monotonic()
+        if (
+            now - self.last_logged >= REFUSAL_LOG_INTERVAL_S
+            and not self.pending
+            and not self.others
+        ):
+            self.last_logged = now
+            log.warning("%s", first)
+            return
+        key = (address, reason)
+        if key in self.pending or len(self.pending) < REFUSAL_LOG_ADDRESSES:
+            self.pending[key] = self.pending.get(key, 0) + 1
+        else:
+            self.others += 1
+        if self.flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            delay = max(self.last_logged + REFUSAL_LOG_INTERVAL_S - now, 0.0)
+            self.flush = loop.call_later(delay, self.write)
+
+    def write(self) -> None:
+        """Write what was summed up since the last line (and stop waiting to)."""
+        if self.flush is not None:
+            self.flush.cancel()
+            self.flush = None
+        if not self.pending and not self.others:
+            return
+        self.last_logged = time.monotonic()
+        for (address, reason), count in self.pending.items():
+            log.warning(
+                "%s %d more connection%s from %s: %s",
+                self.verb,
+                count,
+                "" if count == 1 else "s",
+                address,
+                reason,
+            )
+        if self.others:
+            log.warning(
+                "%s %d more connection%s from other addresses",
+                self.verb,
+                self.others,
+                "" if self.others == 1 else "s",
+            )
+        self.pending.clear()
+        self.others = 0
 
 
 class ConnectionLimits:
@@ -121,7 +175,9 @@ class ConnectionLimits:
         """Connections refused since start, for tests and metrics."""
         self.peak = 0
         self._by_address: dict[str, int] = {}
-        self._refusals = _Refusals()
+        self._refusals = _Summary("refused")
+        self._failures = _Summary("closed")
+        """TLS handshakes that failed: a scanner probing the port makes many."""
 
     def open_from(self, address: str) -> int:
         """Connections open from ``address`` (from its /64, for IPv6)."""
@@ -166,51 +222,16 @@ class ConnectionLimits:
         else:
             self._by_address.pop(slot.address, None)
 
-    # -- the log ---------------------------------------------------------------------
+    def handshake_failed(self, slot: Slot | None, peer: str, reason: str) -> None:
+        """A TLS handshake failed or timed out (logged, summed up as refusals are)."""
+        address = slot.address if slot is not None else peer
+        self._failures.add(address, reason, f"closing {peer}: {reason}")
 
     def _refuse(self, address: str, what: str, reason: str) -> None:
         self.refused += 1
-        r = self._refusals
-        now = time.monotonic()
-        if now - r.last_logged >= REFUSAL_LOG_INTERVAL_S and not r.pending and not r.others:
-            r.last_logged = now
-            log.warning("refused a %s connection from %s: %s", what, address, reason)
-            return
-        key = (address, reason)
-        if key in r.pending or len(r.pending) < REFUSAL_LOG_ADDRESSES:
-            r.pending[key] = r.pending.get(key, 0) + 1
-        else:
-            r.others += 1
-        if r.flush is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            delay = max(r.last_logged + REFUSAL_LOG_INTERVAL_S - now, 0.0)
-            r.flush = loop.call_later(delay, self.flush_log)
+        self._refusals.add(address, reason, f"refused a {what} connection from {address}: {reason}")
 
     def flush_log(self) -> None:
-        """Write the refusals summed up since the last line (and stop waiting to)."""
-        r = self._refusals
-        if r.flush is not None:
-            r.flush.cancel()
-            r.flush = None
-        if not r.pending and not r.others:
-            return
-        r.last_logged = time.monotonic()
-        for (address, reason), count in r.pending.items():
-            log.warning(
-                "refused %d more connection%s from %s: %s",
-                count,
-                "" if count == 1 else "s",
-                address,
-                reason,
-            )
-        if r.others:
-            log.warning(
-                "refused %d more connection%s from other addresses",
-                r.others,
-                "" if r.others == 1 else "s",
-            )
-        r.pending.clear()
-        r.others = 0
+        """Write the warnings summed up since the last line (and stop waiting to)."""
+        self._refusals.write()
+        self._failures.write()

@@ -114,14 +114,15 @@ def start_tls(
     timeout: float,
     peer: str,
     then: Callable[[asyncio.Transport | None], None],
+    failed: Callable[[str], None],
 ) -> asyncio.Task[None]:
     """Start TLS on ``transport``, just accepted on a plain socket for ``protocol``.
 
     Once the handshake is done ``then`` gets the TLS transport, and ``protocol`` its
     events from then on (and any that came meanwhile). If the handshake fails, or
-    takes longer than ``timeout`` seconds, it is logged in one line naming ``peer``
-    ("SPICE connection from ..."), ``transport`` is aborted and ``then`` gets None;
-    so too if the task is cancelled.
+    takes longer than ``timeout`` seconds, ``failed`` gets the reason to log
+    (a client that just left is logged at debug level here, naming ``peer``),
+    ``transport`` is aborted and ``then`` gets None; so too if the task is cancelled.
     """
     transport.pause_reading()  # the ClientHello waits for the TLS layer
     loop = asyncio.get_running_loop()
@@ -134,13 +135,13 @@ def start_tls(
                 transport, waiting, context, server_side=True, ssl_handshake_timeout=timeout
             )
         except ConnectionAbortedError:  # what asyncio's handshake timeout raises
-            log.warning("closing %s: no TLS handshake within %.0f s", peer, timeout)
+            failed(f"no TLS handshake within {timeout:.0f} s")
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
             log.debug("%s closed during the TLS handshake (%s)", peer, type(exc).__name__)
         except ssl.SSLError as exc:
-            log.warning("closing %s: TLS handshake failed: %s", peer, exc.reason or exc)
+            failed(f"TLS handshake failed: {exc.reason or exc}")
         except OSError as exc:
-            log.warning("closing %s: TLS handshake failed: %s", peer, exc)
+            failed(f"TLS handshake failed: {exc}")
         finally:
             if tls is None:
                 transport.abort()
@@ -221,7 +222,11 @@ class AdmittedConnection(asyncio.Protocol):
             timeout=handshake_timeout,
             peer=f"{self.what} connection from {self.peer}",
             then=self._secured,
+            failed=self._failed,
         )
+
+    def _failed(self, reason: str) -> None:
+        self.limits.handshake_failed(self.slot, f"{self.what} connection from {self.peer}", reason)
 
     def _secured(self, transport: asyncio.Transport | None) -> None:
         self._handshake = None
