@@ -25,7 +25,13 @@ let bestRtt = Infinity;
 let viewOnly = false;
 const recent = [];         // {t, bytes, latency} over the last second
 
-function setStatus(text) { statusEl.textContent = text; }
+let statusSince = 0;        // bumped by each status: a frame received before it must not clear it
+
+function setStatus(text) { statusEl.textContent = text; statusSince += 1; }
+
+// A frame shown: it clears the status only if it arrived after it (decoding is
+// asynchronous, so a frame received just before "waiting for the VM" finishes after).
+function clearStatusFor(since) { if (since === statusSince) setStatus(""); }
 
 function codecString(codec, width, height) {
   const px = width * height;
@@ -100,8 +106,7 @@ function ensureDecoder(codec, width, height) {
       const meta = pending.get(frame.timestamp);
       pending.delete(frame.timestamp);
       frame.close();
-      if (meta) frameShown(meta.frame, meta.capture);
-      setStatus("");
+      if (meta) { frameShown(meta.frame, meta.capture); clearStatusFor(meta.since); }
     },
     error: (e) => {
       stats.decodeErrors += 1;
@@ -124,6 +129,7 @@ async function onVideo(buf) {
   const capture = Number(view.getBigUint64(12, true));
   const data = new Uint8Array(buf, HEADER_SIZE);
   recent.push({ t: performance.now(), bytes: buf.byteLength, latency: null });
+  const since = statusSince;
 
   if (codec === "mjpeg") {
     try {
@@ -131,7 +137,7 @@ async function onVideo(buf) {
       sizeCanvas(bitmap.width, bitmap.height);
       ctx2d.drawImage(bitmap, 0, 0);
       bitmap.close();
-      setStatus("");
+      clearStatusFor(since);
     } catch (e) { stats.decodeErrors += 1; }
     frameShown(frame, capture);
     return;
@@ -139,7 +145,7 @@ async function onVideo(buf) {
   ensureDecoder(codec, width, height);
   if (waitKey && !key) { send({ type: "ack", frame }); return; }
   waitKey = false;
-  pending.set(frame, { frame, capture });
+  pending.set(frame, { frame, capture, since });
   try {
     decoder.decode(new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp: frame, data }));
   } catch (e) {
