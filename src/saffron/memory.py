@@ -8,8 +8,11 @@ machine falling behind) leaves them at their high-water mark with the free
 pages scattered between live blocks, where glibc's own trimming, which only
 cuts the top of a heap, cannot give them back. The resident memory then
 ratchets up with every new high and never comes down. ``malloc_trim(0)``
-hands every whole free page back (on a 10-minute soak it gave back 21 MB of
-209 MB). Elsewhere than glibc (musl, macOS) there is nothing to do here.
+hands every whole free page back. Measured on the soak (1280x720, 60 fps, five
+viewers coming and going): without it RSS rose 24 MB above its baseline in four
+minutes, and one trim then gave back 21 MB; trimming every 30 s, the ten
+minutes ended 6 MB below the baseline. A trim took 2 to 9 ms. Elsewhere than
+glibc (musl, macOS) there is nothing to do here.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from collections.abc import Callable
 log = logging.getLogger("saffron.memory")
 
 TRIM_INTERVAL_S = 30.0
-"""How often free memory is given back: a trim takes a few milliseconds and holds
-each heap's lock meanwhile, so not per frame; often enough that the memory a
+"""How often free memory is given back: a trim takes milliseconds and holds each
+heap's lock meanwhile, so not per frame; often enough that the memory a
 burst left behind goes back within half a minute."""
 
 
