@@ -462,3 +462,32 @@ def test_first_message_with_the_handshake_is_answered(tmp_path: Path, port: str)
             assert _tls_with_first_message(s.web_port, context, request).startswith(b"HTTP")
         else:
             assert _tls_with_first_message(s.spice_port, context, _main_link())[:4] == w.MAGIC
+
+
+# -- not HTTP on the web port --------------------------------------------------------------------
+
+
+def test_not_http_on_the_web_port_is_a_warning_saying_what_it_was() -> None:
+    """aiohttp logs a first request that is not HTTP at debug level, as internet noise;
+    it is as often a user's mistake, so it is a warning that says which."""
+    with saffron(web=("127.0.0.1", 0)) as s:
+        sent = {
+            "SPICE on the web port": w.LinkHeader(2, 2, 0).pack(),
+            "HTTPS traffic on an HTTP port": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+            "Invalid method": b"G\x00T / HTTP/1.1\r\n\r\n",
+        }
+        for data in sent.values():
+            sock = connect(s.web_port)
+            sock.sendall(data)
+            with contextlib.suppress(ConnectionResetError):
+                read_until_closed(sock)
+            sock.close()
+
+        def warned(what: str) -> bool:
+            return any(
+                t.startswith("bad HTTP request from 127.0.0.1:") and what in t
+                for t in s.records.texts(logging.WARNING)
+            )
+
+        for what in sent:
+            assert wait_until(lambda: warned(what)), (what, s.records.texts())  # noqa: B023

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ..broadcast import Broadcast, Stream
@@ -40,6 +40,7 @@ from ..limits import (
     peer_label,
 )
 from ..ratecontrol import RateEstimator
+from ..spice.wire import MAGIC as SPICE_MAGIC
 from ..tls import AdmittedConnection
 from .auth import WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
@@ -701,13 +702,20 @@ class _PeerLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return msg, {**kwargs, "extra": self.extra}
 
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), BadHttpMethod):  # see _BadRequestsAreWarnings
+            self.warning(msg, *args, **kwargs)
+        else:
+            super().debug(msg, *args, **kwargs)
+
 
 class _BadRequestsAreWarnings(logging.Filter):
     """aiohttp logs a malformed request as an error with a traceback, though it is the
     client's doing and already answered with a 400: one warning line says it better.
-    (A first request that is not HTTP at all, say TLS to a plain port, aiohttp logs
-    at debug level as internet noise; it stays there, in one line too.) A client
-    that hangs up while a handler reads its body is no error either."""
+    A first request that is not HTTP at all aiohttp logs at debug level, as internet
+    noise; but it is as often a user's mistake (https:// to a plain port, a SPICE
+    client given the web port), so it is a warning too, saying which. A client that
+    hangs up while a handler reads its body is no error either."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -715,8 +723,11 @@ class _BadRequestsAreWarnings(logging.Filter):
             who = getattr(record, "peer", None)
             if who is None:
                 who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            text = (exc.message or type(exc).__name__).strip().splitlines()[0]
-            text = text.split(": b'", 1)[0].split(': b"', 1)[0][:160]
+            message = exc.message or type(exc).__name__
+            text = message.strip().splitlines()[0]
+            text = text.split(": b'", 1)[0].split(': b"', 1)[0][:160].rstrip(": ")
+            if isinstance(exc, BadHttpMethod) and f"b'{SPICE_MAGIC.decode()}" in message:
+                text = "SPICE on the web port (give the SPICE client the SPICE port)"
             if record.levelno >= logging.ERROR:
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg = "bad HTTP request from %s (answered %d): %s"
