@@ -423,6 +423,26 @@ def test_failed_tls_handshakes_give_their_slots_back(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+@pytest.mark.parametrize("port", ["web", "spice-tls"])
+def test_closing_the_server_drops_handshakes_under_way(
+    tmp_path: Path, port: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection still waiting for its TLS handshake is closed with the server, not
+    left for its handshake timeout (which here would outlast the test)."""
+    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 3600)
+    monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", 3600)
+    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
+    with saffron(
+        web=("127.0.0.1", 0), spice_tls=("127.0.0.1", 0), cert=cert.cert, key=cert.key
+    ) as s:
+        target = s.web_port if port == "web" else s.spice_port
+        silent = connect(target)
+        assert wait_until(lambda: s.limits.total == 1)
+    with silent, contextlib.suppress(ConnectionResetError):
+        assert read_until_closed(silent) == b""
+    assert s.limits.total == 0
+
+
 def _tls_with_first_message(port: int, context: ssl.SSLContext, message: bytes) -> bytes:
     """A TLS client that sends ``message`` in one write with its last handshake message,
     as browsers often do; what the server answers until it closes (or 4 bytes, at least)."""

@@ -191,9 +191,17 @@ class AdmittedConnection(asyncio.Protocol):
     the slot back.
     """
 
-    def __init__(self, limits: ConnectionLimits, tls: ssl.SSLContext | None, what: str) -> None:
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        tls: ssl.SSLContext | None,
+        what: str,
+        handshakes: set[asyncio.Task[None]] | None = None,
+    ) -> None:
         self.limits = limits
         self.tls = tls
+        self.handshakes = handshakes
+        """The port's handshakes under way, which its server cancels when it closes."""
         self.what = what
         """The front end, in log lines: "web", "SPICE"."""
         self.slot: Slot | None = None
@@ -224,6 +232,9 @@ class AdmittedConnection(asyncio.Protocol):
             then=self._secured,
             failed=self._failed,
         )
+        if self.handshakes is not None:
+            self.handshakes.add(self._handshake)
+            self._handshake.add_done_callback(self.handshakes.discard)
 
     def _failed(self, reason: str) -> None:
         self.limits.handshake_failed(self.slot, f"{self.what} connection from {self.peer}", reason)

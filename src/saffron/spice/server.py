@@ -322,7 +322,7 @@ class _TcpConnection(AdmittedConnection):
     """A TCP socket: raw SPICE, or SPICE inside a WebSocket when it starts with GET."""
 
     def __init__(self, server: SpiceServer, tls: SSLContext | None = None) -> None:
-        super().__init__(server.limits, tls, "SPICE")
+        super().__init__(server.limits, tls, "SPICE", server.handshakes)
         self.server = server
         self.conn: Connection | None = None
         self.ws: WebSocketAdapter | None = None
@@ -567,6 +567,9 @@ class SpiceServer:
         self.broadcast = broadcast
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
+        self.handshakes: set[asyncio.Task[None]] = set()
+        """TLS handshakes under way, cancelled on close (a socket waiting for one is not
+        closed with the listener)."""
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
         chosen = default_codecs() if codecs is None else list(codecs)
         dropped = [c for c in chosen if c not in CODEC_TYPES]
@@ -639,6 +642,8 @@ class SpiceServer:
         """Stop listening and end every session, logging ``reason`` as why."""
         for server in self._servers:
             server.close()
+        for task in list(self.handshakes):
+            task.cancel()
         for session in list(self.sessions.values()):
             self.end_session(session, reason)
         for conn in list(self.connections):

@@ -327,6 +327,9 @@ class WebServer:
     ) -> None:
         self.display = display
         self.limits = limits if limits is not None else ConnectionLimits()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        """TLS handshakes under way, cancelled on close (a socket waiting for one is not
+        closed with the listener)."""
         self.broadcast = broadcast
         self.codecs = codecs
         self.default_codec = default_codec
@@ -374,9 +377,9 @@ class WebServer:
         handler = self._runner.server
         assert handler is not None
         limits, loop = self.limits, asyncio.get_running_loop()
-        tls = self.ssl_context
+        tls, handshakes = self.ssl_context, self._handshakes
         self._listener = await loop.create_server(
-            lambda: _HttpGuard(handler(), limits, loop, tls), host, port
+            lambda: _HttpGuard(handler(), limits, loop, tls, handshakes), host, port
         )
 
     @property
@@ -390,6 +393,8 @@ class WebServer:
         """Stop listening and close every page, telling it ``reason`` (logged as why it left)."""
         if self._listener is not None:
             self._listener.close()
+        for task in list(self._handshakes):
+            task.cancel()
         closing = []
         for viewer in list(self.viewers):
             viewer.end = reason
@@ -556,8 +561,9 @@ class _HttpGuard(AdmittedConnection):
         limits: ConnectionLimits,
         loop: Loop,
         tls: ssl.SSLContext | None = None,
+        handshakes: set[asyncio.Task[None]] | None = None,
     ) -> None:
-        super().__init__(limits, tls, "web")
+        super().__init__(limits, tls, "web", handshakes)
         self.inner = inner
         self.loop = loop
         self._timer: asyncio.TimerHandle | None = None
