@@ -10,6 +10,7 @@ from av.video.frame import VideoFrame
 
 from saffron.display import Display, Frame, Rect
 from saffron.encoders.base import EncoderError
+from saffron.encoders.ffmpeg import FFmpegEncoder, FFmpegProfile
 from saffron.encoders.registry import available_codecs, create_encoder, probe
 from saffron.sources.pattern import PatternSource, background, read_stamp
 
@@ -102,6 +103,17 @@ def test_bitrate_change_takes_effect() -> None:
 def test_unknown_codec_is_a_clear_error() -> None:
     with pytest.raises(EncoderError, match="no working"):
         create_encoder("theora", W, H, 30, 1000)
+
+
+def test_encoder_that_does_not_open_says_why_in_a_few_words() -> None:
+    """FFmpeg's error text repeats the whole avcodec_open2 call with its options:
+    ``saffron probe`` and the log give only the reason."""
+    profile = FFmpegProfile("h264", "libx264", {"preset": "no-such-preset"})
+    with pytest.raises(EncoderError) as caught:
+        FFmpegEncoder(profile, W, H, 30, 1000).encode(
+            Frame(np.zeros((H, W, 4), np.uint8), Rect(0, 0, W, H), 0), keyframe=True
+        )
+    assert str(caught.value) == "libx264 does not open here: Invalid argument"
 
 
 def test_pattern_stamp_survives_encoding() -> None:

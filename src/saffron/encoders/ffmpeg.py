@@ -121,7 +121,11 @@ class FFmpegEncoder(Encoder):
                 "bufsize": str(int(bits * VBV_SECONDS)),
             }
             ctx.open()
-        except (av.FFmpegError, ValueError, OSError) as exc:
+        except av.FFmpegError as exc:
+            # Its str() repeats the whole avcodec_open2 call with every option.
+            why = exc.strerror or str(exc)
+            raise EncoderError(f"{self.profile.name} does not open here: {why}") from exc
+        except (ValueError, OSError) as exc:
             raise EncoderError(f"{self.profile.name} does not open here: {exc}") from exc
         return ctx
 
