@@ -31,7 +31,7 @@ from saffron.limits import ConnectionLimits, network_of
 from saffron.sources.pattern import PatternSource
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
-from saffron.tls import self_signed
+from saffron.tls import Certificate, self_signed
 from saffron.web import server as web_server_module
 from tests.live import upgrade, wait_until, ws_frame
 
@@ -324,21 +324,42 @@ def _main_link() -> bytes:
     return w.LinkHeader(2, 2, len(body)).pack() + body
 
 
-@pytest.mark.parametrize("port", ["web", "spice-tls"])
-def test_tls_handshakes_take_slots(tmp_path: Path, port: str) -> None:
-    """Connections still in their TLS handshake count against the caps: ones that never
-    send a ClientHello take an address's every slot, and give them back when they close;
-    then a TLS client connects as usual."""
+@dataclass
+class TlsPorts:
+    """A Saffron with an HTTPS page and a SPICE TLS port; ``target`` the one under test."""
+
+    s: Running
+    target: int
+    cert: Certificate
+
+
+@contextlib.contextmanager
+def tls_saffron(tmp_path: Path, port: str, **options: Any) -> Iterator[TlsPorts]:
     cert = self_signed(tmp_path, hosts=["127.0.0.1"])
-    cap = 3
     with saffron(
         web=("127.0.0.1", 0),
         spice_tls=("127.0.0.1", 0),
         cert=cert.cert,
         key=cert.key,
-        max_per_address=cap,
+        **options,
     ) as s:
-        target = s.web_port if port == "web" else s.spice_port
+        yield TlsPorts(s, s.web_port if port == "web" else s.spice_port, cert)
+
+
+def handshake_timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """What both TLS ports give a handshake."""
+    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", seconds)
+    monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", seconds)
+
+
+@pytest.mark.parametrize("port", ["web", "spice-tls"])
+def test_tls_handshakes_take_slots(tmp_path: Path, port: str) -> None:
+    """Connections still in their TLS handshake count against the caps: ones that never
+    send a ClientHello take an address's every slot, and give them back when they close;
+    then a TLS client connects as usual."""
+    cap = 3
+    with tls_saffron(tmp_path, port, max_per_address=cap) as tls_ports:
+        s, target, cert = tls_ports.s, tls_ports.target, tls_ports.cert
         silent = [connect(target) for _ in range(cap)]
         try:
             assert wait_until(lambda: s.limits.total == cap), s.limits.total
@@ -377,13 +398,9 @@ def test_failed_tls_handshakes_give_their_slots_back(
     gives its slot back; a client that leaves mid-handshake is a debug line. The first
     failure is written at once, later ones are summed up (as refusals are), so a
     scanner probing the port cannot flood the log."""
-    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", 0.5)
-    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
-    with saffron(
-        web=("127.0.0.1", 0), spice_tls=("127.0.0.1", 0), cert=cert.cert, key=cert.key
-    ) as s:
-        target = s.web_port if port == "web" else s.spice_port
+    handshake_timeout(monkeypatch, 0.5)
+    with tls_saffron(tmp_path, port) as tls_ports:
+        s, target = tls_ports.s, tls_ports.target
         start = len(s.records.items)
 
         silent = connect(target)
@@ -429,13 +446,9 @@ def test_closing_the_server_drops_handshakes_under_way(
 ) -> None:
     """A connection still waiting for its TLS handshake is closed with the server, not
     left for its handshake timeout (which here would outlast the test)."""
-    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 3600)
-    monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", 3600)
-    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
-    with saffron(
-        web=("127.0.0.1", 0), spice_tls=("127.0.0.1", 0), cert=cert.cert, key=cert.key
-    ) as s:
-        target = s.web_port if port == "web" else s.spice_port
+    handshake_timeout(monkeypatch, 3600)
+    with tls_saffron(tmp_path, port) as tls_ports:
+        s, target = tls_ports.s, tls_ports.target
         silent = connect(target)
         assert wait_until(lambda: s.limits.total == 1)
     with silent, contextlib.suppress(ConnectionResetError):
@@ -472,16 +485,14 @@ def _tls_with_first_message(port: int, context: ssl.SSLContext, message: bytes) 
 def test_first_message_with_the_handshake_is_answered(tmp_path: Path, port: str) -> None:
     """What comes with the client's last handshake message, before start_tls returns,
     reaches the front end."""
-    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
-    with saffron(
-        web=("127.0.0.1", 0), spice_tls=("127.0.0.1", 0), cert=cert.cert, key=cert.key
-    ) as s:
-        context = ssl.create_default_context(cafile=str(cert.cert))
+    with tls_saffron(tmp_path, port) as tls_ports:
+        target = tls_ports.target
+        context = ssl.create_default_context(cafile=str(tls_ports.cert.cert))
         if port == "web":
-            request = get("/healthz", s.web_port)
-            assert _tls_with_first_message(s.web_port, context, request).startswith(b"HTTP")
+            request = get("/healthz", target)
+            assert _tls_with_first_message(target, context, request).startswith(b"HTTP")
         else:
-            assert _tls_with_first_message(s.spice_port, context, _main_link())[:4] == w.MAGIC
+            assert _tls_with_first_message(target, context, _main_link())[:4] == w.MAGIC
 
 
 # -- not HTTP on the web port --------------------------------------------------------------------
