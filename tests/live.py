@@ -76,6 +76,10 @@ class Records(logging.Handler):
     def errors(self, start: int = 0) -> list[str]:
         return [f"{name}: {text}" for level, name, text in self.since(start) if level >= 40]
 
+    def texts(self, level: int = logging.DEBUG, start: int = 0) -> list[str]:
+        """The messages at ``level`` or above, from record ``start`` on."""
+        return [text for lvl, _, text in self.since(start) if lvl >= level]
+
 
 # -- Saffron and its two good viewers ------------------------------------------------------------
 

@@ -33,29 +33,12 @@ from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
 from saffron.tls import Certificate, self_signed
 from saffron.web import server as web_server_module
-from tests.live import upgrade, wait_until, ws_frame
+from tests.live import Records, upgrade, wait_until, ws_frame
 
 IO_TIMEOUT = 30.0
 """Safety net only: how long a client waits for the server."""
 
 # -- running a server in-process -------------------------------------------------------------
-
-
-class Records(logging.Handler):
-    """Every log record, kept for the assertions (any thread)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.items_lock = threading.Lock()
-        self.items: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self.items_lock:
-            self.items.append((record.levelno, record.getMessage()))
-
-    def texts(self, level: int = logging.DEBUG) -> list[str]:
-        with self.items_lock:
-            return [text for lvl, text in self.items if lvl >= level]
 
 
 @dataclass
@@ -401,7 +384,7 @@ def test_failed_tls_handshakes_give_their_slots_back(
     handshake_timeout(monkeypatch, 0.5)
     with tls_saffron(tmp_path, port) as tls_ports:
         s, target = tls_ports.s, tls_ports.target
-        start = len(s.records.items)
+        start = len(s.records)
 
         silent = connect(target)
         with contextlib.suppress(ConnectionResetError):
@@ -417,8 +400,7 @@ def test_failed_tls_handshakes_give_their_slots_back(
         assert wait_until(lambda: s.limits.total == 0)
 
         def logged(level: int) -> list[str]:
-            with s.records.items_lock:
-                return [t for lvl, t in s.records.items[start:] if lvl >= level and "TLS" in t]
+            return [t for t in s.records.texts(level, start) if "TLS" in t]
 
         assert wait_until(lambda: len(logged(logging.DEBUG)) == 2), logged(logging.DEBUG)
         assert len(logged(logging.WARNING)) == 1, logged(logging.WARNING)
