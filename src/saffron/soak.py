@@ -448,7 +448,7 @@ async def _soak(
     fds_base = await _settled_fds(p.pid, None, SETTLE_S)
     rss_base = rss_mb(p.pid)
     warm_frames, warm_connects = tally.frames, tally.connects
-    by_kind = {k: _Visits() for k in kinds}
+    by_kind = {k: _Visits() for k in kinds}  # the run counts afresh: slot() looks it up per visit
     start = loop.time()
     end = start + seconds
     if not quiet:

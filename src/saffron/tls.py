@@ -7,7 +7,7 @@ directory so browsers and ``remote-viewer --spice-ca-file`` can be told to
 trust it once.
 
 The TLS ports listen plain and each connection starts TLS itself
-(:func:`start_tls`) once it has taken its slot from the connection limits:
+(:class:`AdmittedConnection`) once it has taken its slot from the connection limits:
 given to ``create_server``, TLS would hide a connection from its protocol until
 the handshake is done, and handshakes left half-done would hold file
 descriptors outside the caps.
@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,57 +105,9 @@ def self_signed(directory: Path | None = None, hosts: list[str] | None = None) -
     return Certificate(cert_path, key_path)
 
 
-def start_tls(
-    transport: asyncio.Transport,
-    protocol: asyncio.Protocol,
-    context: ssl.SSLContext,
-    *,
-    timeout: float,
-    peer: str,
-    then: Callable[[asyncio.Transport | None], None],
-    failed: Callable[[str], None],
-) -> asyncio.Task[None]:
-    """Start TLS on ``transport``, just accepted on a plain socket for ``protocol``.
-
-    Once the handshake is done ``then`` gets the TLS transport, and ``protocol`` its
-    events from then on (and any that came meanwhile). If the handshake fails, or
-    takes longer than ``timeout`` seconds, ``failed`` gets the reason to log
-    (a client that just left is logged at debug level here, naming ``peer``),
-    ``transport`` is aborted and ``then`` gets None; so too if the task is cancelled.
-    """
-    transport.pause_reading()  # the ClientHello waits for the TLS layer
-    loop = asyncio.get_running_loop()
-
-    async def handshake() -> None:
-        waiting = _Waiting()
-        tls: asyncio.Transport | None = None
-        try:
-            tls = await loop.start_tls(
-                transport, waiting, context, server_side=True, ssl_handshake_timeout=timeout
-            )
-        except ConnectionAbortedError:  # what asyncio's handshake timeout raises
-            failed(f"no TLS handshake within {timeout:.0f} s")
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
-            log.debug("%s closed during the TLS handshake (%s)", peer, type(exc).__name__)
-        except ssl.SSLError as exc:
-            failed(f"TLS handshake failed: {exc.reason or exc}")
-        except OSError as exc:
-            failed(f"TLS handshake failed: {exc}")
-        finally:
-            if tls is None:
-                transport.abort()
-                then(None)
-        if tls is not None:
-            tls.set_protocol(protocol)
-            then(tls)
-            waiting.hand_over(protocol)
-
-    return loop.create_task(handshake())
-
-
 class _Waiting(asyncio.Protocol):
-    """A new TLS transport's protocol until the caller's takes over: the client's first
-    request often comes with its last handshake message, before start_tls returns."""
+    """A new TLS transport's protocol until the connection's takes over: the client's
+    first request often comes with its last handshake message, before start_tls returns."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, tuple[Any, ...]]] = []
@@ -186,7 +137,7 @@ class AdmittedConnection(asyncio.Protocol):
     """Base of the ports' protocols, from accept to close.
 
     A connection takes its slot from the limits before anything else (:meth:`admit`),
-    on a TLS port then runs its handshake (:func:`start_tls`), and only then is
+    on a TLS port then runs its handshake (``loop.start_tls``), and only then is
     :meth:`connected`. However it ends, :meth:`release` stops its timers and gives
     the slot back.
     """
@@ -218,33 +169,57 @@ class AdmittedConnection(asyncio.Protocol):
         self.slot = self.limits.admit(host_of(peername), self.what)
         return self.slot is not None
 
+    @property
+    def label(self) -> str:
+        """The connection in log lines: "SPICE connection from 10.0.0.2:51234"."""
+        return f"{self.what} connection from {self.peer}"
+
     def start(self, transport: asyncio.Transport, handshake_timeout: float) -> None:
         """Connect an admitted connection: at once, or on a TLS port after its handshake."""
         if self.tls is None:
             self.connected(transport)
             return
-        self._handshake = start_tls(
-            transport,
-            self,
-            self.tls,
-            timeout=handshake_timeout,
-            peer=f"{self.what} connection from {self.peer}",
-            then=self._secured,
-            failed=self._failed,
+        transport.pause_reading()  # the ClientHello waits for the TLS layer
+        task = asyncio.get_running_loop().create_task(
+            self._secure(transport, self.tls, handshake_timeout)
         )
+        self._handshake = task
         if self.handshakes is not None:
-            self.handshakes.add(self._handshake)
-            self._handshake.add_done_callback(self.handshakes.discard)
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def _secure(
+        self, transport: asyncio.Transport, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        """The TLS handshake; then connected() with the TLS transport, and this protocol
+        gets its events (and any that came meanwhile). Failed, timed out or cancelled:
+        the socket is aborted and the slot given back."""
+        waiting = _Waiting()
+        tls: asyncio.Transport | None = None
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, waiting, context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        except ConnectionAbortedError:  # what asyncio's handshake timeout raises
+            self._failed(f"no TLS handshake within {timeout:.0f} s")
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as exc:
+            log.debug("%s closed during the TLS handshake (%s)", self.label, type(exc).__name__)
+        except ssl.SSLError as exc:
+            self._failed(f"TLS handshake failed: {exc.reason or exc}")
+        except OSError as exc:
+            self._failed(f"TLS handshake failed: {exc}")
+        finally:
+            self._handshake = None
+            if tls is None:
+                transport.abort()
+                self.limits.release(self.slot)
+        if tls is not None:
+            tls.set_protocol(self)
+            self.connected(tls)
+            waiting.hand_over(self)
 
     def _failed(self, reason: str) -> None:
-        self.limits.handshake_failed(self.slot, f"{self.what} connection from {self.peer}", reason)
-
-    def _secured(self, transport: asyncio.Transport | None) -> None:
-        self._handshake = None
-        if transport is None:
-            self.limits.release(self.slot)
-        else:
-            self.connected(transport)
+        self.limits.handshake_failed(self.slot, self.label, reason)
 
     def connected(self, transport: asyncio.Transport) -> None:
         """The connection is ready for its protocol: set ``self.transport`` and go."""

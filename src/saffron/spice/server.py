@@ -567,10 +567,10 @@ class SpiceServer:
         self.broadcast = broadcast
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
+        """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""
-        """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
         chosen = default_codecs() if codecs is None else list(codecs)
         dropped = [c for c in chosen if c not in CODEC_TYPES]
         if dropped:

@@ -327,7 +327,7 @@ class WebServer:
     ) -> None:
         self.display = display
         self.limits = limits if limits is not None else ConnectionLimits()
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""
         self.broadcast = broadcast
@@ -377,7 +377,7 @@ class WebServer:
         handler = self._runner.server
         assert handler is not None
         limits, loop = self.limits, asyncio.get_running_loop()
-        tls, handshakes = self.ssl_context, self._handshakes
+        tls, handshakes = self.ssl_context, self.handshakes
         self._listener = await loop.create_server(
             lambda: _HttpGuard(handler(), limits, loop, tls, handshakes), host, port
         )
@@ -393,7 +393,7 @@ class WebServer:
         """Stop listening and close every page, telling it ``reason`` (logged as why it left)."""
         if self._listener is not None:
             self._listener.close()
-        for task in list(self._handshakes):
+        for task in list(self.handshakes):
             task.cancel()
         closing = []
         for viewer in list(self.viewers):
