@@ -1,0 +1,3 @@
+"""What both front ends need from the network and must share: which hosts and
+origins a browser may reach Saffron through. ``spice`` and ``web`` import this,
+never each other."""
