@@ -17,6 +17,7 @@ import pytest
 from aiohttp import ClientSession, CookieJar, WSServerHandshakeError
 from aiohttp.test_utils import TestServer
 
+from saffron.app import Options, StartupError, check_exposure
 from saffron.broadcast import Broadcast
 from saffron.display import Display
 from saffron.tls import self_signed
@@ -226,3 +227,16 @@ def _password_file(tmp_path: Path) -> Path:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
+
+
+@pytest.mark.parametrize("host", ["127.attacker.example", "127.0.0.1.nip.invalid"])
+def test_a_name_that_starts_with_127_is_not_loopback(host: str) -> None:
+    """The address decides, not the spelling: such a name could point anywhere."""
+    opts = Options(web=(host, 0), spice=None)
+    with pytest.raises(StartupError, match="without a password"):
+        check_exposure(opts)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.4.5", "::1", "localhost"])
+def test_loopback_addresses_need_no_password(host: str) -> None:
+    check_exposure(Options(web=(host, 0), spice=(host, 0)))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
 from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
+from .net.origin import HostRule
 from .tls import Certificate, self_signed
 from .web.auth import WebAuth
 from .web.server import Handler, WebServer
@@ -62,6 +65,8 @@ class Options:
     """Names (main, display, inputs, cursor) served over TLS only."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
+    allowed_hosts: tuple[str, ...] = ()
+    """Names besides addresses and localhost a browser may reach Saffron by (see net.origin)."""
 
 
 def web_codecs() -> list[str]:
@@ -94,7 +99,21 @@ def check_exposure(opts: Options) -> None:
 
 
 def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """Whether every address ``host`` stands for is this machine's loopback.
+
+    Addresses are checked, not spellings: ``127.attacker.example`` is a name like
+    any other, and ``localhost`` could be made to mean something else."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos
+    )
 
 
 class Server:
@@ -111,6 +130,11 @@ class Server:
         self.certificate: Certificate | None = None
         self.auth = WebAuth(opts.password, secure=opts.tls is not None or opts.cert is not None)
         self.limits = ConnectionLimits(opts.max_connections, opts.max_per_address)
+        bound = [addr[0] for addr in (opts.web, opts.spice, opts.spice_tls) if addr is not None]
+        self.host_rule = HostRule(
+            password=opts.password is not None, allowed_hosts=opts.allowed_hosts, bound=bound
+        )
+        """Which Host and Origin browsers may bring, on the web port and SPICE's WebSocket."""
         self._trimmer: asyncio.Task[None] | None = None
 
     def resolve_certificate(self) -> Certificate | None:

@@ -173,6 +173,15 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"open connections from one IP address (default {DEFAULT_MAX_PER_ADDRESS})",
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        dest="allowed_hosts",
+        help="a host name browsers may use for Saffron besides its addresses and localhost "
+        "(repeatable); without a password other names are refused (DNS rebinding)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: debug)")
 
 
@@ -278,6 +287,7 @@ def _options(args: argparse.Namespace) -> Options:
         key=args.key,
         max_connections=args.max_connections,
         max_per_address=args.max_per_address,
+        allowed_hosts=tuple(args.allowed_hosts),
     )
 
 
