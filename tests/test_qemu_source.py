@@ -25,10 +25,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from jeepney import new_error, new_method_return
+from jeepney.bus_messages import DBus
+from jeepney.io.blocking import open_dbus_connection
 from jeepney.low_level import (
     Endianness,
     Header,
@@ -580,3 +583,216 @@ def test_unix_map_scanout_and_updates(
     frame = sink.wait_for(lambda f: True, 5, after=count)
     assert (frame.width, frame.height) == (16, 8) and np.array_equal(frame.pixels, small)
     assert listener.mode == "2d" and display.width == 16
+
+
+# -- a stand-in for QEMU's display service on a real bus ------------------------------------
+
+# RequestName's flags and answer (the D-Bus specification)
+ALLOW_REPLACEMENT = 0x1
+REPLACE_EXISTING = 0x2
+PRIMARY_OWNER = 1
+
+
+@dataclass(frozen=True)
+class BusCall:
+    destination: str
+    interface: str
+    member: str
+    body: tuple[Any, ...]
+
+
+class BusQemu:
+    """Owns ``org.qemu`` on a real bus and answers just enough for a QemuSource to attach.
+
+    It records every method call it gets with the name it was addressed to, and
+    plays QEMU's side of each listener connection as far as authentication (it
+    draws nothing). Another process of the same user could run exactly this.
+    """
+
+    PROPERTIES: ClassVar[dict[tuple[str, str], dict[str, tuple[str, Any]]]] = {
+        (Q.VM_PATH, Q.IFACE_VM): {
+            "Name": ("s", "stand-in"),
+            "UUID": ("s", "6b0b7a38-9c39-4f4e-9d2f-1b7c5b0b7a38"),
+            "ConsoleIDs": ("au", [0]),
+        },
+        (f"{Q.ROOT}/Console_0", Q.IFACE_CONSOLE): {
+            "Label": ("s", "stand-in"),
+            "Type": ("s", "Graphic"),
+            "Width": ("u", 640),
+            "Height": ("u", 480),
+        },
+        (f"{Q.ROOT}/Console_0", Q.IFACE_MOUSE): {"IsAbsolute": ("b", True)},
+    }
+
+    def __init__(self, address: str, flags: int) -> None:
+        self.conn = open_dbus_connection(bus=address, enable_fds=True)
+        self.name = str(self.conn.unique_name)
+        self.calls: list[BusCall] = []
+        self.lock = threading.Lock()
+        self.listeners: list[socket.socket] = []
+        self.stopping = False
+        reply = self.conn.send_and_get_reply(DBus().RequestName(Q.BUS_NAME, flags), timeout=5)
+        self.request = int(reply.body[0])
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def pressed(self) -> list[int]:
+        """The key numbers pressed here."""
+        with self.lock:
+            return [c.body[0] for c in self.calls if c.interface == Q.IFACE_KEYBOARD]
+
+    def members(self) -> list[str]:
+        with self.lock:
+            return [c.member for c in self.calls]
+
+    def destinations(self) -> set[str]:
+        with self.lock:
+            return {c.destination for c in self.calls}
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        for sock in self.listeners:
+            sock.close()
+        self.conn.close()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            try:
+                msg = self.conn.receive(timeout=0.05)
+            except TimeoutError:
+                continue
+            except (OSError, EOFError):
+                return  # the bus is gone
+            if msg.header.message_type is MessageType.method_call:
+                self.conn.send(self._answer(msg))
+
+    def _answer(self, msg: Message) -> Message:
+        fields = msg.header.fields
+        iface, member = fields.get(HeaderFields.interface, ""), fields[HeaderFields.member]
+        call = BusCall(fields.get(HeaderFields.destination, ""), iface, member, tuple(msg.body))
+        with self.lock:
+            self.calls.append(call)
+        if iface == Q.IFACE_PROPERTIES and member == "GetAll":
+            props = self.PROPERTIES.get((fields[HeaderFields.path], msg.body[0]))
+            if props is not None:
+                return new_method_return(msg, "a{sv}", (props,))
+        elif iface == Q.IFACE_CONSOLE and member == "RegisterListener":
+            sock = msg.body[0].to_socket()
+            FakeQemu(sock).handshake()
+            self.listeners.append(sock)
+            return new_method_return(msg)
+        elif iface in (Q.IFACE_KEYBOARD, Q.IFACE_MOUSE):
+            return new_method_return(msg)
+        return new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", "s", (member,))
+
+
+@needs_dbus
+def test_input_goes_only_to_the_owner_attached_to(tmp_path: Path) -> None:
+    """Keys go to the unique name that owned ``org.qemu`` when Saffron attached.
+
+    On a shared bus a second connection of the same user takes ``org.qemu`` from
+    the first (which allows replacement) while the first still runs. It must get
+    no key before Saffron has attached to it (registered a listener there), and
+    after that the first gets none; every call is addressed by unique name.
+    """
+    display, _sink, _events = new_display()
+    bus = Q.DBusDaemon(tmp_path)
+    first = BusQemu(bus.address, ALLOW_REPLACEMENT)
+    thief: BusQemu | None = None
+    source = Q.open_qemu_source(display, dbus_address=bus.address, reattach=True)
+    try:
+        assert first.request == PRIMARY_OWNER
+        assert source.wait_attached(10)
+        display.input.key(0x1E, True)
+        wait_until(lambda: first.pressed() == [0x1E], 5, "the key at the first owner")
+
+        thief = BusQemu(bus.address, ALLOW_REPLACEMENT | REPLACE_EXISTING)
+        assert thief.request == PRIMARY_OWNER
+        display.input.key(0x30, True)  # just after the name changed hands
+        wait_until(lambda: source.attach_count == 2 or "Press" in thief.members(), 10, "the source")
+        members = thief.members()
+        assert "RegisterListener" in members, f"the new owner got a key unasked: {members}"
+        assert members.index("RegisterListener") < min(
+            (i for i, m in enumerate(members) if m == "Press"), default=len(members)
+        )
+        wait_until(source.attached.is_set, 5, "attached to the new owner")
+        assert source.detach_count == 1
+        first.listeners[0].settimeout(5)
+        assert not first.listeners[0].recv(1), "the first owner's listener was not dropped"
+
+        display.input.key(0x2E, True)
+        wait_until(lambda: 0x2E in thief.pressed(), 5, "the key at the new owner")
+        assert 0x2E not in first.pressed() and 0x1E not in thief.pressed()
+        assert first.destinations() == {first.name}, "a call was sent to the well-known name"
+        assert thief.destinations() == {thief.name}
+    finally:
+        source.stop()
+        for fake in (first, thief):
+            if fake is not None:
+                fake.close()
+        bus.stop()
+
+
+@needs_dbus
+def test_without_reattach_an_owner_change_closes(tmp_path: Path) -> None:
+    """A source that does not reattach lets go when ``org.qemu`` changes hands, and says so."""
+    display, _sink, _events = new_display()
+    bus = Q.DBusDaemon(tmp_path)
+    first = BusQemu(bus.address, ALLOW_REPLACEMENT)
+    thief: BusQemu | None = None
+    source = Q.open_qemu_source(display, dbus_address=bus.address)
+    try:
+        assert source.wait_attached(10)
+        thief = BusQemu(bus.address, REPLACE_EXISTING)
+        assert source.wait_closed(10)
+        assert f"org.qemu changed hands ({first.name} → {thief.name})" in source.close_reason
+        display.input.key(0x1E, True)
+        time.sleep(0.2)
+        assert thief.members() == [] and first.pressed() == []
+    finally:
+        source.stop()
+        for fake in (first, thief):
+            if fake is not None:
+                fake.close()
+        bus.stop()
+
+
+@needs_dbus
+def test_a_restarted_bus_is_not_trusted_by_name(tmp_path: Path) -> None:
+    """A new bus daemon hands out the same unique names again: attach anew, by name.
+
+    The bus dies under an attached source (its display connection to the first
+    stand-in stays up), and a new daemon starts on the same socket, where the
+    first connection, another process, is ``:1.0`` again and takes ``org.qemu``.
+    Saffron must not send keys to that name before it has attached there.
+    """
+    display, _sink, _events = new_display()
+    bus = Q.DBusDaemon(tmp_path)
+    first = BusQemu(bus.address, 0)
+    second: BusQemu | None = None
+    kept: list[socket.socket] = []
+    # Slow retries: the new daemon's first client is the other process, not us.
+    source = Q.QemuSource(display, dbus_address=bus.address, reattach=True, retry_interval=2.0)
+    source.start()
+    try:
+        assert source.wait_attached(10)
+        bus.stop()
+        kept, first.listeners = first.listeners, []  # its display connection stays up
+        first.close()
+        bus = Q.DBusDaemon(tmp_path)
+        second = BusQemu(bus.address, 0)
+        assert second.name == first.name  # the same unique name, another process
+        wait_until(lambda: source.attach_count == 2, 10, "attaching on the new bus")
+        display.input.key(0x1E, True)
+        wait_until(lambda: 0x1E in second.pressed(), 5, "the key at the new owner")
+        members = second.members()
+        assert members.index("RegisterListener") < members.index("Press"), members
+        assert source.detach_count == 1
+    finally:
+        source.stop()
+        for sock in kept:
+            sock.close()
+        if second is not None:
+            second.close()
+        bus.stop()

@@ -3,11 +3,14 @@
 How it fits together (see docs QEMU-DBUS.md for the protocol as measured):
 
 * :class:`QemuSource` owns a connection to the D-Bus bus QEMU is on (a private
-  ``dbus-daemon``). Its thread finds ``org.qemu``, reads the VM's name and
-  UUID, registers a listener on console N (``RegisterListener`` with one end of
-  a socket pair), sends keyboard and mouse events, and follows the console's
-  properties (size, absolute mouse). With ``reattach=True`` it keeps waiting
-  for QEMU and registers again each time QEMU comes back on the bus.
+  ``dbus-daemon``). Its thread finds ``org.qemu``'s owner and from then on
+  talks only to that connection's unique name (another process that takes the
+  name later gets nothing; when the name changes hands it attaches anew). It
+  reads the VM's name and UUID, registers a listener on console N
+  (``RegisterListener`` with one end of a socket pair), sends keyboard and mouse
+  events, and follows the console's properties (size, absolute mouse). With
+  ``reattach=True`` it keeps waiting for QEMU and registers again each time QEMU
+  comes back on the bus.
 * :class:`QemuListener` is the peer-to-peer D-Bus connection QEMU draws
   through. Its own thread authenticates as the client, answers
   ``Properties.GetAll`` at once, keeps Saffron's copy of the framebuffer up to
@@ -1100,6 +1103,14 @@ class QemuSource:
         self._listener: QemuListener | None = None
         self._bus: _Wire | None = None
         self._owner = ""
+        """The unique name (":1.NN") that owned ``org.qemu`` when we attached, "" when
+        detached. Every call goes to it, never to ``org.qemu``: on a shared bus another
+        process may take that name, and it must not receive the keys."""
+        self._bus_id = ""
+        """The bus's id when we attached: after a new connection, the same unique name
+        on another bus (a restarted daemon) is another process."""
+        self._name_owner = ""
+        """Who owns ``org.qemu`` now, as far as the bus has told us."""
         self._inputs: collections.deque[_InputCall] = collections.deque(maxlen=4096)
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
         self._pending: dict[int, Callable[[_Incoming], None]] = {}
@@ -1176,9 +1187,14 @@ class QemuSource:
                 if self._listener is not None and self._bus is None and now >= self._next_try:
                     try:  # the bus went, the display stayed: input needs the bus back
                         self._ensure_bus()
+                        finished = self._check_owner()
                     except QemuError as exc:
                         log.debug("the bus is still gone: %s", exc)
                         self._next_try = now + self.retry_interval
+                    else:
+                        if finished is not None:
+                            reason = finished
+                            break
                 elif self._listener is None and now >= self._next_try:
                     try:
                         self._attach()
@@ -1242,19 +1258,18 @@ class QemuSource:
                 listener, why = arg
                 if listener is not self._listener:
                     continue
-                self._listener = None
-                self.attached.clear()
-                self.detach_count += 1
-                self._pending.clear()
-                if self._stopping:
-                    return "stopped"
-                if not self.reattach:
-                    if self.process_exited is not None and self.process_exited():
-                        log.debug("QEMU's display went with its process: %s", why)
-                    else:
-                        log.warning("QEMU's display is gone: %s", why)
-                    return f"QEMU is gone: {why}"
-                log.warning("QEMU's display is gone (%s); waiting for it to come back", why)
+                finished = self._detach(why, owner_changed=False)
+                if finished is not None:
+                    return finished
+            elif kind == "owner":
+                old, new = arg
+                if self._listener is None or old != self._owner:
+                    continue  # not the owner we are attached to (or no longer attached)
+                finished = self._detach(
+                    f"{BUS_NAME} changed hands ({old} → {new})", owner_changed=True
+                )
+                if finished is not None:
+                    return finished
             elif kind == "size?":
                 self._query_size()
         self._send_inputs()
@@ -1266,6 +1281,69 @@ class QemuSource:
                 self._bus.close()
                 self._bus = None
         return "stopped" if self._stopping else None
+
+    def _detach(self, why: str, *, owner_changed: bool) -> str | None:
+        """Let go of the listener; returns a reason to close, or None to wait and attach again.
+
+        ``owner_changed``: ``org.qemu`` now belongs to another connection (QEMU
+        restarted, or another process took the name) while ours may still be
+        drawing: it is dropped here, and attaching again asks the bus who owns the
+        name now and sends only there.
+        """
+        listener, self._listener = self._listener, None
+        self._owner = ""
+        self.attached.clear()
+        self.detach_count += 1
+        self._pending.clear()
+        self._size_query = False
+        if listener is not None:
+            listener.close()  # QEMU forgets it (nothing to do when QEMU ended it)
+        if self._stopping:
+            return "stopped"
+        if owner_changed:
+            if not self.reattach:
+                log.warning("%s: letting go of QEMU's display", why)
+                return why
+            log.warning("%s: attaching again", why)
+            self._next_try = 0.0
+            return None
+        if not self.reattach:
+            if self.process_exited is not None and self.process_exited():
+                log.debug("QEMU's display went with its process: %s", why)
+            else:
+                log.warning("QEMU's display is gone: %s", why)
+            return f"QEMU is gone: {why}"
+        log.warning("QEMU's display is gone (%s); waiting for it to come back", why)
+        return None
+
+    def _check_owner(self) -> str | None:
+        """After a new bus connection while attached: is ``org.qemu`` still ours?
+
+        Owner changes that happened while the bus was away were never signalled to
+        us, and a restarted bus daemon hands out the same unique names again.
+        Returns a reason to close, or None.
+        """
+        if self._listener is None:
+            return None
+        (bus_id,) = self._call(DBus().GetId())
+        owner = self._current_owner()
+        if str(bus_id) != self._bus_id:
+            return self._detach(f"the bus {self.address} was restarted", owner_changed=True)
+        if owner != self._owner:
+            why = f"{BUS_NAME} changed hands ({self._owner} → {owner or 'nobody'})"
+            return self._detach(why, owner_changed=True)
+        return None
+
+    def _current_owner(self) -> str:
+        """The unique name that owns ``org.qemu`` now, or "" when nobody does."""
+        try:
+            (owner,) = self._call(DBus().GetNameOwner(BUS_NAME))
+        except DBusError as exc:
+            if exc.name == "org.freedesktop.DBus.Error.NameHasNoOwner":
+                return ""
+            raise
+        self._name_owner = str(owner)
+        return self._name_owner
 
     # -- the bus --------------------------------------------------------------------------
 
@@ -1320,27 +1398,30 @@ class QemuSource:
                 return body
             self._dispatch(reply)
 
-    def _get_all(self, path: str, interface: str) -> dict[str, Any]:
-        addr = DBusAddress(path, BUS_NAME, IFACE_PROPERTIES)
+    def _get_all(self, owner: str, path: str, interface: str) -> dict[str, Any]:
+        addr = DBusAddress(path, owner, IFACE_PROPERTIES)
         (props,) = self._call(new_method_call(addr, "GetAll", "s", (interface,)))
         return {str(k): v[1] for k, v in props.items()}
 
     def _attach(self) -> None:
+        """Register a listener with the connection that owns ``org.qemu`` now.
+
+        Every call from here on is addressed to that connection's unique name, so
+        nothing reaches a process that takes ``org.qemu`` later.
+        """
         self._ensure_bus()
-        try:
-            (owner,) = self._call(DBus().GetNameOwner(BUS_NAME))
-        except DBusError as exc:
-            if exc.name == "org.freedesktop.DBus.Error.NameHasNoOwner":
-                raise _NotThere(f"no {BUS_NAME} on the bus yet") from exc
-            raise
-        vm = self._get_all(VM_PATH, IFACE_VM)
+        (bus_id,) = self._call(DBus().GetId())
+        owner = self._current_owner()
+        if not owner:
+            raise _NotThere(f"no {BUS_NAME} on the bus yet")
+        vm = self._get_all(owner, VM_PATH, IFACE_VM)
         consoles = [int(c) for c in vm.get("ConsoleIDs", [])]
         if "ConsoleIDs" in vm and self.console not in consoles:
             have = f"it has {consoles}" if consoles else "no display device?"
             raise QemuError(f"QEMU has no console {self.console} ({have})")
-        con = self._get_all(self.console_path, IFACE_CONSOLE)
+        con = self._get_all(owner, self.console_path, IFACE_CONSOLE)
         try:
-            mouse = self._get_all(self.console_path, IFACE_MOUSE)
+            mouse = self._get_all(owner, self.console_path, IFACE_MOUSE)
         except DBusError:
             mouse = {}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1355,19 +1436,24 @@ class QemuSource:
         # QEMU's main loop blocks while it authenticates us and asks for our
         # properties: the listener must be answering before we register.
         listener.start()
-        addr = DBusAddress(self.console_path, BUS_NAME, IFACE_CONSOLE)
+        addr = DBusAddress(self.console_path, owner, IFACE_CONSOLE)
         try:
             serial = self._ensure_bus().send(
                 new_method_call(addr, "RegisterListener", "h", (theirs,))
             )
             theirs.close()  # else we never see EOF when QEMU goes away
             self._wait_reply(serial, REGISTER_TIMEOUT)
+            if self._name_owner != owner:  # signalled while we waited
+                now = self._name_owner or "nobody"
+                raise _NotThere(f"{BUS_NAME} changed hands while attaching ({owner} → {now})")
         except BaseException:
             theirs.close()
             listener.close()
             raise
         self._listener = listener
-        self._owner = str(owner)
+        self._owner = owner
+        self._bus_id = str(bus_id)
+        self._inputs.clear()  # typed while no owner was known: dropped, not sent late
         self.attach_count += 1
         self.vm_name = str(vm.get("Name", ""))
         self.console_label = str(con.get("Label", ""))
@@ -1405,7 +1491,12 @@ class QemuSource:
             name, _old, new = msg.body()
             if name != BUS_NAME:
                 return
-            if new:
+            self._name_owner = new
+            if new and self._owner and new != self._owner:
+                # Handled before any more input is sent; until then input still goes
+                # to the owner we attached to, never to the name's new owner.
+                self._events.append(("owner", (self._owner, new)))
+            elif new:
                 log.info("QEMU is on the bus (%s)", new)
                 self._next_try = 0.0  # attach now if we wait for it
             else:
@@ -1436,7 +1527,7 @@ class QemuSource:
         if self._size_query or self._bus is None or self._listener is None:
             return
         self._size_query = True
-        addr = DBusAddress(self.console_path, BUS_NAME, IFACE_PROPERTIES)
+        addr = DBusAddress(self.console_path, self._owner, IFACE_PROPERTIES)
         serial = self._bus.send(new_method_call(addr, "GetAll", "s", (IFACE_CONSOLE,)))
 
         def answered(reply: _Incoming) -> None:
@@ -1451,7 +1542,7 @@ class QemuSource:
     def _send_inputs(self) -> None:
         while self._inputs:
             call = self._inputs.popleft()
-            if self._bus is None or self._listener is None:
+            if self._bus is None or self._listener is None or not self._owner:
                 continue  # nobody to send it to: input is never replayed late
             if (
                 call.member == "SetAbsPosition"
@@ -1459,7 +1550,7 @@ class QemuSource:
                 and self._inputs[0].member == "SetAbsPosition"
             ):
                 continue  # a newer position is already queued
-            addr = DBusAddress(self.console_path, BUS_NAME, call.interface)
+            addr = DBusAddress(self.console_path, self._owner, call.interface)
             msg = new_method_call(addr, call.member, call.signature, call.body)
             try:
                 serial = self._bus.send(msg)
