@@ -45,6 +45,9 @@ from jeepney.low_level import (
 from saffron.display import Display, Frame, Rect
 from saffron.sources import qemu as Q
 from saffron.sources.keymap import button_to_qemu, scancode_to_qnum
+from saffron.sources.qemu import interfaces as names
+from saffron.sources.qemu import pixels as px
+from saffron.sources.qemu.listener import QemuListener
 
 QEMU = "qemu-system-x86_64"
 UI_DBUS = Path("/usr/lib/x86_64-linux-gnu/qemu/ui-dbus.so")
@@ -194,19 +197,19 @@ def test_command_line_gets_the_dbus_display() -> None:
 
 def test_pixel_formats_become_bgrx() -> None:
     bgrx = np.array([[[1, 2, 3, 0], [4, 5, 6, 0]]], np.uint8)
-    same = Q.pixels_to_bgrx(bytearray(bgrx.tobytes()), 0, 2, 1, 8, Q.PIXMAN_X8R8G8B8)
+    same = px.pixels_to_bgrx(bytearray(bgrx.tobytes()), 0, 2, 1, 8, px.PIXMAN_X8R8G8B8)
     assert same is not None and np.array_equal(same, bgrx)
     rgbx = bytearray(bgrx[..., [2, 1, 0, 3]].tobytes())
-    out = Q.pixels_to_bgrx(rgbx, 0, 2, 1, 8, Q.PIXMAN_X8B8G8R8)
+    out = px.pixels_to_bgrx(rgbx, 0, 2, 1, 8, px.PIXMAN_X8B8G8R8)
     assert out is not None and np.array_equal(out[..., :3], bgrx[..., :3])
     bgr = bytearray(bgrx[..., :3].tobytes())
-    out = Q.pixels_to_bgrx(bgr, 0, 2, 1, 6, Q.PIXMAN_R8G8B8)
+    out = px.pixels_to_bgrx(bgr, 0, 2, 1, 6, px.PIXMAN_R8G8B8)
     assert out is not None and np.array_equal(out[..., :3], bgrx[..., :3])
     rgb565 = bytearray(struct.pack("<2H", 0xF800, 0x07E0))  # pure red, pure green
-    out = Q.pixels_to_bgrx(rgb565, 0, 2, 1, 4, Q.PIXMAN_R5G6B5)
+    out = px.pixels_to_bgrx(rgb565, 0, 2, 1, 4, px.PIXMAN_R5G6B5)
     assert out is not None and out[0, 0, :3].tolist() == [0, 0, 255]
     assert out[0, 1, :3].tolist() == [0, 255, 0]
-    assert Q.pixels_to_bgrx(bytearray(8), 0, 2, 1, 8, 0x12345678) is None
+    assert px.pixels_to_bgrx(bytearray(8), 0, 2, 1, 8, 0x12345678) is None
 
 
 # -- real QEMU -----------------------------------------------------------------------------
@@ -440,7 +443,7 @@ class FakeQemu:
     ) -> int:
         self.serial += 1
         fields = {
-            HeaderFields.path: Q.LISTENER_PATH,
+            HeaderFields.path: names.LISTENER_PATH,
             HeaderFields.interface: interface,
             HeaderFields.member: member,
         }
@@ -474,16 +477,16 @@ class FakeQemu:
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeQemu, Q.QemuListener, Display, Sink]]:
+def fake() -> Iterator[tuple[FakeQemu, QemuListener, Display, Sink]]:
     display, sink, _ = new_display()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener = Q.QemuListener(display, ours).start()
+    listener = QemuListener(display, ours).start()
     qemu = FakeQemu(theirs)
     qemu.handshake()
-    serial = qemu.call(Q.IFACE_PROPERTIES, "GetAll", "s", (Q.IFACE_LISTENER,), reply=True)
+    serial = qemu.call(names.IFACE_PROPERTIES, "GetAll", "s", (names.IFACE_LISTENER,), reply=True)
     answer = qemu.reply()
     assert answer.header.fields[HeaderFields.reply_serial] == serial
-    assert answer.body[0] == {"Interfaces": ("as", [Q.IFACE_MAP])}
+    assert answer.body[0] == {"Interfaces": ("as", [names.IFACE_MAP])}
     yield qemu, listener, display, sink
     listener.close()
     theirs.close()
@@ -501,7 +504,7 @@ def memfd_image(width: int, height: int, stride: int, offset: int = 0) -> tuple[
 
 
 def test_dmabuf_update_is_answered_before_the_frame_is_offered(
-    fake: tuple[FakeQemu, Q.QemuListener, Display, Sink],
+    fake: tuple[FakeQemu, QemuListener, Display, Sink],
 ) -> None:
     """UpdateDMABUF's answer is QEMU's "frame done": it must precede any encoding.
 
@@ -513,10 +516,10 @@ def test_dmabuf_update_is_answered_before_the_frame_is_offered(
     sink.on_offer = lambda frame: pending_at_offer.append(qemu.reply_pending())
     width, height, stride = 64, 48, 64 * 4 + 32
     fd, picture = memfd_image(width, height, stride)
-    body = (fd, width, height, stride, XR24, Q.DRM_FORMAT_MOD_LINEAR, True)
-    qemu.call(Q.IFACE_LISTENER, "ScanoutDMABUF", "huuuutb", body, reply=False)
+    body = (fd, width, height, stride, XR24, px.DRM_FORMAT_MOD_LINEAR, True)
+    qemu.call(names.IFACE_LISTENER, "ScanoutDMABUF", "huuuutb", body, reply=False)
     os.close(fd)  # the listener has its own copy now
-    serial = qemu.call(Q.IFACE_LISTENER, "UpdateDMABUF", "iiii", (0, 0, width, height), True)
+    serial = qemu.call(names.IFACE_LISTENER, "UpdateDMABUF", "iiii", (0, 0, width, height), True)
     frame = sink.wait_for(lambda f: True, 5)
     answer = qemu.reply()
     assert answer.header.message_type is MessageType.method_return
@@ -528,12 +531,12 @@ def test_dmabuf_update_is_answered_before_the_frame_is_offered(
 
     # bottom-up buffer, a damaged rectangle: rows come out flipped, the rest stays
     fd, flipped = memfd_image(width, height, stride)
-    body2 = (fd, width, height, stride, XR24, Q.DRM_FORMAT_MOD_LINEAR, False)
-    qemu.call(Q.IFACE_LISTENER, "ScanoutDMABUF", "huuuutb", body2, reply=False)
+    body2 = (fd, width, height, stride, XR24, px.DRM_FORMAT_MOD_LINEAR, False)
+    qemu.call(names.IFACE_LISTENER, "ScanoutDMABUF", "huuuutb", body2, reply=False)
     os.close(fd)
     count = sink.count
     rect = Rect(8, 4, 16, 8)
-    qemu.call(Q.IFACE_LISTENER, "UpdateDMABUF", "iiii", (8, 4, 16, 8), True)
+    qemu.call(names.IFACE_LISTENER, "UpdateDMABUF", "iiii", (8, 4, 16, 8), True)
     frame = sink.wait_for(lambda f: True, 5, after=count)
     qemu.reply()
     assert frame.damage == rect
@@ -543,14 +546,14 @@ def test_dmabuf_update_is_answered_before_the_frame_is_offered(
 
 
 def test_unix_map_scanout_and_updates(
-    fake: tuple[FakeQemu, Q.QemuListener, Display, Sink],
+    fake: tuple[FakeQemu, QemuListener, Display, Sink],
 ) -> None:
     """The newer shared-memory path (QEMU 9.2+), with a memfd as QEMU's framebuffer."""
     qemu, listener, display, sink = fake
     width, height, stride, offset = 80, 60, 80 * 4, 4096
     fd, picture = memfd_image(width, height, stride, offset)
-    body = (fd, offset, width, height, stride, Q.PIXMAN_X8R8G8B8)
-    serial = qemu.call(Q.IFACE_MAP, "ScanoutMap", "huuuuu", body, reply=True)
+    body = (fd, offset, width, height, stride, px.PIXMAN_X8R8G8B8)
+    serial = qemu.call(names.IFACE_MAP, "ScanoutMap", "huuuuu", body, reply=True)
     answer = qemu.reply()  # QEMU waits for this one
     assert answer.header.message_type is MessageType.method_return
     assert answer.header.fields[HeaderFields.reply_serial] == serial
@@ -563,7 +566,7 @@ def test_unix_map_scanout_and_updates(
     for row in range(10):
         os.pwrite(fd, patch[row].tobytes(), offset + (30 + row) * stride + 40 * 4)
     count = sink.count
-    qemu.call(Q.IFACE_MAP, "UpdateMap", "iiii", (40, 30, 20, 10), reply=False)
+    qemu.call(names.IFACE_MAP, "UpdateMap", "iiii", (40, 30, 20, 10), reply=False)
     frame = sink.wait_for(lambda f: True, 5, after=count)
     assert frame.damage == Rect(40, 30, 20, 10)
     assert np.array_equal(frame.pixels[30:40, 40:60], patch)
@@ -574,10 +577,10 @@ def test_unix_map_scanout_and_updates(
     small = np.arange(16 * 8 * 4, dtype=np.uint32).astype(np.uint8).reshape(8, 16, 4)
     count = sink.count
     qemu.call(
-        Q.IFACE_LISTENER,
+        names.IFACE_LISTENER,
         "Scanout",
         "uuuuay",
-        (16, 8, 64, Q.PIXMAN_X8R8G8B8, small.tobytes()),
+        (16, 8, 64, px.PIXMAN_X8R8G8B8, small.tobytes()),
         reply=False,
     )
     frame = sink.wait_for(lambda f: True, 5, after=count)
@@ -610,18 +613,18 @@ class BusQemu:
     """
 
     PROPERTIES: ClassVar[dict[tuple[str, str], dict[str, tuple[str, Any]]]] = {
-        (Q.VM_PATH, Q.IFACE_VM): {
+        (names.VM_PATH, names.IFACE_VM): {
             "Name": ("s", "stand-in"),
             "UUID": ("s", "6b0b7a38-9c39-4f4e-9d2f-1b7c5b0b7a38"),
             "ConsoleIDs": ("au", [0]),
         },
-        (f"{Q.ROOT}/Console_0", Q.IFACE_CONSOLE): {
+        (f"{names.ROOT}/Console_0", names.IFACE_CONSOLE): {
             "Label": ("s", "stand-in"),
             "Type": ("s", "Graphic"),
             "Width": ("u", 640),
             "Height": ("u", 480),
         },
-        (f"{Q.ROOT}/Console_0", Q.IFACE_MOUSE): {"IsAbsolute": ("b", True)},
+        (f"{names.ROOT}/Console_0", names.IFACE_MOUSE): {"IsAbsolute": ("b", True)},
     }
 
     def __init__(self, address: str, flags: int) -> None:
@@ -631,7 +634,7 @@ class BusQemu:
         self.lock = threading.Lock()
         self.listeners: list[socket.socket] = []
         self.stopping = False
-        reply = self.conn.send_and_get_reply(DBus().RequestName(Q.BUS_NAME, flags), timeout=5)
+        reply = self.conn.send_and_get_reply(DBus().RequestName(names.BUS_NAME, flags), timeout=5)
         self.request = int(reply.body[0])
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -639,7 +642,7 @@ class BusQemu:
     def pressed(self) -> list[int]:
         """The key numbers pressed here."""
         with self.lock:
-            return [c.body[0] for c in self.calls if c.interface == Q.IFACE_KEYBOARD]
+            return [c.body[0] for c in self.calls if c.interface == names.IFACE_KEYBOARD]
 
     def members(self) -> list[str]:
         with self.lock:
@@ -673,16 +676,16 @@ class BusQemu:
         call = BusCall(fields.get(HeaderFields.destination, ""), iface, member, tuple(msg.body))
         with self.lock:
             self.calls.append(call)
-        if iface == Q.IFACE_PROPERTIES and member == "GetAll":
+        if iface == names.IFACE_PROPERTIES and member == "GetAll":
             props = self.PROPERTIES.get((fields[HeaderFields.path], msg.body[0]))
             if props is not None:
                 return new_method_return(msg, "a{sv}", (props,))
-        elif iface == Q.IFACE_CONSOLE and member == "RegisterListener":
+        elif iface == names.IFACE_CONSOLE and member == "RegisterListener":
             sock = msg.body[0].to_socket()
             FakeQemu(sock).handshake()
             self.listeners.append(sock)
             return new_method_return(msg)
-        elif iface in (Q.IFACE_KEYBOARD, Q.IFACE_MOUSE):
+        elif iface in (names.IFACE_KEYBOARD, names.IFACE_MOUSE):
             return new_method_return(msg)
         return new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", "s", (member,))
 
