@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    RejectConnection,
+    Request,
+)
 
 from saffron.spice.link import encrypt_ticket
 from saffron.spice.wire import (
@@ -51,6 +57,14 @@ class Closed(Exception):
     """The server closed the connection."""
 
 
+class WebSocketRefused(Exception):
+    """The server answered the WebSocket upgrade with an HTTP error."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"WebSocket refused with HTTP {status_code}")
+        self.status_code = status_code
+
+
 class ByteStream:
     """Raw TCP."""
 
@@ -78,9 +92,15 @@ class WebSocketStream(ByteStream):
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.subprotocol: str | None = None
 
-    async def handshake(self, path: str = "/websockify") -> None:
+    async def handshake(
+        self, path: str = "/websockify", host: str = "127.0.0.1", origin: str | None = None
+    ) -> None:
+        """Upgrade, as a browser page from ``origin`` (None: not a browser) would."""
+        headers = [] if origin is None else [(b"Origin", origin.encode())]
         self.writer.write(
-            self.ws.send(Request(host="127.0.0.1", target=path, subprotocols=["binary"]))
+            self.ws.send(
+                Request(host=host, target=path, subprotocols=["binary"], extra_headers=headers)
+            )
         )
         while True:
             data = await self.reader.read(65536)
@@ -91,6 +111,8 @@ class WebSocketStream(ByteStream):
                 if isinstance(event, AcceptConnection):
                     self.subprotocol = event.subprotocol
                     return
+                if isinstance(event, RejectConnection):
+                    raise WebSocketRefused(event.status_code)
                 raise AssertionError(f"WebSocket refused: {event}")
 
     async def read(self) -> bytes:
@@ -147,15 +169,17 @@ class PyClient:
         ticket: bytes | None = None,
         mechanism: int = CommonCap.AUTH_SPICE,
         source: str | None = None,
+        host: str = "127.0.0.1",
+        origin: str | None = None,
     ) -> PyClient:
         """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given)
-        and link a channel."""
+        and link a channel. ``host`` and ``origin`` are the WebSocket's Host and Origin."""
         local = (source, 0) if source else None
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         stream: ByteStream
         if websocket:
             ws = WebSocketStream(reader, writer)
-            await ws.handshake(path)
+            await ws.handshake(path, host, origin)
             stream = ws
         else:
             stream = ByteStream(reader, writer)

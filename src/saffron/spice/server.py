@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
+from ..net.origin import HostRule
 from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
@@ -356,7 +357,7 @@ class _TcpConnection(AdmittedConnection):
             self._sniffing = False
             data, self._head = self._head, b""
             if looks_like_http(data):
-                self.ws = WebSocketAdapter()
+                self.ws = WebSocketAdapter(self.server.host_rule)
                 conn.peer += " (WebSocket)"
         if self.ws is None:
             conn.data_received(data)
@@ -549,6 +550,8 @@ class SpiceServer:
     ``exclusive`` a new client disconnects the others, as spice-server does;
     ``view_only`` ignores keyboard and mouse. ``secure_channels`` (channel types)
     are served over TLS only: on a plain port they answer NEED_SECURED.
+    ``host_rule`` decides which Host and Origin a browser may bring to this port's
+    WebSocket (default: the rule for this password and no ``--allowed-host``).
     """
 
     def __init__(
@@ -562,12 +565,17 @@ class SpiceServer:
         view_only: bool = False,
         limits: ConnectionLimits | None = None,
         secure_channels: Collection[int] = (),
+        host_rule: HostRule | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
+        self.host_rule = (
+            host_rule if host_rule is not None else HostRule(password=password is not None)
+        )
+        """Shared with the web front end; the aiohttp path (``/spice``) is checked there."""
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""
