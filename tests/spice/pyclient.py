@@ -7,6 +7,7 @@ wsproto, as spice-html5 would), and reads server messages into wire dataclasses.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +139,8 @@ class WebSocketStream(ByteStream):
 class LinkResult:
     error: int
     reply: LinkReply | None
+    ticket: bytes = b""
+    """The encrypted ticket sent (what someone watching the wire could replay)."""
 
 
 class PyClient:
@@ -171,11 +174,19 @@ class PyClient:
         source: str | None = None,
         host: str = "127.0.0.1",
         origin: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> PyClient:
-        """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given)
-        and link a channel. ``host`` and ``origin`` are the WebSocket's Host and Origin."""
+        """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given;
+        over TLS with ``ssl``) and link a channel. ``host`` and ``origin`` are the
+        WebSocket's Host and Origin."""
         local = (source, 0) if source else None
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            port,
+            local_addr=local,
+            ssl=ssl,
+            server_hostname="127.0.0.1" if ssl is not None else None,
+        )
         stream: ByteStream
         if websocket:
             ws = WebSocketStream(reader, writer)
@@ -226,7 +237,7 @@ class PyClient:
         if self._buf:
             self.reader.feed(bytes(self._buf))
             self._buf.clear()
-        return LinkResult(error, reply)
+        return LinkResult(error, reply, ticket)
 
     @property
     def ok(self) -> bool:
