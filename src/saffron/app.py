@@ -188,6 +188,7 @@ class Server:
                 view_only=opts.view_only,
                 limits=self.limits,
                 secure_channels=[ChannelType[n.upper()] for n in opts.spice_secure_channels],
+                host_rule=self.host_rule,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []

@@ -7,13 +7,20 @@ wsproto, as spice-html5 would), and reads server messages into wire dataclasses.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    RejectConnection,
+    Request,
+)
 
 from saffron.spice.link import encrypt_ticket
 from saffron.spice.wire import (
@@ -51,6 +58,14 @@ class Closed(Exception):
     """The server closed the connection."""
 
 
+class WebSocketRefused(Exception):
+    """The server answered the WebSocket upgrade with an HTTP error."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"WebSocket refused with HTTP {status_code}")
+        self.status_code = status_code
+
+
 class ByteStream:
     """Raw TCP."""
 
@@ -78,9 +93,15 @@ class WebSocketStream(ByteStream):
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.subprotocol: str | None = None
 
-    async def handshake(self, path: str = "/websockify") -> None:
+    async def handshake(
+        self, path: str = "/websockify", host: str = "127.0.0.1", origin: str | None = None
+    ) -> None:
+        """Upgrade, as a browser page from ``origin`` (None: not a browser) would."""
+        headers = [] if origin is None else [(b"Origin", origin.encode())]
         self.writer.write(
-            self.ws.send(Request(host="127.0.0.1", target=path, subprotocols=["binary"]))
+            self.ws.send(
+                Request(host=host, target=path, subprotocols=["binary"], extra_headers=headers)
+            )
         )
         while True:
             data = await self.reader.read(65536)
@@ -91,6 +112,8 @@ class WebSocketStream(ByteStream):
                 if isinstance(event, AcceptConnection):
                     self.subprotocol = event.subprotocol
                     return
+                if isinstance(event, RejectConnection):
+                    raise WebSocketRefused(event.status_code)
                 raise AssertionError(f"WebSocket refused: {event}")
 
     async def read(self) -> bytes:
@@ -116,6 +139,8 @@ class WebSocketStream(ByteStream):
 class LinkResult:
     error: int
     reply: LinkReply | None
+    ticket: bytes = b""
+    """The encrypted ticket sent (what someone watching the wire could replay)."""
 
 
 class PyClient:
@@ -147,15 +172,25 @@ class PyClient:
         ticket: bytes | None = None,
         mechanism: int = CommonCap.AUTH_SPICE,
         source: str | None = None,
+        host: str = "127.0.0.1",
+        origin: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> PyClient:
-        """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given)
-        and link a channel."""
+        """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given;
+        over TLS with ``ssl``) and link a channel. ``host`` and ``origin`` are the
+        WebSocket's Host and Origin."""
         local = (source, 0) if source else None
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            port,
+            local_addr=local,
+            ssl=ssl,
+            server_hostname="127.0.0.1" if ssl is not None else None,
+        )
         stream: ByteStream
         if websocket:
             ws = WebSocketStream(reader, writer)
-            await ws.handshake(path)
+            await ws.handshake(path, host, origin)
             stream = ws
         else:
             stream = ByteStream(reader, writer)
@@ -202,7 +237,7 @@ class PyClient:
         if self._buf:
             self.reader.feed(bytes(self._buf))
             self._buf.clear()
-        return LinkResult(error, reply)
+        return LinkResult(error, reply, ticket)
 
     @property
     def ok(self) -> bool:

@@ -50,7 +50,8 @@ _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes
 
 
 class TicketKey:
-    """The RSA-1024 key clients encrypt their password with; one per server."""
+    """The RSA-1024 key clients encrypt their password with; one per link, so that a
+    ticket seen once cannot link again (see :mod:`saffron.spice.keys`)."""
 
     def __init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
@@ -139,11 +140,15 @@ class ServerLink:
     ``secure_channels`` reached over a plain connection (``secured`` False) is
     refused as NEED_SECURED before any key is sent, as spice-server does;
     spice-gtk then opens that channel again on the TLS port.
+
+    ``key`` is this link's own ticket key, used once. It may be None while the
+    owner waits for one: the link then stops before its reply until the owner
+    sets ``key`` and feeds it again (``receive_data(b"")``).
     """
 
     def __init__(
         self,
-        key: TicketKey,
+        key: TicketKey | None,
         password: str | None,
         offered: Mapping[tuple[int, int], Caps],
         *,
@@ -249,6 +254,8 @@ class ServerLink:
             self.state = LinkState.MESS
             return True
         if self.state is LinkState.MESS:
+            if self.key is None:
+                return None  # the reply needs the key: wait for the owner to give one
             raw = self._take(self._size)
             if raw is None:
                 return None
@@ -294,6 +301,7 @@ class ServerLink:
     def _check_ticket(self, ticket: bytes) -> LinkEvent:
         assert self.mess is not None
         if self.password is not None:
+            assert self.key is not None
             given = self.key.decrypt(ticket)
             if given is None:
                 return self._fail_late(LinkErr.PERMISSION_DENIED, "the ticket did not decrypt")

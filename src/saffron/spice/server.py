@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Protocol
 from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
+from ..net.origin import HostRule
 from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
+from .keys import KeyPool
 from .link import LinkEstablished, LinkFailed, ServerLink, TicketKey
 from .main import MainChannel
 from .session import (
@@ -141,8 +143,9 @@ class Connection:
         self.peer = peer
         self.secured = secured
         """Over TLS (the TLS port, or a WebSocket from an HTTPS page)."""
+        key = server.keys.take()
         self.link = ServerLink(
-            server.key,
+            key,
             server.password,
             OFFERED,
             secured=secured,
@@ -155,6 +158,11 @@ class Connection:
         self._timeout: asyncio.TimerHandle | None = server.loop.call_later(
             LINK_TIMEOUT_S, self._link_timeout
         )
+        self._key_wait: asyncio.Future[TicketKey] | None = None
+        if key is None:
+            log.debug("%s: no ticket key ready; the link waits for one", peer)
+            self._key_wait = server.keys.take_async()
+            self._key_wait.add_done_callback(self._key_made)
         server.connections.add(self)
 
     # -- ConnectionPort --------------------------------------------------------------
@@ -181,6 +189,8 @@ class Connection:
         if self._timeout is not None:
             self._timeout.cancel()
             self._timeout = None
+        if self._key_wait is not None:
+            self._key_wait.cancel()  # the worker skips it
         session, channel = self.session, _channel_name(self.channel_type)
         if session is None:
             if warn:
@@ -225,6 +235,17 @@ class Connection:
     def on_drain(self) -> None:
         if self.handler is not None and not self.closed:
             self.handler.on_drain()
+
+    def _key_made(self, future: asyncio.Future[TicketKey]) -> None:
+        """The worker made this link's key: go on with what the client sent meanwhile."""
+        self._key_wait = None
+        if self.closed:
+            return
+        if future.cancelled():
+            self.close("the server is stopping")
+            return
+        self.link.key = future.result()
+        self.data_received(b"")
 
     def _link_timeout(self) -> None:
         self._timeout = None
@@ -356,7 +377,7 @@ class _TcpConnection(AdmittedConnection):
             self._sniffing = False
             data, self._head = self._head, b""
             if looks_like_http(data):
-                self.ws = WebSocketAdapter()
+                self.ws = WebSocketAdapter(self.server.host_rule)
                 conn.peer += " (WebSocket)"
         if self.ws is None:
             conn.data_received(data)
@@ -549,6 +570,8 @@ class SpiceServer:
     ``exclusive`` a new client disconnects the others, as spice-server does;
     ``view_only`` ignores keyboard and mouse. ``secure_channels`` (channel types)
     are served over TLS only: on a plain port they answer NEED_SECURED.
+    ``host_rule`` decides which Host and Origin a browser may bring to this port's
+    WebSocket (default: the rule for this password and no ``--allowed-host``).
     """
 
     def __init__(
@@ -562,12 +585,17 @@ class SpiceServer:
         view_only: bool = False,
         limits: ConnectionLimits | None = None,
         secure_channels: Collection[int] = (),
+        host_rule: HostRule | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
+        self.host_rule = (
+            host_rule if host_rule is not None else HostRule(password=password is not None)
+        )
+        """Shared with the web front end; the aiohttp path (``/spice``) is checked there."""
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""
@@ -579,7 +607,8 @@ class SpiceServer:
         self.exclusive = exclusive
         self.view_only = view_only
         self.secure_channels = frozenset(secure_channels)
-        self.key = TicketKey()
+        self.keys = KeyPool()
+        """A fresh ticket key for every link: a ticket seen once cannot link again."""
         self.sessions: dict[int, Session] = {}
         self.connections: set[Connection] = set()
         self.damage_log = DamageLog(display)
@@ -602,6 +631,7 @@ class SpiceServer:
             return
         self._attached = True
         self._loop = asyncio.get_running_loop()
+        self.keys.start()
         self.display.add_listener(self)
         self.display.add_sink(self.damage_log)
 
@@ -655,6 +685,7 @@ class SpiceServer:
             self.display.remove_listener(self)
             self.display.remove_sink(self.damage_log)
             self._attached = False
+            self.keys.close()
         with contextlib.suppress(ValueError):
             self.broadcast.failure_listeners.remove(self._stream_failed)
 

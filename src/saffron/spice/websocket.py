@@ -4,6 +4,11 @@ spice-html5 opens ``new WebSocket(url, "binary")`` for every channel, on any
 path, and treats the frames as one byte stream; the server must answer with
 ``Sec-WebSocket-Protocol: binary`` or Chromium drops the connection. This
 module is sans-IO like the rest: bytes from the socket in, SPICE bytes out.
+
+A browser lets any web page open a WebSocket to 127.0.0.1, so the upgrade is
+checked against the same :class:`~saffron.net.origin.HostRule` as the web port
+(``Host`` for DNS rebinding, ``Origin`` for other web sites) and refused with
+403 before any SPICE byte is read.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ..net.origin import HostRule
 from .wire import ProtocolError
 
 SUBPROTOCOL = "binary"
@@ -36,8 +42,10 @@ def looks_like_http(first: bytes) -> bool:
 class WebSocketAdapter:
     """The server side of one WebSocket that carries a SPICE channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, rule: HostRule | None = None) -> None:
         self._ws = WSConnection(ConnectionType.SERVER)
+        self.rule = rule
+        """Which Host and Origin may open it; None lets every request in."""
         self._out = bytearray()
         self.target = ""
         """The request path (spice-html5 sends ``/websockify`` unless told otherwise)."""
@@ -56,6 +64,7 @@ class WebSocketAdapter:
             for event in self._ws.events():
                 if isinstance(event, Request):
                     self.target = event.target
+                    self._check(event)
                     subprotocol = SUBPROTOCOL if SUBPROTOCOL in event.subprotocols else None
                     self._out += self._ws.send(AcceptConnection(subprotocol=subprotocol))
                     self.open = True
@@ -75,6 +84,19 @@ class WebSocketAdapter:
                 with contextlib.suppress(LocalProtocolError):
                     self._out += self._ws.send(exc.event_hint)
             raise ProtocolError(f"WebSocket: {exc}") from exc
+
+    def _check(self, request: Request) -> None:
+        """Refuse (403, then ProtocolError) a request the Host and Origin rule says no to."""
+        if self.rule is None:
+            return
+        origin = next(
+            (value.decode("latin-1") for name, value in request.extra_headers if name == b"origin"),
+            None,
+        )
+        refusal = self.rule.refusal(origin, request.host)
+        if refusal is not None:
+            self._out += self._ws.send(RejectConnection(status_code=403))
+            raise ProtocolError(f"upgrade refused (403): {refusal}")
 
     def send(self, data: bytes) -> bytes:
         """SPICE bytes as one binary frame, ready for the socket."""
