@@ -10,8 +10,12 @@ import asyncio
 import hmac
 import json
 import re
+import signal
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +32,7 @@ from saffron.app import Options, Server
 from saffron.display import Display
 from saffron.web import auth as web_auth
 from saffron.web.auth import SESSION_ENDED
+from tests.conftest import run_saffron
 from tests.live import wait_until
 from tests.test_web import RecordingInput
 
@@ -204,6 +209,30 @@ async def test_an_expired_session_closes_its_websocket(monkeypatch: pytest.Monke
         ws = await s.ws_connect(url + "ws")
         await ws.receive()
         assert await closed_with(ws) == (SESSION_ENDED, "the session expired")
+
+
+def test_sighup_makes_new_token_links(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text(PASSWORD + "\n")
+    with run_saffron("serve", "--source", "pattern", "--password-file", str(password)) as proc:
+        old = proc.output().split("?token=")[1].split()[0]
+        proc.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "new links" in proc.output(), 10), proc.output()
+        new = proc.output().split("new links")[1].split("?token=")[1].split()[0]
+        assert new != old
+        opener = urllib.request.build_opener(_NoRedirect())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(proc.url + f"?token={old}", timeout=10)
+        assert refused.value.code == 403
+        with pytest.raises(urllib.error.HTTPError) as taken:
+            opener.open(proc.url + f"?token={new}", timeout=10)
+        assert taken.value.code == 303  # signed in: on to the page
+        assert proc.proc.poll() is None, "SIGHUP must not stop Saffron"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
 
 
 # -- framing and inline script ------------------------------------------------------------
