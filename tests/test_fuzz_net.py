@@ -602,7 +602,7 @@ BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
     "web-long-header": ("web", b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", "bad HTTP"),
     "web-bad-chunks": (
         "web",
-        b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
         "bad HTTP",
     ),
 }
@@ -666,7 +666,7 @@ HALF_SENT: dict[str, tuple[str, bytes, str]] = {
     "web-half-request": ("web", b"GET / HTTP/1.1\r\nHost: 127.0", "no complete request"),
     "web-half-body": (
         "web",
-        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n\r\npassword=",
         "no complete request",
     ),
@@ -694,7 +694,7 @@ def test_idle_keepalive_connection_is_closed_quietly(
     streams = check.run(connect(check.web_port))
     port = local_port(streams)
     start = len(check.records)
-    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     _, answer = check.run(exchange(streams, [request], half_close=False))
     assert answer.startswith(b"HTTP/1.1 200")
     about = [r for r in check.records.since(start) if naming(port).search(r[2])]

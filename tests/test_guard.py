@@ -237,7 +237,7 @@ def test_answer_the_client_does_not_take_is_cut_off(monkeypatch: pytest.MonkeyPa
         client = connect(s.web_port, rcvbuf=4096)
         try:
             # Four answers in a row (about 44 KiB), the last closing the connection.
-            request = b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n"
+            request = b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             client.sendall(
                 request * 3 + request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
             )

@@ -219,6 +219,7 @@ class Server:
                 auth=self.auth,
                 ssl_context=ssl_context,
                 limits=self.limits,
+                host_rule=self.host_rule,
             )
             try:
                 await self.web.start(*opts.web)

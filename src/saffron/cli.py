@@ -185,12 +185,22 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: debug)")
 
 
+SIGNALS_HELP = (
+    "signals: SIGHUP makes new token links (printed again) and ends every session made "
+    "from the old ones, closing their pages' WebSockets; sessions signed in with the "
+    "password stay. A page's own 'sign out' button ends just its session. "
+    "SIGINT or SIGTERM stop Saffron."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saffron", description="Remote display for 3D-accelerated virtual machines."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a producer to browsers and SPICE clients")
+    serve = sub.add_parser(
+        "serve", help="serve a producer to browsers and SPICE clients", epilog=SIGNALS_HELP
+    )
     serve.add_argument("--source", choices=["demo", "pattern", "qemu"], default="demo")
     serve.add_argument(
         "--still",
@@ -211,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "qemu",
         help="start QEMU with its display served by Saffron",
         usage="saffron qemu [options] -- qemu-system-x86_64 [qemu args]",
+        epilog=SIGNALS_HELP,
     )
     qemu.add_argument("--console", type=int, default=0, help="console number")
     qemu.add_argument("qemu_argv", nargs=argparse.REMAINDER, help="the QEMU command line")
@@ -342,11 +353,8 @@ def announce(opts: Options, server: Server | None = None) -> None:
         base = f"{scheme}://{web}/"
         print(f"Saffron: open {base} in a browser", flush=True)
         if server is not None and server.auth.enabled:
-            print(
-                f"Saffron: sign in with the password, or use  {base}?token="
-                f"{server.auth.full_token}  (view only: ?token={server.auth.view_token})",
-                flush=True,
-            )
+            links = _token_links(base, server)
+            print(f"Saffron: sign in with the password, or use  {links}", flush=True)
     if cert is not None:
         print(f"Saffron: certificate {cert.cert} (SHA-256 {cert.fingerprint})", flush=True)
     if opts.spice is not None and not opts.spice_secure_channels:
@@ -368,12 +376,36 @@ def announce(opts: Options, server: Server | None = None) -> None:
         print(f"Saffron: or spice-html5 at {scheme}://{host}:{port}/{page}", flush=True)
 
 
-async def _serve(opts: Options, display: Display, producer: object) -> int:
-    server = Server(opts, display, producer)  # type: ignore[arg-type]
-    stop = asyncio.Event()
+def _token_links(base: str, server: Server) -> str:
+    auth = server.auth
+    return f"{base}?token={auth.full_token}  (view only: ?token={auth.view_token})"
+
+
+def handle_signals(server: Server, stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``; SIGHUP replaces the token links (SIGNALS_HELP)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _rotate_tokens, server)
+
+
+def _rotate_tokens(server: Server) -> None:
+    """SIGHUP: new token links, printed as at start; the old links' sessions end."""
+    if not server.auth.enabled:
+        log.warning("SIGHUP: there are no token links to replace without a password")
+        return
+    server.auth.rotate_tokens()
+    web = _bound(server.opts.web, server.web.addresses if server.web is not None else [])
+    if web is not None:
+        scheme = "https" if server.certificate is not None else "http"
+        base = f"{scheme}://{_shown(web[0])}:{web[1]}/"
+        print(f"Saffron: new links  {_token_links(base, server)}", flush=True)
+
+
+async def _serve(opts: Options, display: Display, producer: object) -> int:
+    server = Server(opts, display, producer)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    handle_signals(server, stop)
     try:
         await server.start()
         announce(opts, server)

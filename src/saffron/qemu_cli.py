@@ -160,11 +160,11 @@ async def _run(opts: Options, args: argparse.Namespace) -> int:
     server = Server(opts, display, source)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    from .cli import announce, handle_signals
+
+    handle_signals(server, stop)
     try:
         await server.start()
-        from .cli import announce
 
         hold_until = time.monotonic() + HOLD_S
         announced = False

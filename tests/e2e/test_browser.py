@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,17 @@ def canvas_pixels(page: Any) -> np.ndarray:
     return px
 
 
+def csp_violations(page: Any) -> list[str]:
+    """Console lines in which Chromium refused something under the page's
+    Content-Security-Policy, filled in as the page runs."""
+    seen: list[str] = []
+    page.on(
+        "console",
+        lambda msg: seen.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    return seen
+
+
 def wait_stats(page: Any, predicate: str, timeout: float = 30) -> dict[str, Any]:
     page.wait_for_function(f"() => window.saffronStats && ({predicate})", timeout=timeout * 1000)
     return dict(page.evaluate("window.saffronStats"))
@@ -39,6 +51,7 @@ def test_browser_shows_the_demo(browser: Any, codec: str) -> None:
     # 960x540 leaves the two cores room for Chromium's software decoder beside the encoder.
     with run_saffron("serve", "--fps", str(FPS), "--size", "960x540") as saffron:
         page = browser.new_page(viewport={"width": 1280, "height": 720})
+        refused = csp_violations(page)
         try:
             page.goto(saffron.url + f"?codec={codec}")
             stats = wait_stats(page, "window.saffronStats.framesDecoded > 10")
@@ -59,6 +72,28 @@ def test_browser_shows_the_demo(browser: Any, codec: str) -> None:
             stats = page.evaluate("window.saffronStats")
             assert stats["bitrateKbps"] > 0 and stats["latencyMs"] > 0
             assert page.locator("#s-codec").inner_text() == codec
+            assert not refused, refused
+        finally:
+            page.close()
+
+
+def test_sign_in_watch_and_sign_out_under_the_csp(browser: Any, tmp_path: Path) -> None:
+    """The login form, the page and its sign-out button work with inline script and
+    style forbidden; signing out ends the page's session and shows the form again."""
+    password = tmp_path / "password"
+    password.write_text("correct horse\n")
+    with run_saffron("serve", "--fps", str(FPS), "--password-file", str(password)) as saffron:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        refused = csp_violations(page)
+        try:
+            page.goto(saffron.url + "?codec=mjpeg")
+            page.fill("input[name=password]", "correct horse")
+            page.click("button[type=submit]")
+            wait_stats(page, "window.saffronStats.framesDecoded > 5")
+            page.click("#signout button")
+            page.wait_for_selector("input[name=password]", timeout=10000)
+            assert "signed out" in saffron.output()
+            assert not refused, refused
         finally:
             page.close()
 

@@ -3,43 +3,71 @@
 With a password set, every page and socket needs a session: one made by the
 login form (full control), or by a token link printed at start (one for full
 control, one for view only). Sessions live in memory and are lost on restart,
-like the tokens. The WebSocket also checks ``Origin`` against the page's own
-address, password or not, so no other web site open in the user's browser can
-drive the VM through it.
+like the tokens. A session ends when its user signs out (``POST /logout``),
+when it expires, when the token links are replaced (SIGHUP: sessions made from
+the old links end, password sessions stay), or when too many sessions of its
+kind were made after it; then every WebSocket opened under it is closed.
+Which ``Host`` and ``Origin`` a request may bring is the web server's business
+(:mod:`saffron.net.origin`), checked before this.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
+
+from ..limits import peer_label
+from ..spice.link import passwords_match
 
 log = logging.getLogger("saffron.web")
 
 COOKIE = "saffron_session"
 MAX_SESSIONS = 1024
-"""Sessions kept at once; the oldest go first. Bounds memory whatever logins cost."""
+"""Full-control sessions kept at once; the oldest go first. Bounds memory whatever
+logins cost. View-only sessions are counted apart (``MAX_VIEW_SESSIONS``), so a
+view-only link used over and over never signs out someone with full control."""
+MAX_VIEW_SESSIONS = 1024
+"""View-only sessions kept at once; a new one past this ends the oldest view-only one."""
 SESSION_SECONDS = 12 * 3600
 FAILED_LOGIN_DELAY = 1.0
 """Seconds a wrong password waits before its answer: slows guessing."""
 
-OPEN_PATHS = ("/login", "/healthz", "/favicon.ico", "/static/", "/spice")
-"""Paths without a session: the login itself, health checks, the page's code (no
-secrets in it) and SPICE over WebSocket, which has SPICE's own ticket check."""
+SESSION_ENDED = 4001
+"""WebSocket close code when the session it was opened under ended (sign-out, expiry,
+new token links): the page reloads, and so shows the login form, instead of
+reconnecting in a loop."""
+
+OPEN_PATHS = ("/login", "/logout", "/healthz", "/favicon.ico", "/static/", "/spice")
+"""Paths without a session: the login itself, signing out (without a session there is
+nothing to end), health checks, the page's code (no secrets in it) and SPICE over
+WebSocket, which has SPICE's own ticket check."""
 
 
-@dataclass(frozen=True)
+class Socket(Protocol):
+    """A WebSocket as a session sees it: something to end when the session ends."""
+
+    def end(self, reason: str) -> None: ...
+
+
+@dataclass(eq=False)
 class Session:
     view_only: bool
     expires: float
+    from_token: bool = False
+    """Made from a token link (not the password): ends when the links are replaced."""
+    key: str = ""
+    sockets: set[Socket] = field(default_factory=set)
+    """WebSockets opened under this session, closed when it ends."""
+    timer: asyncio.TimerHandle | None = None
+    """Ends the session when it expires."""
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,7 +79,11 @@ class WebAuth:
         self.secure = secure
         self.full_token = secrets.token_urlsafe(24)
         self.view_token = secrets.token_urlsafe(24)
-        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self._sessions: dict[bool, collections.OrderedDict[str, Session]] = {
+            False: collections.OrderedDict(),
+            True: collections.OrderedDict(),
+        }
+        """Full-control (False) and view-only (True) sessions by cookie, oldest first."""
 
     @property
     def enabled(self) -> bool:
@@ -61,17 +93,33 @@ class WebAuth:
         """The request's session; with no password everyone has full control."""
         if not self.enabled:
             return Session(False, float("inf"))
-        key = request.cookies.get(COOKIE, "")
-        found = self._sessions.get(key)
-        if found is None or found.expires < time.time():
-            return None
-        return found
+        return self.signed_in(request)
 
-    def _new_session(self, response: web.StreamResponse, view_only: bool) -> None:
+    def signed_in(self, request: web.Request) -> Session | None:
+        """The session the request's cookie names, if it is valid (never one without a
+        password: then there are no sessions to end)."""
+        key = request.cookies.get(COOKIE, "")
+        for sessions in self._sessions.values():
+            found = sessions.get(key)
+            if found is not None:
+                return found if found.expires >= time.time() else None
+        return None
+
+    def _new_session(self, response: web.StreamResponse, view_only: bool, from_token: bool) -> None:
         key = secrets.token_urlsafe(32)
-        self._sessions[key] = Session(view_only, time.time() + SESSION_SECONDS)
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+        expires = time.time() + SESSION_SECONDS
+        session = Session(view_only, expires, from_token, key)
+        session.timer = asyncio.get_running_loop().call_later(
+            SESSION_SECONDS, self.end_session, session, "the session expired"
+        )
+        sessions = self._sessions[view_only]
+        cap = MAX_VIEW_SESSIONS if view_only else MAX_SESSIONS
+        if len(sessions) >= cap:
+            self._drop_expired()
+        while len(sessions) >= cap:
+            oldest = next(iter(sessions.values()))
+            self.end_session(oldest, "too many sessions were made after it")
+        sessions[key] = session
         response.set_cookie(
             COOKIE,
             key,
@@ -82,32 +130,58 @@ class WebAuth:
             path="/",
         )
 
+    def _drop_expired(self) -> None:
+        """Sessions past their time whose timer has not run yet (the clock jumped)."""
+        now = time.time()
+        for sessions in self._sessions.values():
+            for session in [s for s in sessions.values() if s.expires < now]:
+                self.end_session(session, "the session expired")
+
+    def end_session(self, session: Session, reason: str) -> None:
+        """Forget ``session`` and close every WebSocket opened under it, telling it ``reason``."""
+        if self._sessions[session.view_only].pop(session.key, None) is None:
+            return
+        if session.timer is not None:
+            session.timer.cancel()
+        for socket in list(session.sockets):
+            socket.end(reason)
+        session.sockets.clear()
+
+    def rotate_tokens(self) -> int:
+        """New token links; the sessions made from the old ones end (password sessions stay).
+        Returns how many sessions ended."""
+        self.full_token = secrets.token_urlsafe(24)
+        self.view_token = secrets.token_urlsafe(24)
+        ended = [s for d in self._sessions.values() for s in d.values() if s.from_token]
+        for session in ended:
+            self.end_session(session, "the token links were replaced")
+        log.info("made new token links; %d session(s) made from the old ones ended", len(ended))
+        return len(ended)
+
     def _token_kind(self, token: str) -> bool | None:
         """None: not a token; else whether it is the view-only one."""
-        if hmac.compare_digest(token.encode(), self.full_token.encode()):
+        if passwords_match(token.encode(), self.full_token):
             return False
-        if hmac.compare_digest(token.encode(), self.view_token.encode()):
+        if passwords_match(token.encode(), self.view_token):
             return True
         return None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/ws" or request.path.startswith("/spice"):
-            _check_origin(request)
         if not self.enabled or request.path.startswith(OPEN_PATHS):
             return await handler(request)
         token = request.query.get("token")
         if token is not None and request.path == "/":
             kind = self._token_kind(token)
             if kind is None:
-                log.warning("refused a wrong token from %s", request.remote)
-                await asyncio.sleep(FAILED_LOGIN_DELAY)
-                return _login_page("That link is not valid (any more).", status=403)
+                return await self._refuse_login(
+                    request, "a wrong token", "That link is not valid (any more)."
+                )
             response = _see_other("/")
-            self._new_session(response, view_only=kind)
+            self._new_session(response, view_only=kind, from_token=True)
             log.info(
                 "%s signed in with a %s link",
-                request.remote,
+                _peer(request),
                 "view-only" if kind else "full-control",
             )
             return response
@@ -122,29 +196,37 @@ class WebAuth:
             return _login_page("")
         form = await request.post()
         given = str(form.get("password", ""))
-        if self.password is None or hmac.compare_digest(given.encode(), self.password.encode()):
+        if self.password is None or passwords_match(given.encode(), self.password):
             response = _see_other("/")
-            self._new_session(response, view_only=False)
-            log.info("%s signed in with the password", request.remote)
+            self._new_session(response, view_only=False, from_token=False)
+            log.info("%s signed in with the password", _peer(request))
             return response
-        log.warning("wrong password from %s", request.remote)
+        return await self._refuse_login(request, "a wrong password", "Wrong password.")
+
+    async def _refuse_login(self, request: web.Request, what: str, text: str) -> web.Response:
+        """Every failed sign-in (password or token link) comes here: logged, delayed, refused."""
+        log.warning("refused %s from %s", what, _peer(request))
         await asyncio.sleep(FAILED_LOGIN_DELAY)
-        return _login_page("Wrong password.", status=403)
+        return _login_page(text, status=403)
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        """``POST /logout``: end this browser's session and its WebSockets, back to the login."""
+        session = self.signed_in(request)
+        if session is not None:
+            self.end_session(session, "signed out")
+            log.info("%s signed out", _peer(request))
+        response = _see_other("/")
+        response.del_cookie(COOKIE, path="/")
+        return response
 
 
 def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _check_origin(request: web.Request) -> None:
-    """A WebSocket from another site's page is refused: it would act with the user's cookie."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return  # not a browser (spice-html5 pages send one; scripts and tools do not)
-    parts = urlsplit(origin)
-    if parts.netloc.lower() != request.host.lower():
-        log.warning("refused a WebSocket from %s: its page came from %s", request.remote, origin)
-        raise web.HTTPForbidden(text="cross-origin WebSocket refused\n")
+def _peer(request: web.Request) -> str:
+    transport = request.transport
+    return peer_label(transport.get_extra_info("peername") if transport else request.remote)
 
 
 def _login_page(error: str, status: int = 200) -> web.Response:
@@ -155,13 +237,8 @@ def _login_page(error: str, status: int = 200) -> web.Response:
 LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in · Saffron</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body { background: #111; color: #ddd; font: 15px system-ui, sans-serif;
-       display: flex; align-items: center; justify-content: center; height: 100vh; margin: 0; }
-form { background: #1c1c1c; padding: 24px 28px; border-radius: 8px; }
-input { font: inherit; padding: 6px 8px; margin: 8px 0; width: 16em; }
-.error { color: #f77; min-height: 1.2em; }
-</style></head>
+<link rel="stylesheet" href="/static/login.css">
+</head>
 <body><form method="post" action="/login">
 <div>Password for this display</div>
 <input type="password" name="password" autofocus autocomplete="current-password">

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -39,10 +40,11 @@ from ..limits import (
     host_of,
     peer_label,
 )
+from ..net.origin import HostRule
 from ..ratecontrol import RateEstimator
 from ..spice.wire import MAGIC as SPICE_MAGIC
 from ..tls import AdmittedConnection
-from .auth import WebAuth
+from .auth import SESSION_ENDED, Session, WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")
@@ -82,7 +84,34 @@ socket would be reset, and the client might see "connection reset" instead of
 the 503. Short, as refused sockets are outside the caps: a flood of them must
 not hold file descriptors for long."""
 
+WEBSOCKET_PATHS = ("/ws", "/spice")
+"""Where a browser opens a WebSocket: its ``Origin`` is checked even for a GET."""
+
+SAFE_METHODS = ("GET", "HEAD")
+"""Methods that change nothing; any other (the login and sign-out forms) has its Origin checked."""
+
+FOREIGN_PAGES = "/spice-html5/"
+"""Pages served here that are not Saffron's (spice-html5 has inline scripts): they get
+only the framing rules, not Saffron's Content-Security-Policy."""
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'{sockets}; worker-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+"""For Saffron's own pages: no inline script (an injected one would not run), no
+framing by other sites (clickjacking), connections only back to this server. The
+page's mouse pointer is a ``data:`` image, hence ``img-src data:``; ``{sockets}``
+names ws:// and wss:// on the page's host for browsers whose ``'self'`` does not
+cover WebSockets."""
+
+_PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+"""A Host header fit to be written into the policy (nothing that could add a directive)."""
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+WEB_AUTH = web.AppKey("saffron.auth", WebAuth)
+"""The app's :class:`WebAuth`, for a :class:`WebSocket` to find the session it opens under."""
 
 
 class WebViewer:
@@ -324,6 +353,7 @@ class WebServer:
         auth: WebAuth | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limits: ConnectionLimits | None = None,
+        host_rule: HostRule | None = None,
     ) -> None:
         self.display = display
         self.limits = limits if limits is not None else ConnectionLimits()
@@ -338,10 +368,15 @@ class WebServer:
         self.producer = producer
         self.loop = broadcast.loop
         self.auth = auth or WebAuth(None, secure=ssl_context is not None)
+        self.host_rule = host_rule or HostRule(password=self.auth.enabled)
+        """Which Host and Origin requests may bring (DNS rebinding, other web sites)."""
         self.ssl_context = ssl_context
-        self.app = web.Application(middlewares=[self.auth.middleware])
+        self.app = web.Application(middlewares=[self._check_host, self.auth.middleware])
+        self.app[WEB_AUTH] = self.auth
         self.app.on_response_prepare.append(_answered)
+        self.app.on_response_prepare.append(_security_headers)
         self.app.router.add_route("*", "/login", self.auth.login)
+        self.app.router.add_post("/logout", self.auth.logout)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/ws", self._websocket)
         self.app.router.add_get("/metrics", self._metrics)
@@ -409,8 +444,26 @@ class WebServer:
 
     # -- routes ---------------------------------------------------------------
 
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse a Host Saffron does not answer to (DNS rebinding), and a foreign Origin on a
+        WebSocket or a form post: another site's page would act with the user's cookie."""
+        host = request.headers.get("Host")
+        refusal = self.host_rule.host_refusal(host)
+        if refusal is None and (
+            request.path in WEBSOCKET_PATHS or request.method not in SAFE_METHODS
+        ):
+            refusal = self.host_rule.origin_refusal(request.headers.get("Origin"), host)
+        if refusal is not None:
+            transport = request.transport
+            peer = peer_label(transport.get_extra_info("peername") if transport else None)
+            log.warning("refused %s %s from %s: %s", request.method, request.path, peer, refusal)
+            raise web.HTTPForbidden(text=f"refused: {refusal}\n")
+        return await handler(request)
+
     async def _index(self, request: web.Request) -> web.Response:
         page = _static_text("index.html").replace("{{title}}", _html(self.display.info.name))
+        page = page.replace("{{signout}}", SIGN_OUT if self.auth.enabled else "")
         return web.Response(text=page, content_type="text/html")
 
     async def _static(self, request: web.Request) -> web.Response:
@@ -437,7 +490,7 @@ class WebServer:
             await viewer.run()
         finally:
             self.viewers.discard(viewer)
-            log.info("%s left (%s)", viewer.label, viewer.end or _close_reason(ws))
+            log.info("%s left (%s)", viewer.label, viewer.end or ws.ended or _close_reason(ws))
         return ws
 
     async def _no_content(self, request: web.Request) -> web.Response:
@@ -672,6 +725,29 @@ async def _answered(request: web.Request, response: web.StreamResponse) -> None:
         guard.answered(isinstance(response, web.WebSocketResponse))
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer: no framing by another site (clickjacking), no guessing of content
+    types, no address (with its token) sent to another site as a Referer; Saffron's own
+    pages also get the Content-Security-Policy (on_response_prepare)."""
+    headers = response.headers
+    headers["X-Frame-Options"] = "DENY"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes form posts' Origin null
+    if request.path.startswith(FOREIGN_PAGES):
+        headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+        return
+    host = request.headers.get("Host", "")
+    sockets = f" ws://{host} wss://{host}" if _PLAIN_HOST.fullmatch(host) else ""
+    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(sockets=sockets)
+
+
+SIGN_OUT = (
+    '<form id="signout" method="post" action="/logout">'
+    '<button type="submit" title="End this session">sign out</button></form>'
+)
+"""The page's sign-out button, when there is a password to sign in with again."""
+
+
 class WebSocket(web.WebSocketResponse):
     """aiohttp's WebSocketResponse, cut off ``CLOSE_GRACE_S`` after it starts to close.
 
@@ -682,13 +758,37 @@ class WebSocket(web.WebSocketResponse):
     """
 
     _guard: _HttpGuard | None = None
+    _session: Session | None = None
+    _ending: asyncio.Task[bool] | None = None
+    ended = ""
+    """Why Saffron ended it (its session ended), if it did."""
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter:
         transport = request.transport
         guard = transport.get_protocol() if transport is not None else None
         if isinstance(guard, _HttpGuard):
             self._guard = guard
-        return await super().prepare(request)
+        writer = await super().prepare(request)
+        if isinstance(request, web.Request):
+            self._join_session(request)
+        return writer
+
+    def _join_session(self, request: web.Request) -> None:
+        """Opened under a session (a cookie), it is closed when that session ends."""
+        auth = request.app.get(WEB_AUTH)
+        session = auth.signed_in(request) if auth is not None else None
+        if session is not None:
+            self._session = session
+            session.sockets.add(self)
+
+    def end(self, reason: str) -> None:
+        """Its session ended: close it with ``reason``, which the page shows."""
+        if self._ending is None and not self.closed:
+            self.ended = reason
+            peer = self._guard.peer if self._guard is not None else "a web client"
+            log.info("closing the WebSocket of %s: %s", peer, reason)
+            message = reason.encode()[:120]  # a close frame holds 123 bytes
+            self._ending = asyncio.ensure_future(self.close(code=SESSION_ENDED, message=message))
 
     def closing(self) -> None:
         """The connection is to end: cut it off unless it has closed within CLOSE_GRACE_S."""
@@ -699,6 +799,8 @@ class WebSocket(web.WebSocketResponse):
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         self.closing()
+        if self._session is not None:
+            self._session.sockets.discard(self)
         return await super().close(code=code, message=message, drain=drain)
 
 

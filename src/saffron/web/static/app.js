@@ -4,6 +4,7 @@
 const CODEC_IDS = ["h264", "vp9", "vp8", "av1", "mjpeg"];
 const HEADER_SIZE = 24;
 const FLAG_KEYFRAME = 1;
+const SESSION_ENDED = 4001;  // close code: this page's session ended (saffron/web/auth.py)
 
 const canvas = document.getElementById("screen");
 const ctx2d = canvas.getContext("2d", { alpha: false, desynchronized: true });
@@ -246,6 +247,7 @@ function connect() {
   };
   ws.onopen = () => { ping(); };
   ws.onclose = (ev) => {
+    if (ev.code === SESSION_ENDED) { location.reload(); return; }  // back to the login form
     setStatus(ev.reason ? `Disconnected: ${ev.reason}; reconnecting…` : "Disconnected; reconnecting…");
     decoderKey = "";
     setTimeout(connect, 1000);
