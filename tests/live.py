@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from saffron.app import Options, Server
-from saffron.bench import clients
+from saffron.bench.clients import Tally, spice_viewer, web_viewer
 from saffron.display import Display
 from saffron.sources.pattern import PatternSource
 from saffron.spice import wire as w
@@ -91,8 +91,8 @@ class Live:
     web_port: int
     spice_port: int
     records: Records
-    spice_watch: clients.Tally
-    web_watch: clients.Tally
+    spice_watch: Tally
+    web_watch: Tally
     clients: asyncio.AbstractEventLoop
     """The loop the good viewers run on, and any other client of the test (``run``)."""
     baseline: int = 0
@@ -176,16 +176,16 @@ def watched_saffron(
             web_port,
             spice_port,
             records,
-            clients.Tally(),
-            clients.Tally(),
+            Tally(),
+            Tally(),
             clients,
         )
         watchers += [
             asyncio.run_coroutine_threadsafe(
-                clients.spice_viewer("127.0.0.1", spice_port, live.spice_watch), clients
+                spice_viewer("127.0.0.1", spice_port, live.spice_watch), clients
             ),
             asyncio.run_coroutine_threadsafe(
-                clients.web_viewer(f"http://127.0.0.1:{web_port}/", live.web_watch), clients
+                web_viewer(f"http://127.0.0.1:{web_port}/", live.web_watch), clients
             ),
         ]
         assert wait_until(
