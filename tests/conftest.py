@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from saffron.bench.process import SaffronProcess, free_port, running_saffron, saffron_command
+from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
@@ -43,7 +43,7 @@ def run_saffron(
     if "--web" not in args and "--no-web" not in args:
         argv[1:1] = ["--web", f"127.0.0.1:{port}"]  # after the subcommand, before any "--"
     log = ARTIFACTS / f"saffron-{port}.log"
-    with running_saffron(
+    with start_saffron(
         saffron_command(*argv), log, ready=ready, timeout=timeout, web_port=port
     ) as saffron:
         yield saffron

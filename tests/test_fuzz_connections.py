@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from saffron import limits as limits_module
-from saffron.bench.process import SaffronProcess, free_port, running_saffron, saffron_command
+from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
 from tests.conftest import ARTIFACTS
 from tests.live import (
     IO_TIMEOUT,
@@ -259,5 +259,5 @@ def saffron_spice_only(spice: int, *args: str) -> Iterator[SaffronProcess]:
         *("--spice", f"127.0.0.1:{spice}", "--size", "160x96", "--fps", "10", *args),
     )
     log = ARTIFACTS / f"saffron-spice-{spice}.log"
-    with running_saffron(argv, log, ready="remote-viewer spice://", spice_port=spice) as saffron:
+    with start_saffron(argv, log, ready="remote-viewer spice://", spice_port=spice) as saffron:
         yield saffron

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..table import print_table
 from .clients import WebFrame, watch_web
-from .process import SaffronProcess, cpu_seconds, free_port, running_saffron, saffron_command
+from .process import SaffronProcess, cpu_seconds, free_port, saffron_command, start_saffron
 
 
 @contextmanager
@@ -28,7 +28,7 @@ def _saffron(*args: str) -> Iterator[SaffronProcess]:
     argv = saffron_command("serve", *args, "--web", f"127.0.0.1:{port}")
     with (
         tempfile.TemporaryDirectory(prefix="saffron-fanout-") as tmp,
-        running_saffron(argv, Path(tmp) / "saffron.log", web_port=port) as p,
+        start_saffron(argv, Path(tmp) / "saffron.log", web_port=port) as p,
     ):
         yield p
 

@@ -14,8 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +94,8 @@ def saffron_command(*args: str) -> list[str]:
 
 @dataclass
 class SaffronProcess:
-    """A running Saffron: its process, its log, and the ports it was given."""
+    """A running Saffron: its process, its log, and the ports it was given. As a context
+    manager, it is stopped on the way out."""
 
     proc: subprocess.Popen[bytes]
     log: Path
@@ -120,6 +120,12 @@ class SaffronProcess:
         if self.web_port is None:
             raise ValueError("this Saffron serves no web page")
         return metric(self.web_port, name)
+
+    def __enter__(self) -> SaffronProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stop(self, sig: int = signal.SIGTERM, wait: float = STOP_WAIT_S) -> None:
         """Send ``sig`` and wait for it to exit; kill it if it takes longer than ``wait``."""
@@ -165,30 +171,3 @@ def start_saffron(
             raise StartError(f"saffron did not start:\n{p.output()}")
         time.sleep(0.1)
     return p
-
-
-@contextmanager
-def running_saffron(
-    argv: Sequence[str],
-    log: Path,
-    *,
-    ready: str = "open http",
-    timeout: float = 60.0,
-    env: Mapping[str, str] | None = None,
-    web_port: int | None = None,
-    spice_port: int | None = None,
-) -> Iterator[SaffronProcess]:
-    """:func:`start_saffron` for a ``with`` block; stopped on the way out."""
-    p = start_saffron(
-        argv,
-        log,
-        ready=ready,
-        timeout=timeout,
-        env=env,
-        web_port=web_port,
-        spice_port=spice_port,
-    )
-    try:
-        yield p
-    finally:
-        p.stop()

@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import table
 from .clients import WebFrame, watch_web
-from .process import running_saffron, saffron_command
+from .process import saffron_command, start_saffron
 from .stats import percentile
 
 TBF_LATENCY_MS = 50
@@ -145,7 +145,7 @@ def run_mode(
     ]
     with (
         tempfile.TemporaryDirectory(prefix="saffron-slowlink-") as tmp,
-        running_saffron([*exec_ns, *serve], Path(tmp) / "saffron.log", web_port=port),
+        start_saffron([*exec_ns, *serve], Path(tmp) / "saffron.log", web_port=port),
     ):
         out = subprocess.run(
             [*exec_ns, *watch, "--seconds", str(seconds), "--codec", codec],
