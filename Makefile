@@ -23,8 +23,8 @@ demo: setup
 	$(BIN)/saffron serve --web $(WEB) --spice $(SPICE)
 
 lint: setup
-	$(BIN)/ruff check src/saffron tests bench
-	$(BIN)/ruff format --check src/saffron tests bench
+	$(BIN)/ruff check src/saffron tests
+	$(BIN)/ruff format --check src/saffron tests
 	$(BIN)/mypy src/saffron
 
 test: lint

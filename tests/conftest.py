@@ -1,20 +1,18 @@
-"""Shared test helpers: free ports, a Saffron subprocess, Chromium through Playwright;
+"""Shared test helpers: a Saffron subprocess, Chromium through Playwright;
 and the figures some tests leave in ARTIFACTS, in pytest's terminal summary."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
@@ -33,69 +31,22 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class SaffronProcess:
-    def __init__(self, proc: subprocess.Popen[str], web_port: int, log: Path) -> None:
-        self.proc = proc
-        self.web_port = web_port
-        self.log = log
-        self.url = f"http://127.0.0.1:{web_port}/"
-
-    def metric(self, name: str) -> float:
-        """Sum of a metric's samples from /metrics."""
-        with urllib.request.urlopen(self.url + "metrics", timeout=10) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
 @contextmanager
 def run_saffron(
     *args: str, ready: str = "open http", timeout: float = 60
 ) -> Iterator[SaffronProcess]:
-    """``saffron serve`` as a subprocess; yields once it printed ``ready``."""
+    """``saffron ARGS`` as a subprocess (saffron.bench.process), with a web port of its
+    own unless ARGS name one; yields once it printed ``ready``. Its log stays in
+    ARTIFACTS."""
     port = free_port()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / f"saffron-{port}.log"
-    cmd = [sys.executable, "-m", "saffron.cli", *args]
+    argv = list(args)
     if "--web" not in args and "--no-web" not in args:
-        cmd[4:4] = ["--web", f"127.0.0.1:{port}"]  # after the subcommand, before any "--"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + timeout
-    try:
-        while ready not in log.read_text():
-            if proc.poll() is not None:
-                raise AssertionError(f"saffron exited early:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"saffron did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield SaffronProcess(proc, port, log)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        argv[1:1] = ["--web", f"127.0.0.1:{port}"]  # after the subcommand, before any "--"
+    log = ARTIFACTS / f"saffron-{port}.log"
+    with start_saffron(
+        saffron_command(*argv), log, ready=ready, timeout=timeout, web_port=port
+    ) as saffron:
+        yield saffron
 
 
 @pytest.fixture(scope="module")

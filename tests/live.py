@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from saffron import soak
 from saffron.app import Options, Server
+from saffron.bench.clients import Tally, spice_viewer, web_viewer
 from saffron.display import Display
 from saffron.sources.pattern import PatternSource
 from saffron.spice import wire as w
@@ -91,8 +91,8 @@ class Live:
     web_port: int
     spice_port: int
     records: Records
-    spice_watch: soak.Tally
-    web_watch: soak.Tally
+    spice_watch: Tally
+    web_watch: Tally
     clients: asyncio.AbstractEventLoop
     """The loop the good viewers run on, and any other client of the test (``run``)."""
     baseline: int = 0
@@ -141,7 +141,7 @@ def watched_saffron(
     **options: Any,
 ) -> Iterator[Live]:
     """A whole Saffron (web and SPICE, MJPEG at 30 fps) running in-process on its own
-    loop, with a SPICE viewer and a web viewer (saffron.soak's) watching it from
+    loop, with a SPICE viewer and a web viewer (saffron.bench.clients') watching it from
     another. ``level`` is the saffron logger's while it runs; ``options`` go to
     :class:`Options`. On the way out: both viewers still watching, nothing logged
     as an error."""
@@ -176,16 +176,16 @@ def watched_saffron(
             web_port,
             spice_port,
             records,
-            soak.Tally(),
-            soak.Tally(),
+            Tally(),
+            Tally(),
             clients,
         )
         watchers += [
             asyncio.run_coroutine_threadsafe(
-                soak.spice_viewer("127.0.0.1", spice_port, live.spice_watch), clients
+                spice_viewer("127.0.0.1", spice_port, live.spice_watch), clients
             ),
             asyncio.run_coroutine_threadsafe(
-                soak.web_viewer(f"http://127.0.0.1:{web_port}/", live.web_watch), clients
+                web_viewer(f"http://127.0.0.1:{web_port}/", live.web_watch), clients
             ),
         ]
         assert wait_until(

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from saffron import cli, soak
+from saffron import cli
+from saffron.bench import soak
 
 
 def test_bench_soak_runs_the_soak_for_the_given_seconds(

@@ -6,7 +6,7 @@ import asyncio
 import re
 import urllib.request
 
-from saffron import soak
+from saffron.bench import clients
 from saffron.spice.wire import ChannelType
 from tests.conftest import run_saffron
 
@@ -26,7 +26,7 @@ def test_port_zero_announces_the_ports_the_system_chose() -> None:
             assert page.status == 200 and b"<canvas" in page.read()
 
         async def link() -> None:
-            _, writer, _ = await soak.spice_link("127.0.0.1", spice_port, ChannelType.MAIN)
+            _, writer, _ = await clients.spice_link("127.0.0.1", spice_port, ChannelType.MAIN)
             writer.close()
 
         asyncio.run(link())

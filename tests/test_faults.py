@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse
 
-from saffron import soak
+from saffron.bench import clients
+from saffron.bench.process import free_port, start_saffron
 from saffron.display import Display
 from saffron.encoders.base import Encoder, EncoderError
 from saffron.encoders.registry import create_encoder
@@ -57,7 +58,7 @@ class StallingPattern(PatternSource):
 VICTIM = textwrap.dedent(
     r"""
     import asyncio, socket, struct, sys, time
-    from saffron import soak
+    from saffron.bench import clients
     from saffron.spice import wire as w
 
     kind, port = sys.argv[1], int(sys.argv[2])
@@ -68,15 +69,15 @@ VICTIM = textwrap.dedent(
     )
 
     async def spice(half_sent):
-        reader, writer, mini = await soak.spice_link("127.0.0.1", port, w.ChannelType.MAIN)
-        main = soak.SpiceChannel(reader, writer, mini)
+        reader, writer, mini = await clients.spice_link("127.0.0.1", port, w.ChannelType.MAIN)
+        main = clients.SpiceChannel(reader, writer, mini)
         async for raw in main.messages():
             if raw.type == w.MainInit.TYPE:
                 session = w.MainInit.unpack(raw.body).session_id
                 break
-        reader, writer, mini = await soak.spice_link(
+        reader, writer, mini = await clients.spice_link(
             "127.0.0.1", port, w.ChannelType.DISPLAY, connection_id=session,
-            channel_caps=soak.SPICE_GTK_DISPLAY_CAPS)
+            channel_caps=clients.SPICE_GTK_DISPLAY_CAPS)
         writer.write(w.frame(w.DisplayInit(1, 1000, 1, 1000), mini=mini))
         await reader.read(4096)  # the first bytes of the display channel, then stop reading
         if half_sent:  # half an inputs-like message: a header promising 12 bytes, 3 given
@@ -294,7 +295,7 @@ def test_spice_gtk_keeps_watching_when_h264_breaks() -> None:
 # -- what cannot start says why -------------------------------------------------------------------
 
 
-def _saffron(*args: str, env: dict[str, str] | None = None, code: str = "") -> list[str]:
+def _saffron(*args: str, code: str = "") -> list[str]:
     """The command line of ``saffron`` (after ``code``, run first in the same process)."""
     boot = code + "\nimport sys\nfrom saffron.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     return [sys.executable, "-c", boot, *args]
@@ -304,35 +305,22 @@ def _no_traceback(text: str) -> None:
     assert "Traceback" not in text and " ERROR " not in text, text
 
 
-def test_no_egl_falls_back_to_numpy() -> None:
+def test_no_egl_falls_back_to_numpy(tmp_path: Path) -> None:
     """A host without an EGL driver (glvnd finds no vendor): the demo draws with NumPy,
     says so in one line, and the page gets frames."""
     env = {
         **os.environ,
         "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent/egl-vendor.json",
         "__EGL_VENDOR_LIBRARY_DIRS": "/nonexistent",
-        "PYTHONUNBUFFERED": "1",
     }
-    port = soak.free_port()
-    proc = subprocess.Popen(
-        _saffron("serve", "--size", "160x96", "--fps", "15", "--web", f"127.0.0.1:{port}"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
-        daemon=True,
-    )
-    reader.start()
+    port = free_port()
+    argv = _saffron("serve", "--size", "160x96", "--fps", "15", "--web", f"127.0.0.1:{port}")
+    saffron = start_saffron(argv, tmp_path / "saffron.log", env=env, web_port=port)
     try:
-        assert wait_until(lambda: any("open http" in line for line in lines), 60), lines
-        tally = soak.Tally()
+        tally = clients.Tally()
 
         async def watch() -> None:
-            task = asyncio.ensure_future(soak.web_viewer(f"http://127.0.0.1:{port}/", tally))
+            task = asyncio.ensure_future(clients.web_viewer(saffron.url, tally))
             for _ in range(600):
                 if tally.frames >= 3:
                     break
@@ -342,10 +330,8 @@ def test_no_egl_falls_back_to_numpy() -> None:
         asyncio.run(watch())
         assert tally.frames >= 3
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-        reader.join(5)
-    text = "".join(lines)
+        saffron.stop(signal.SIGINT, wait=30)
+    text = saffron.output()
     fallback = [line for line in text.splitlines() if "OpenGL through EGL is not available" in line]
     assert len(fallback) == 1 and fallback[0].rstrip().endswith("drawing with NumPy"), text
     _no_traceback(text)
@@ -372,7 +358,7 @@ def test_no_working_encoder() -> None:
             "--source",
             "pattern",
             "--web",
-            f"127.0.0.1:{soak.free_port()}",
+            f"127.0.0.1:{free_port()}",
             code=NO_ENCODERS,
         ),
         capture_output=True,

@@ -17,14 +17,14 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from saffron import limits as limits_module
-from tests.conftest import free_port
+from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
+from tests.conftest import ARTIFACTS
 from tests.live import (
     IO_TIMEOUT,
     Live,
@@ -239,43 +239,25 @@ def test_cli_flags() -> None:
     assert bad.returncode == 2 and "--max-connections: 0 must be above zero" in bad.stderr
 
     spice = free_port()
-    with saffron_spice_only(spice, "--max-per-address", "2") as log:
+    with saffron_spice_only(spice, "--max-per-address", "2") as saffron:
         socks = open_many(spice, "127.0.0.1", 3)
         try:
             assert wait_until(lambda: len(closed_by_server(socks)) == 1)
-            assert wait_until(lambda: "(--max-per-address)" in "".join(log))
+            assert wait_until(lambda: "(--max-per-address)" in saffron.output())
         finally:
             close_all(socks)
-    text = "".join(log)
+    text = saffron.output()
     assert "refused a SPICE connection from 127.0.0.1: 2 connections" in text, text
     assert "Traceback" not in text and " ERROR " not in text, text
 
 
 @contextlib.contextmanager
-def saffron_spice_only(spice: int, *args: str) -> Iterator[list[str]]:
-    """``saffron serve`` with SPICE only; yields its output lines as they come."""
-    cmd = [
-        *(sys.executable, "-m", "saffron.cli", "serve", "--source", "pattern", "--no-web"),
+def saffron_spice_only(spice: int, *args: str) -> Iterator[SaffronProcess]:
+    """``saffron serve`` with SPICE only, its log in the test artifacts."""
+    argv = saffron_command(
+        *("serve", "--source", "pattern", "--no-web"),
         *("--spice", f"127.0.0.1:{spice}", "--size", "160x96", "--fps", "10", *args),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, ""):
-            lines.append(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        assert wait_until(lambda: "remote-viewer spice://" in "".join(lines), timeout=60), lines
-        yield lines
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
+    )
+    log = ARTIFACTS / f"saffron-spice-{spice}.log"
+    with start_saffron(argv, log, ready="remote-viewer spice://", spice_port=spice) as saffron:
+        yield saffron

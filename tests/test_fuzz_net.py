@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saffron import limits as limits_module
-from saffron import soak
+from saffron.bench import clients
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
 from saffron.web import server as web_server_module
@@ -72,7 +72,7 @@ FUZZ = settings(
 PROGRESS_EVERY = 10
 """Attempts between two checks that the good viewers still receive frames."""
 
-CLIENT_CAPS = soak.CLIENT_COMMON_CAPS
+CLIENT_CAPS = clients.CLIENT_COMMON_CAPS
 MINI_OFF_CAPS = w.make_caps([w.CommonCap.PROTOCOL_AUTH_SELECTION, w.CommonCap.AUTH_SPICE])
 
 
@@ -306,7 +306,7 @@ def link_bytes(draw: st.DrawFn) -> bytes:
             | st.lists(st.integers(0, 2**32 - 1), max_size=3).map(tuple)
         ),
         draw(
-            st.sampled_from([(), soak.SPICE_GTK_DISPLAY_CAPS])
+            st.sampled_from([(), clients.SPICE_GTK_DISPLAY_CAPS])
             | st.lists(st.integers(0, 2**32 - 1), max_size=3).map(tuple)
         ),
     ).pack()
@@ -508,7 +508,7 @@ def test_fuzz_spice_channels(fuzz: Fuzz, data: st.DataObject) -> None:
     channel = data.draw(st.sampled_from([1, 2, 3, 4]))
     mini = data.draw(st.booleans())
     common = CLIENT_CAPS if mini else MINI_OFF_CAPS
-    caps = data.draw(st.sampled_from([(), soak.SPICE_GTK_DISPLAY_CAPS, (0xFFFFFFFF,)]))
+    caps = data.draw(st.sampled_from([(), clients.SPICE_GTK_DISPLAY_CAPS, (0xFFFFFFFF,)]))
     messages = data.draw(channel_messages(channel, mini))
     chunks = split(messages, data.draw(st.lists(st.integers(0, 1 << 10), max_size=3)))
     with fuzz.attempt():

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from saffron import loadbench
+from saffron.bench import fanout
 
 pytestmark = pytest.mark.e2e
 
 
 def test_many_viewers_share_one_encode() -> None:
-    rows = loadbench.fanout(counts=(1, 10), seconds=3, fps=15, size="640x360")
+    rows = fanout.fanout(counts=(1, 10), seconds=3, fps=15, size="640x360")
     one, ten = rows
     # Ten viewers each got frames, and the server encoded about as many as for one.
     assert ten["min_viewer_fps"] > 0
@@ -19,6 +19,6 @@ def test_many_viewers_share_one_encode() -> None:
 
 
 def test_no_viewer_no_encode_and_a_still_picture_sends_nothing_more() -> None:
-    no_viewer, still = loadbench.idle(seconds=3)
+    no_viewer, still = fanout.idle(seconds=3)
     assert no_viewer["frames_encoded"] == 0
     assert still["frames_sent_after_settle"] == 0

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from saffron import netbench
+from saffron.bench import slowlink
 
 pytestmark = pytest.mark.e2e
 
 
 def test_newest_wins_bounds_frame_age_where_a_fifo_grows() -> None:
-    result = netbench.run(12, link_kbit=4000, bitrate=20000, codec="h264", fps=60)
-    netbench.print_table(result)
+    result = slowlink.run(12, link_kbit=4000, bitrate=20000, codec="h264", fps=60)
+    slowlink.print_table(result)
     rows = {r["mode"]: r for r in result["rows"]}
     shipped = rows["newest-wins + rate control"]
     newest = rows["newest-wins, fixed bitrate"]

@@ -1,7 +1,7 @@
 """The QEMU source: real QEMU (7.2 here) on a private bus, plus a stand-in for the GL paths.
 
 The real-QEMU tests boot either no disk at all (SeaBIOS draws its text screen)
-or the test guest from ``tests/guest/build_guest.py`` (a Debian kernel and a
+or the test guest from ``saffron.bench.guest`` (a Debian kernel and a
 busybox initramfs whose ``/init`` moves a band of noise across ``/dev/fb0`` and
 paints every key it receives). QEMU runs with ``-accel tcg``.
 
@@ -14,12 +14,10 @@ peer-to-peer connection and passes a memfd, which maps like a linear dma-buf
 from __future__ import annotations
 
 import array
-import importlib.util
 import os
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +40,7 @@ from jeepney.low_level import (
     Parser,
 )
 
+from saffron.bench import guest as build_guest
 from saffron.display import Display, Frame, Rect
 from saffron.sources import qemu as Q
 from saffron.sources.keymap import button_to_qemu, scancode_to_qnum
@@ -58,19 +57,6 @@ needs_qemu = pytest.mark.e2e
 
 
 needs_dbus = pytest.mark.e2e
-
-
-def _load_build_guest() -> Any:
-    path = Path(__file__).parent / "guest" / "build_guest.py"
-    spec = importlib.util.spec_from_file_location("saffron_test_build_guest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
-
-
-build_guest = _load_build_guest()
 
 
 # -- helpers -----------------------------------------------------------------------------

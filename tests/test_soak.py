@@ -1,4 +1,4 @@
-"""A minute of the soak (saffron.soak): 60 fps, five viewers coming and going, web and
+"""A minute of the soak (saffron.bench.soak): 60 fps, five viewers coming and going, web and
 SPICE mixed. The assertions are on resources, not on time: memory grows less than
 20 MB after the warm-up, open descriptors come back to their baseline, the log has
 no error or traceback, no viewer failed or was cut off, the viewers connected on
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from saffron import soak
+from saffron.bench import soak
 from tests.conftest import ARTIFACTS
 
 

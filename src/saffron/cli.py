@@ -1,4 +1,5 @@
-"""``saffron serve | qemu | probe | bench``: the command line."""
+"""``saffron serve | qemu | probe``: the command line, and the subcommands plugged into it
+(``saffron bench``, see ``COMMANDS``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .app import SPICE_HTML5, Options, Server, StartupError
@@ -230,29 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="list the encoders and whether they work here")
     probe.add_argument("-v", "--verbose", action="count", default=0)
 
-    bench = sub.add_parser("bench", help="measure the frame path")
-    bench.add_argument("--json", type=Path, help="write the results here")
-    what = bench.add_mutually_exclusive_group()
-    what.add_argument(
-        "--full",
-        action="store_true",
-        help="also the slow link (root), fan-out, idle and spice-server tables (minutes)",
-    )
-    what.add_argument(
-        "--soak",
-        action="store_true",
-        help="instead, the soak: 60 fps, 5 web and SPICE viewers coming and going, "
-        "watched for leaks (10 minutes)",
-    )
-    bench.add_argument(
-        "--soak-seconds", type=float, default=600.0, help="length of the soak (default 600)"
-    )
-    bench.add_argument("--codecs", help="comma-separated codecs (default: all software)")
-    bench.add_argument("--sizes", help="comma-separated WxH (default 1280x720,1920x1080)")
-    bench.add_argument("--seconds", type=float, default=3.0, help="length of each run")
-    bench.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
-    bench.add_argument("-v", "--verbose", action="count", default=0)
+    _add_plugged_commands(sub)
     return parser
+
+
+COMMANDS = "saffron.commands"
+"""The entry-point group of subcommands that live outside the product (``saffron bench``,
+in saffron.bench): each entry is a function given the subparsers, which adds its own
+parser with a ``handler`` default (a function of the parsed arguments that returns the
+exit status). The product finds them by name and never imports them."""
+
+
+def _add_plugged_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for entry in entry_points(group=COMMANDS):
+        try:
+            register = entry.load()
+        except (ImportError, AttributeError) as exc:  # a stale install: serve still works
+            print(f"saffron: no {entry.name!r} command: {exc}", file=sys.stderr)
+            continue
+        register(sub)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -449,10 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "probe":
             return probe(args)
-        if args.command == "bench":
-            from .bench import run_bench
-
-            return run_bench(args)
+        handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+        if handler is not None:
+            return handler(args)
         if args.command == "qemu":
             from .qemu_cli import run_qemu
 

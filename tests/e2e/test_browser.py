@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import ARTIFACTS, free_port, run_saffron
+from saffron.bench.process import free_port
+from tests.conftest import ARTIFACTS, run_saffron
 
 pytestmark = pytest.mark.e2e
 

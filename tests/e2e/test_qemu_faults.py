@@ -2,7 +2,7 @@
 
 Either way Saffron must say what happened in one plain line, tell its viewers,
 exit by itself with a status that mirrors QEMU's, and print no traceback and no
-ERROR line. The viewers are the light ones from saffron.soak (they acknowledge
+ERROR line. The viewers are the light ones from saffron.bench.clients (they acknowledge
 frames without decoding them); the VM is SeaBIOS with no disk, whose text
 screen is on the display a moment after QEMU starts.
 """
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from saffron import soak
-from tests.conftest import ARTIFACTS, free_port, run_saffron
+from saffron.bench import clients
+from saffron.bench.process import free_port
+from tests.conftest import ARTIFACTS, run_saffron
 
 pytestmark = pytest.mark.e2e
 
@@ -49,11 +50,11 @@ def problems(output: str) -> list[str]:
 
 async def _watch_then_kill(
     saffron_pid: int, web_port: int, spice_port: int
-) -> tuple[soak.Tally, soak.Tally, list[BaseException | None]]:
-    web, spice = soak.Tally(), soak.Tally()
+) -> tuple[clients.Tally, clients.Tally, list[BaseException | None]]:
+    web, spice = clients.Tally(), clients.Tally()
     tasks = [
-        asyncio.ensure_future(soak.web_viewer(f"http://127.0.0.1:{web_port}/", web)),
-        asyncio.ensure_future(soak.spice_viewer("127.0.0.1", spice_port, spice)),
+        asyncio.ensure_future(clients.web_viewer(f"http://127.0.0.1:{web_port}/", web)),
+        asyncio.ensure_future(clients.spice_viewer("127.0.0.1", spice_port, spice)),
     ]
     try:
         deadline = time.monotonic() + TIMEOUT

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run_saffron
-from tests.guest import build_guest
+from saffron.bench import guest as build_guest
+from saffron.bench.process import free_port
+from saffron.bench.spice_gtk import SYSTEM_PYTHON, script_env
+from saffron.bench.spice_server import GTK_FRAMES
+from tests.conftest import run_saffron
 
 pytestmark = pytest.mark.e2e
 
@@ -18,12 +21,14 @@ QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults",
 
 
 def gtk_viewer(port: int, *args: str) -> dict[str, object]:
-    """bench/gtk_frames.py: spice-gtk through its GObject bindings, with the system python3."""
+    """saffron/bench/gtk_frames.py: spice-gtk through its GObject bindings, with the system
+    python3."""
     out = subprocess.run(
-        ["/usr/bin/python3", str(ROOT / "bench" / "gtk_frames.py"), "--port", str(port), *args],
+        [SYSTEM_PYTHON, str(GTK_FRAMES), "--port", str(port), *args],
         capture_output=True,
         text=True,
         timeout=180,
+        env=script_env(),
     )
     assert out.returncode == 0, out.stderr
     report: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from saffron.bench import guest as build_guest
 from saffron.sources.qemu import start_qemu
 from tests.conftest import ARTIFACTS, run_saffron
-from tests.guest import build_guest
 
 pytestmark = pytest.mark.e2e
 

@@ -4,8 +4,10 @@
 It connects, reads the primary surface's pixels (the pointer spice-gtk hands out
 in ``display-primary-create``), and for every ``display-invalidate`` decodes the
 capture time the producer wrote in rows 0-15 (saffron.sources.pattern's stamp),
-so it can count the frames it showed and when it showed them. Optionally it asks
-for a codec, types keys and moves the mouse, and, once told on stdin that the
+so it can count the frames it showed and when it showed them. The surface grab and
+the stamp reader are Saffron's (saffron.bench.spice_gtk, saffron.sources.pattern),
+importable here through the environment saffron.bench.spice_gtk.script_env() gives.
+Optionally it asks for a codec, types keys and moves the mouse, and, once told on stdin that the
 producer stopped, waits for the picture to settle and dumps it.
 
 It prints JSON lines: ``{"phase": ...}`` progress lines, and a final report.
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import sys
 import time
@@ -23,22 +24,11 @@ import time
 import gi
 import numpy as np
 
+from saffron.bench.spice_gtk import CODECS, Surface
+from saffron.sources.pattern import read_stamp
+
 gi.require_version("SpiceClientGLib", "2.0")
 from gi.repository import GLib, GObject, SpiceClientGLib  # noqa: E402
-
-CODECS = {"mjpeg": 1, "vp8": 2, "h264": 3, "vp9": 4}
-STAMP_BITS = 64
-
-
-def read_stamp(pixels: np.ndarray) -> int:
-    """The 64-bit capture time in rows 0-15: one black or white cell per bit."""
-    width = pixels.shape[1]
-    centres = ((np.arange(STAMP_BITS) * 2 + 1) * width) // (2 * STAMP_BITS)
-    band = pixels[4:12, centres, :3].astype(np.int32).mean(axis=(0, 2))
-    value = 0
-    for bit in band > 127:
-        value = (value << 1) | int(bit)
-    return value
 
 
 def emit(obj: dict) -> None:
@@ -67,7 +57,7 @@ class Client:
         self.display = None
         self.inputs = None
         self.inputs_ready = False
-        self.surface = None  # (pointer, width, height, stride)
+        self.surface: Surface | None = None
         self.marked = False
         self.ready_at = None
         self.measure_from = None
@@ -143,7 +133,7 @@ class Client:
     # -- the display ------------------------------------------------------------------
 
     def on_primary_create(self, channel, fmt, width, height, stride, shmid, imgdata) -> None:
-        self.surface = (imgdata, width, height, stride)
+        self.surface = Surface(imgdata, width, height, stride)
         self.report["width"], self.report["height"] = width, height
         self.report["format"] = fmt
 
@@ -157,11 +147,7 @@ class Client:
             emit({"phase": "ready"})
 
     def pixels(self) -> np.ndarray | None:
-        if self.surface is None:
-            return None
-        ptr, width, height, stride = self.surface
-        buf = (ctypes.c_uint8 * (stride * height)).from_address(ptr)
-        return np.frombuffer(buf, np.uint8).reshape(height, stride // 4, 4)[:, :width]
+        return None if self.surface is None else self.surface.pixels()
 
     def on_invalidate(self, channel, x, y, w, h) -> None:
         now = time.time()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from saffron.bench.spice_gtk import SYSTEM_PYTHON, script_env
 from saffron.broadcast import Broadcast
 from saffron.display import Button, Display, DisplayInfo, Rect
 from saffron.encoders.base import Packet
@@ -33,7 +33,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
 GTK_CLIENT = HERE / "gtk_client.py"
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 T = TypeVar("T")
 
@@ -225,14 +224,13 @@ def run_gtk_client(
     does; after the "measured" and "still-N" phases the client waits for a line on
     stdin, which is sent once that phase's function returned.
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     proc = subprocess.Popen(
         [SYSTEM_PYTHON, str(GTK_CLIENT), "--port", str(port), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=script_env(),
     )
     err_lines: list[str] = []
     reader = threading.Thread(

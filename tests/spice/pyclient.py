@@ -22,6 +22,7 @@ from wsproto.events import (
     Request,
 )
 
+from saffron.bench.clients import CLIENT_COMMON_CAPS
 from saffron.spice.link import encrypt_ticket
 from saffron.spice.wire import (
     MAX_SERVER_MESSAGE_SIZE,
@@ -43,15 +44,12 @@ from saffron.spice.wire import (
     SetAck,
     frame,
     has_cap,
-    make_caps,
     parse,
 )
 
 M = TypeVar("M", bound=Message)
 
-CLIENT_COMMON = make_caps(
-    [CommonCap.PROTOCOL_AUTH_SELECTION, CommonCap.AUTH_SPICE, CommonCap.MINI_HEADER]
-)
+CLIENT_COMMON = CLIENT_COMMON_CAPS
 
 
 class Closed(Exception):

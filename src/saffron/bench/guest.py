@@ -4,8 +4,9 @@ Nothing binary is committed. The first run downloads two Debian packages with
 ``apt-get download`` (the versioned ``linux-image-*`` package that
 ``linux-image-amd64`` depends on, and ``busybox-static``), takes out the few
 files it needs (the kernel, the ``evdev`` module, the static busybox) and packs
-an initramfs (cpio "newc", gzip) written by this script. Later runs reuse the
-cache (``.cache/guest/`` at the top of the repository, which git ignores).
+an initramfs (cpio "newc", gzip) written by this module. Later runs reuse the
+cache (``.cache/guest/`` at the top of a source checkout, which git ignores;
+elsewhere ``$XDG_CACHE_HOME/saffron/guest``).
 
 The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
 32 bpp VESA framebuffer; with QEMU's VGA BIOS ``vga=0x318`` gives 24 bpp):
@@ -19,7 +20,9 @@ The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
   console line below it and on the serial port;
 * prints ``saffron-guest: ready`` on the serial port once it waits for keys.
 
-Run it as a script to build (or find) the guest and print the two paths.
+The tests and ``saffron bench --full`` boot it under QEMU. Run it
+(``python -m saffron.bench.guest``) to build (or find) the guest and print the
+two paths.
 """
 
 from __future__ import annotations
@@ -36,8 +39,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CACHE = REPO / ".cache" / "guest"
+
+def _cache_root() -> Path:
+    """The checkout's .cache (src/saffron/bench/ is three levels below it), else the user's."""
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "saffron"
+
+
+DEFAULT_CACHE = _cache_root() / "guest"
 
 WIDTH, HEIGHT = 1024, 768
 KEY_ROW = 608

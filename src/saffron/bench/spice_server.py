@@ -1,12 +1,14 @@
 """The test guest under QEMU's own SPICE server and under `saffron qemu`, side by side.
 
-Both are watched by the same spice-gtk viewer (bench/gtk_frames.py, system
-python3) through a byte-counting TCP proxy. Per server and codec: distinct
+Both are watched by the same spice-gtk viewer (gtk_frames.py beside this module,
+run by the system python3, which has spice-gtk's bindings) through a
+byte-counting TCP proxy. Per server and codec: distinct
 pictures shown per second, bytes on the wire, key-to-picture delay (a key typed
 in the viewer until the guest's key strip shows it: input, guest, encode,
 network, decode), and the CPU of QEMU and of Saffron.
 
-    python bench/spice_vs_saffron.py [--seconds 20] [--json FILE]
+    saffron bench --full                                   # with the other tables
+    python -m saffron.bench.spice_server [--seconds 20] [--json FILE]  # just this
 """
 
 from __future__ import annotations
@@ -14,20 +16,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from saffron.loadbench import cpu_seconds, free_port  # noqa: E402
-from saffron.table import print_table  # noqa: E402
-from tests.guest import build_guest  # noqa: E402
+from ..table import print_table
+from .guest import DEFAULT_CACHE, Guest, build_guest, missing_tools
+from .process import cpu_seconds, free_port, saffron_command, wait_file, wait_port
+from .spice_gtk import SYSTEM_PYTHON, script_env
+
+GTK_FRAMES = Path(__file__).with_name("gtk_frames.py")
+"""The spice-gtk viewer, a script for the system python3 (spice-gtk's GObject bindings)."""
 
 QEMU = [
     "qemu-system-x86_64",
@@ -69,33 +74,14 @@ class Proxy:
         await asyncio.gather(pipe(cr, sw, False), pipe(sr, cw, True), return_exceptions=True)
 
 
-def wait_file(path: Path, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {text!r} in {path}")
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 def watch(port: int, codec: str, seconds: float, pids: dict[str, int]) -> dict[str, Any]:
     proxy = Proxy(port)
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
     out = subprocess.run(
         [
-            "/usr/bin/python3",
-            str(ROOT / "bench" / "gtk_frames.py"),
+            SYSTEM_PYTHON,
+            str(GTK_FRAMES),
             "--port",
             str(proxy.port),
             "--codec",
@@ -108,6 +94,7 @@ def watch(port: int, codec: str, seconds: float, pids: dict[str, int]) -> dict[s
         capture_output=True,
         text=True,
         timeout=seconds + 120,
+        env=script_env(),
     )
     wall = time.monotonic() - t0
     cpu = {k: (cpu_seconds(p) - cpu0[k]) / wall for k, p in pids.items()}
@@ -124,7 +111,7 @@ def watch(port: int, codec: str, seconds: float, pids: dict[str, int]) -> dict[s
     }
 
 
-def run_spice_server(codec: str, seconds: float, guest: Any, tmp: Path) -> dict[str, Any]:
+def run_spice_server(codec: str, seconds: float, guest: Guest, tmp: Path) -> dict[str, Any]:
     port = free_port()
     serial = tmp / f"serial-spice-{codec}.log"
     qemu = subprocess.Popen(
@@ -151,15 +138,12 @@ def run_spice_server(codec: str, seconds: float, guest: Any, tmp: Path) -> dict[
         qemu.wait()
 
 
-def run_saffron(codec: str, seconds: float, guest: Any, tmp: Path) -> dict[str, Any]:
+def run_saffron(codec: str, seconds: float, guest: Guest, tmp: Path) -> dict[str, Any]:
     port = free_port()
     serial = tmp / f"serial-saffron-{codec}.log"
     log = open(tmp / f"saffron-{codec}.log", "w")  # noqa: SIM115
     saffron = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "saffron.cli",
+        saffron_command(
             "qemu",
             "--no-web",
             "--spice",
@@ -169,7 +153,7 @@ def run_saffron(codec: str, seconds: float, guest: Any, tmp: Path) -> dict[str, 
             "--",
             *QEMU,
             *guest.qemu_args(serial),
-        ],
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -203,21 +187,34 @@ def _qemu_below(pid: int) -> int:
     raise RuntimeError("QEMU not found under saffron")
 
 
+class CannotRun(RuntimeError):
+    """What this host lacks for the comparison (QEMU, spice-gtk, the guest's tools)."""
+
+
+def run(seconds: float = 20, codecs: Sequence[str] = ("mjpeg", "h264")) -> list[dict[str, Any]]:
+    """Both servers for each codec, one after the other; prints the table, returns its rows."""
+    missing = [*missing_tools(), *(t for t in (QEMU[0], SYSTEM_PYTHON) if not shutil.which(t))]
+    if missing:
+        raise CannotRun(f"missing {', '.join(missing)}")
+    guest = build_guest()
+    tmp = DEFAULT_CACHE.parent / "bench-spice"
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for codec in codecs:
+        for runner in (run_spice_server, run_saffron):
+            print(f"... {runner.__name__} {codec}", file=sys.stderr, flush=True)
+            rows.append(runner(codec, seconds, guest, tmp))
+    print_table(rows, "Test guest (1024x768, moving band, keys) watched by spice-gtk; CPU in cores")
+    return rows
+
+
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--codecs", default="mjpeg,h264")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    guest = build_guest.build_guest()
-    tmp = ROOT / ".cache" / "bench-spice"
-    tmp.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for codec in args.codecs.split(","):
-        for runner in (run_spice_server, run_saffron):
-            print(f"... {runner.__name__} {codec}", file=sys.stderr, flush=True)
-            rows.append(runner(codec, args.seconds, guest, tmp))
-    print_table(rows, "Test guest (1024x768, moving band, keys) watched by spice-gtk; CPU in cores")
+    rows = run(args.seconds, args.codecs.split(","))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -6,8 +6,8 @@ their own whose loopback is shaped with ``tc tbf`` to a few Mbit/s. The
 viewer decodes every frame with FFmpeg, reads the capture time back from the
 pixels and records the frame's age. Needs root (namespaces, tc).
 
-    saffron bench --full          # the minute-long version, with the other tables
-    python -m saffron.netbench    # just this
+    saffron bench --full                 # the minute-long version, with the other tables
+    python -m saffron.bench.slowlink     # just this
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from . import table
+from .. import table
+from .clients import WebFrame, watch_web
+from .process import saffron_command, start_saffron
+from .stats import percentile
 
 TBF_LATENCY_MS = 50
 """How long tbf may hold a packet before dropping it: a short queue, as a busy
@@ -65,48 +70,31 @@ def shaped_namespace(rate_kbit: int) -> Iterator[str]:
 
 
 async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
-    """Watch ``url`` for ``seconds``: every frame decoded, its age read from its pixels."""
+    """Watch the page at ``url`` for ``seconds``: every frame decoded, its age read from
+    its pixels."""
     import av
     import numpy as np
-    from aiohttp import ClientSession, WSMsgType
     from av.video.codeccontext import VideoCodecContext
 
-    from .sources.pattern import read_stamp
-    from .web.protocol import unpack_video
+    from ..sources.pattern import read_stamp
 
     decoder = av.CodecContext.create({"h264": "h264", "vp8": "vp8", "vp9": "vp9"}[codec], "r")
     assert isinstance(decoder, VideoCodecContext)
     samples: list[tuple[float, float]] = []  # (seconds since start, age ms)
     received = 0
     start = time.monotonic()
-    async with ClientSession() as session, session.ws_connect(url, max_msg_size=0) as ws:
-        await ws.receive()  # hello
-        await ws.send_str(json.dumps({"type": "start", "codec": codec}))
-        while time.monotonic() - start < seconds:
-            try:
-                msg = await asyncio.wait_for(ws.receive(), 2)
-            except TimeoutError:
-                continue
-            if msg.type != WSMsgType.BINARY:
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    break
-                continue
-            header, data = unpack_video(msg.data)
-            received += len(msg.data)
-            for frame in decoder.decode(av.Packet(data)):
-                pixels = np.asarray(frame.to_ndarray(format="bgra"), np.uint8)
-                age = (time.time_ns() // 1000 - read_stamp(pixels)) / 1000
-                if 0 <= age < 600_000:  # a misread stamp is not a frame age
-                    samples.append((time.monotonic() - start, age))
-            await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
+
+    def on_frame(f: WebFrame) -> None:
+        nonlocal received
+        received += f.size
+        for frame in decoder.decode(av.Packet(f.data)):
+            pixels = np.asarray(frame.to_ndarray(format="bgra"), np.uint8)
+            age = (time.time_ns() // 1000 - read_stamp(pixels)) / 1000
+            if 0 <= age < 600_000:  # a misread stamp is not a frame age
+                samples.append((time.monotonic() - start, age))
+
+    await watch_web(url, on_frame, codec=codec, seconds=seconds)
     return {"samples": samples, "bytes": received, "seconds": time.monotonic() - start}
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(int(len(ordered) * q / 100), len(ordered) - 1)]
 
 
 def summarize(mode: str, report: dict[str, Any], windows: int = 6) -> dict[str, Any]:
@@ -117,14 +105,14 @@ def summarize(mode: str, report: dict[str, Any], windows: int = 6) -> dict[str, 
     for i in range(windows):
         lo, hi = span * i / windows, span * (i + 1) / windows
         part = [a for t, a in samples if lo <= t < hi]
-        trend.append(round(_percentile(part, 95)) if part else None)
+        trend.append(round(percentile(part, 95)) if part else None)
     return {
         "mode": mode,
         "frames_per_s": round(len(ages) / span, 1),
         "kbit_s": round(report["bytes"] * 8 / 1000 / span),
-        "age_p50_ms": round(_percentile(ages, 50)),
-        "age_p95_ms": round(_percentile(ages, 95)),
-        "age_p99_ms": round(_percentile(ages, 99)),
+        "age_p50_ms": round(percentile(ages, 50)),
+        "age_p95_ms": round(percentile(ages, 95)),
+        "age_p99_ms": round(percentile(ages, 99)),
         "p95_trend_ms": trend,
     }
 
@@ -140,63 +128,33 @@ MODES = {
 def run_mode(
     namespace: str, mode: str, seconds: float, *, bitrate: int, codec: str, fps: int
 ) -> dict[str, Any]:
-    port = 18000 + os.getpid() % 1000
+    port = 18000 + os.getpid() % 1000  # the namespace is new: nothing else listens in it
     exec_ns = ["ip", "netns", "exec", namespace]
-    server = subprocess.Popen(
-        [
-            *exec_ns,
-            sys.executable,
-            "-m",
-            "saffron.cli",
-            "serve",
-            "--source",
-            "pattern",
-            "--motion",
-            "0.5",
-            "--fps",
-            str(fps),
-            "--bitrate",
-            str(bitrate),
-            "--codec",
-            codec,
-            *MODES[mode],
-            "--web",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    serve = saffron_command(
+        "serve",
+        *("--source", "pattern", "--motion", "0.5", "--fps", str(fps)),
+        *("--bitrate", str(bitrate), "--codec", codec, *MODES[mode]),
+        *("--web", f"127.0.0.1:{port}"),
     )
-    try:
-        assert server.stdout is not None
-        for line in server.stdout:
-            if "open http" in line:
-                break
+    watch = [
+        sys.executable,
+        "-m",
+        "saffron.bench.slowlink",
+        "--viewer",
+        f"http://127.0.0.1:{port}/",
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="saffron-slowlink-") as tmp,
+        start_saffron([*exec_ns, *serve], Path(tmp) / "saffron.log", web_port=port),
+    ):
         out = subprocess.run(
-            [
-                *exec_ns,
-                sys.executable,
-                "-m",
-                "saffron.netbench",
-                "--viewer",
-                f"http://127.0.0.1:{port}/ws",
-                "--seconds",
-                str(seconds),
-                "--codec",
-                codec,
-            ],
+            [*exec_ns, *watch, "--seconds", str(seconds), "--codec", codec],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
             check=True,
         )
         return summarize(mode, json.loads(out.stdout))
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def run(

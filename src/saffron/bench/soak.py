@@ -12,72 +12,31 @@ Every kind of viewer must get frames. The log must have no error and no
 traceback.
 
 ``run()`` is ``saffron bench --soak`` (ten minutes); tests/test_soak.py runs a
-minute of it. The viewers here are also what the fuzz and fault tests use to
-check that a good viewer keeps getting frames while bad ones are thrown out.
+minute of it. The viewers are saffron.bench.clients'; the process is
+saffron.bench.process's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
-import struct
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import table
-from .spice.link import encrypt_ticket
-from .spice.wire import (
-    MAX_SERVER_MESSAGE_SIZE,
-    Ack,
-    AckSync,
-    ChannelType,
-    CommonCap,
-    DisplayCap,
-    DisplayInit,
-    LinkErr,
-    LinkHeader,
-    LinkMess,
-    LinkReply,
-    MainInit,
-    Message,
-    MessageReader,
-    Ping,
-    Pong,
-    RawMessage,
-    SetAck,
-    StreamData,
-    StreamDataSized,
-    frame,
-    has_cap,
-    make_caps,
+from ..table import print_table as print_rows
+from .clients import Tally, ViewerError, spice_viewer, web_viewer
+from .process import (
+    SaffronProcess,
+    free_port,
+    open_fds,
+    rss_mb,
+    saffron_command,
+    start_saffron,
 )
-
-CLIENT_COMMON_CAPS = make_caps(
-    [CommonCap.PROTOCOL_AUTH_SELECTION, CommonCap.AUTH_SPICE, CommonCap.MINI_HEADER]
-)
-SPICE_GTK_DISPLAY_CAPS = make_caps(
-    [
-        DisplayCap.SIZED_STREAM,
-        DisplayCap.MONITORS_CONFIG,
-        DisplayCap.COMPOSITE,
-        DisplayCap.STREAM_REPORT,
-        DisplayCap.MULTI_CODEC,
-        DisplayCap.CODEC_MJPEG,
-        DisplayCap.CODEC_VP8,
-        DisplayCap.CODEC_H264,
-        DisplayCap.CODEC_VP9,
-    ]
-)
-"""What spice-gtk 0.42 offers for the display channel, minus GL and LZ4."""
 
 WARMUP_S = 20.0
 """The full load runs this long before the baseline is taken, every kind of viewer
@@ -104,256 +63,22 @@ MIN_VISIT_S = 2.0
 """A visit this long must get frames (only each viewer's last visit may be shorter)."""
 
 
-class ViewerError(Exception):
-    """A viewer could not connect or was refused."""
-
-
-@dataclass
-class Tally:
-    """What one viewer (or several) saw."""
-
-    frames: int = 0
-    connects: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, other: Tally) -> None:
-        self.frames += other.frames
-        self.connects += other.connects
-        self.errors += other.errors
-
-
-# -- a SPICE viewer -------------------------------------------------------------------
-
-
-async def spice_link(
-    host: str,
-    port: int,
-    channel_type: int,
-    *,
-    connection_id: int = 0,
-    channel_caps: tuple[int, ...] = (),
-    password: str | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
-    """Open and link one channel as spice-gtk does; returns its streams and the mini header."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        body = LinkMess(connection_id, channel_type, 0, CLIENT_COMMON_CAPS, channel_caps).pack()
-        writer.write(LinkHeader(2, 2, len(body)).pack() + body)
-        header = LinkHeader.unpack(await reader.readexactly(LinkHeader.SIZE))
-        reply = LinkReply.unpack(await reader.readexactly(header.size))
-        if reply.error != LinkErr.OK:
-            raise ViewerError(f"link refused: {LinkErr(reply.error).name}")
-        selection = has_cap(reply.common_caps, CommonCap.PROTOCOL_AUTH_SELECTION)
-        mechanism = struct.pack("<I", CommonCap.AUTH_SPICE) if selection else b""
-        writer.write(mechanism + encrypt_ticket(reply.pub_key, password or ""))
-        (result,) = struct.unpack("<I", await reader.readexactly(4))
-        if result != LinkErr.OK:
-            raise ViewerError(f"link refused: {LinkErr(result).name}")
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        writer.close()
-        raise ViewerError(f"link failed: {exc!r}") from None
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer, has_cap(reply.common_caps, CommonCap.MINI_HEADER)
-
-
-class SpiceChannel:
-    """A linked channel's messages, acknowledged and ponged as spice-gtk does."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mini: bool):
-        self.reader, self.writer, self.mini = reader, writer, mini
-        self._messages = MessageReader(mini=mini, limit=MAX_SERVER_MESSAGE_SIZE)
-        self._window = 0
-        self._received = 0
-
-    def send(self, message: Message) -> None:
-        self.writer.write(frame(message, mini=self.mini, serial=1))
-
-    async def messages(self) -> AsyncIterator[RawMessage]:
-        while True:
-            while (raw := self._messages.next()) is not None:
-                if raw.type == SetAck.TYPE:
-                    ack = SetAck.unpack(raw.body)
-                    self.send(AckSync(ack.generation))
-                    self._window, self._received = ack.window, 0
-                    continue
-                if raw.type == Ping.TYPE:
-                    ping = Ping.unpack(raw.body)
-                    self.send(Pong(ping.id, ping.timestamp))
-                if self._window:
-                    self._received += 1
-                    if self._received % self._window == 0:
-                        self.send(Ack())
-                yield raw
-            data = await self.reader.read(1 << 16)
-            if not data:
-                return
-            self._messages.feed(data)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def spice_viewer(
-    host: str,
-    port: int,
-    tally: Tally,
-    *,
-    display_caps: tuple[int, ...] = SPICE_GTK_DISPLAY_CAPS,
-    password: str | None = None,
-) -> None:
-    """Watch until cancelled (or the server closes): a main and a display channel."""
-    reader, writer, mini = await spice_link(host, port, ChannelType.MAIN, password=password)
-    main = SpiceChannel(reader, writer, mini)
-    display: SpiceChannel | None = None
-    try:
-        session_id: int | None = None
-        async for raw in main.messages():
-            if raw.type == MainInit.TYPE:
-                session_id = MainInit.unpack(raw.body).session_id
-                break
-        if session_id is None:
-            raise ViewerError("the server closed the main channel before MAIN_INIT")
-        reader, writer, mini = await spice_link(
-            host,
-            port,
-            ChannelType.DISPLAY,
-            connection_id=session_id,
-            channel_caps=display_caps,
-            password=password,
-        )
-        display = SpiceChannel(reader, writer, mini)
-        display.send(DisplayInit(1, 1000, 1, 1000))
-        tally.connects += 1
-        drain = asyncio.ensure_future(_drain(main))
-        try:
-            async for raw in display.messages():
-                if raw.type in (StreamData.TYPE, StreamDataSized.TYPE):
-                    tally.frames += 1
-        finally:
-            drain.cancel()
-    finally:
-        main.close()
-        if display is not None:
-            display.close()
-
-
-async def _drain(channel: SpiceChannel) -> None:
-    async for _ in channel.messages():
-        pass
-
-
-# -- a web viewer -----------------------------------------------------------------------
-
-
-async def web_viewer(url: str, tally: Tally, *, codec: str | None = None) -> None:
-    """Watch the page's WebSocket until cancelled, acknowledging every frame at once."""
-    from aiohttp import ClientError, ClientSession, WSMsgType
-
-    from .web.protocol import unpack_video
-
-    try:
-        async with (
-            ClientSession() as session,
-            session.ws_connect(url.rstrip("/") + "/ws", max_msg_size=0) as ws,
-        ):
-            hello = json.loads((await ws.receive()).data)
-            await ws.send_str(json.dumps({"type": "start", "codec": codec or hello["default"]}))
-            tally.connects += 1
-            async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    header, _ = unpack_video(msg.data)
-                    tally.frames += 1
-                    await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
-                elif msg.type != WSMsgType.TEXT:
-                    break
-    except (ClientError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise ViewerError(f"web viewer failed: {exc!r}") from None
-
-
-# -- the Saffron process ------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmRSS for {pid}")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def log_problems(text: str) -> list[str]:
     """Lines of a Saffron log that show something broke (errors, tracebacks)."""
     return [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
 
 
-@dataclass
-class _Process:
-    proc: subprocess.Popen[bytes]
-    web: int
-    spice: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-def _start_saffron(fps: int, size: tuple[int, int], log: Path, timeout: float = 60) -> _Process:
+def _start_saffron(fps: int, size: tuple[int, int], log: Path) -> SaffronProcess:
     web, spice = free_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "saffron.cli",
-        "serve",
-        "--source",
-        "pattern",
-        "--fps",
-        str(fps),
-        "--size",
-        f"{size[0]}x{size[1]}",
-        "--web",
-        f"127.0.0.1:{web}",
-        "--spice",
-        f"127.0.0.1:{spice}",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    deadline = time.monotonic() + timeout
-    while "open http" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"saffron did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    return _Process(proc, web, spice, log)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ("--source", "pattern", "--fps", str(fps), "--size", f"{size[0]}x{size[1]}")
+    return start_saffron(
+        saffron_command(
+            "serve", *args, "--web", f"127.0.0.1:{web}", "--spice", f"127.0.0.1:{spice}"
+        ),
+        log,
+        web_port=web,
+        spice_port=spice,
+    )
 
 
 # -- the soak ---------------------------------------------------------------------------------
@@ -381,13 +106,13 @@ class _Samples:
     fds: list[int] = field(default_factory=list)
 
 
-async def _watch(kind: str, p: _Process, tally: Tally, seconds: float) -> None:
+async def _watch(kind: str, p: SaffronProcess, tally: Tally, seconds: float) -> None:
     """One visit of one viewer: connect, watch ``seconds``, leave."""
-    url = f"http://127.0.0.1:{p.web}/"
+    assert p.spice_port is not None
     if kind == "spice":
-        coro = spice_viewer("127.0.0.1", p.spice, tally)
+        coro = spice_viewer("127.0.0.1", p.spice_port, tally)
     else:
-        coro = web_viewer(url, tally, codec="mjpeg" if kind == "web-mjpeg" else None)
+        coro = web_viewer(p.url, tally, codec="mjpeg" if kind == "web-mjpeg" else None)
     task = asyncio.ensure_future(coro)
     done, _ = await asyncio.wait({task}, timeout=seconds)
     if task in done:
@@ -419,7 +144,7 @@ def _progress(line: str) -> None:
 
 
 async def _soak(
-    p: _Process, seconds: float, viewers: int, rng: random.Random, quiet: bool
+    p: SaffronProcess, seconds: float, viewers: int, rng: random.Random, quiet: bool
 ) -> dict[str, Any]:
     kinds = ("web", "spice", "web-mjpeg")
     tally = Tally()
@@ -520,7 +245,7 @@ def run(
         result = asyncio.run(_soak(p, seconds, viewers, random.Random(seed), quiet))
         alive = p.proc.poll() is None
     finally:
-        _stop(p.proc)
+        p.stop()
     problems = log_problems(log.read_text(errors="replace"))
     result.update(
         fps=fps,
@@ -575,4 +300,4 @@ def print_table(r: dict[str, Any]) -> None:
         ("viewer errors", str(len(r["viewer_errors"]))),
         ("result", "ok" if r["ok"] else "FAILED"),
     ]
-    table.print_table(rows, "Soak", indent="  ")
+    print_rows(rows, "Soak", indent="  ")

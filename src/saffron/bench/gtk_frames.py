@@ -5,23 +5,28 @@ Counts the distinct pictures it shows (a hash of a sampled grid of the surface
 on every redraw), and, with --key, types a key and times until the test
 guest's key strip shows it: input to picture, through the whole server.
 Prints one JSON report.
+
+A script for the system python3 (spice-gtk's bindings), run by its path with
+saffron.bench.spice_gtk's ``script_env()``: saffron.bench.spice_server and the
+end-to-end tests start it.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import json
 import time
+from typing import Any
 
 import gi
 import numpy as np
+import numpy.typing as npt
+
+from saffron.bench.spice_gtk import CODECS, Surface
 
 gi.require_version("SpiceClientGLib", "2.0")
 from gi.repository import GLib, GObject, SpiceClientGLib  # noqa: E402
-
-CODECS = {"mjpeg": 1, "vp8": 2, "h264": 3, "vp9": 4}
 
 
 class Viewer:
@@ -31,9 +36,9 @@ class Viewer:
         self.session = SpiceClientGLib.Session()
         self.session.set_property("host", "127.0.0.1")
         self.session.set_property("port", str(args.port))
-        self.surface: tuple[int, int, int, int] | None = None
-        self.inputs = None
-        self.display = None
+        self.surface: Surface | None = None
+        self.inputs: Any = None
+        self.display: Any = None
         self.started: float | None = None
         self.pictures = 0
         self.redraws = 0
@@ -41,9 +46,10 @@ class Viewer:
         self.key_sent: float | None = None
         self.key_delays: list[float] = []
         self.keys_left = args.keys
+        self.expect = 0
         GObject.Object.connect(self.session, "channel-new", self.on_channel)
 
-    def on_channel(self, session, channel) -> None:
+    def on_channel(self, session: Any, channel: Any) -> None:
         if isinstance(channel, SpiceClientGLib.DisplayChannel):
             self.display = channel
             GObject.Object.connect(channel, "display-primary-create", self.on_primary)
@@ -59,17 +65,14 @@ class Viewer:
         self.display.change_preferred_video_codec_types([CODECS[self.args.codec]])
         return False
 
-    def on_primary(self, channel, fmt, width, height, stride, shmid, ptr) -> None:
-        self.surface = (ptr, width, height, stride)
+    def on_primary(self, *args: Any) -> None:
+        _channel, _fmt, width, height, stride, _shmid, ptr = args
+        self.surface = Surface(ptr, width, height, stride)
 
-    def pixels(self) -> np.ndarray | None:
-        if self.surface is None:
-            return None
-        ptr, width, height, stride = self.surface
-        buf = (ctypes.c_uint8 * (stride * height)).from_address(ptr)
-        return np.frombuffer(buf, np.uint8).reshape(height, stride // 4, 4)[:, :width]
+    def pixels(self) -> npt.NDArray[np.uint8] | None:
+        return None if self.surface is None else self.surface.pixels()
 
-    def on_invalidate(self, channel, x, y, w, h) -> None:
+    def on_invalidate(self, *_: Any) -> None:
         px = self.pixels()
         if px is None or self.started is None:
             return
@@ -119,7 +122,7 @@ class Viewer:
             self.inputs.key_release(code)
         return True
 
-    def run(self) -> dict:
+    def run(self) -> dict[str, Any]:
         self.session.connect()
         GLib.timeout_add(20, self.tick)
         GLib.timeout_add(10, self.sample)
@@ -132,7 +135,7 @@ class Viewer:
             "note": "pictures sampled at 100 Hz",
             "redraws": self.redraws,
             "key_delays_ms": self.key_delays,
-            "size": list(self.surface[1:3]) if self.surface else None,
+            "size": [self.surface.width, self.surface.height] if self.surface else None,
         }
 
 
