@@ -69,10 +69,6 @@ class Options:
     """Names besides addresses and localhost a browser may reach Saffron by (see net.origin)."""
 
 
-def web_codecs() -> list[str]:
-    return available_codecs()
-
-
 def default_codec(codecs: list[str], wanted: str) -> str:
     if wanted == "auto":
         if not codecs:

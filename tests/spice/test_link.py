@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saffron.net.passwords import passwords_match
 from saffron.spice import wire as w
 from saffron.spice.link import (
     SERVER_COMMON_CAPS,
@@ -18,7 +19,6 @@ from saffron.spice.link import (
     ServerLink,
     TicketKey,
     encrypt_ticket,
-    passwords_match,
 )
 
 KEY = TicketKey()

@@ -12,14 +12,13 @@ message, and reported as a :class:`LinkFailed` event with a reason in words.
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ..net.passwords import passwords_match
 from .wire import (
     LINK_MAX_SIZE,
     LINK_MESS_MIN,
@@ -88,13 +87,6 @@ def encrypt_ticket(public_der: bytes, password: str) -> bytes:
     if not isinstance(key, rsa.RSAPublicKey):
         raise ProtocolError("the server's ticket key is not RSA")
     return key.encrypt(password.encode() + b"\0", _OAEP)
-
-
-def passwords_match(given: bytes, expected: str) -> bool:
-    """Constant-time comparison: digests first, so lengths do not show either."""
-    a = hashlib.sha256(given).digest()
-    b = hashlib.sha256(expected.encode()).digest()
-    return hmac.compare_digest(a, b)
 
 
 # -- events ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Protocol
 from aiohttp import web
 
 from ..limits import peer_label
-from ..spice.link import passwords_match
+from ..net.passwords import passwords_match
 
 log = logging.getLogger("saffron.web")
 

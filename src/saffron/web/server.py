@@ -42,7 +42,6 @@ from ..limits import (
 )
 from ..net.origin import HostRule
 from ..ratecontrol import RateEstimator
-from ..spice.wire import MAGIC as SPICE_MAGIC
 from ..tls import AdmittedConnection
 from .auth import SESSION_ENDED, Session, WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
@@ -848,6 +847,9 @@ class _BadRequestsAreWarnings(logging.Filter):
             record.exc_info, record.exc_text = None, None
         return True
 
+
+SPICE_MAGIC = b"REDQ"
+"""The first bytes of every SPICE link: a SPICE client given the web port by mistake."""
 
 HTTP_LOG = logging.getLogger("saffron.web.http")
 """aiohttp's own messages about connections (bad requests, handler errors)."""
