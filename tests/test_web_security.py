@@ -30,8 +30,8 @@ from aiohttp import (
 
 from saffron.app import Options, Server
 from saffron.display import Display
+from saffron.net.websocket import ENDED_BY_SERVER as SESSION_ENDED
 from saffron.web import auth as web_auth
-from saffron.web.auth import SESSION_ENDED
 from tests.conftest import run_saffron
 from tests.live import wait_until
 from tests.test_web import RecordingInput

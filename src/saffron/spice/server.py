@@ -26,6 +26,7 @@ from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
 from ..net.origin import HostRule
+from ..net.websocket import WebSocket, open_websocket
 from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from ..broadcast import Broadcast
-    from ..web.server import WebSocket
 
 log = logging.getLogger("saffron.spice")
 
@@ -691,8 +691,6 @@ class SpiceServer:
 
     async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         """An aiohttp handler: ``app.router.add_get("/spice", server.aiohttp_handler)``."""
-        from ..web.server import WebSocket, open_websocket
-
         ws = WebSocket(protocols=("binary",), compress=False, max_msg_size=WEBSOCKET_MAX_MESSAGE)
         refused = await open_websocket(ws, request, "SPICE WebSocket")
         if refused is not None:

@@ -40,11 +40,6 @@ SESSION_SECONDS = 12 * 3600
 FAILED_LOGIN_DELAY = 1.0
 """Seconds a wrong password waits before its answer: slows guessing."""
 
-SESSION_ENDED = 4001
-"""WebSocket close code when the session it was opened under ended (sign-out, expiry,
-new token links): the page reloads, and so shows the login form, instead of
-reconnecting in a loop."""
-
 OPEN_PATHS = ("/login", "/logout", "/healthz", "/favicon.ico", "/static/", "/spice")
 """Paths without a session: the login itself, signing out (without a session there is
 nothing to end), health checks, the page's code (no secrets in it) and SPICE over

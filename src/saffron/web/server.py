@@ -26,7 +26,6 @@ from importlib import resources
 from typing import Any, ClassVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
@@ -41,9 +40,10 @@ from ..limits import (
     peer_label,
 )
 from ..net.origin import HostRule
+from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..ratecontrol import RateEstimator
 from ..tls import AdmittedConnection
-from .auth import SESSION_ENDED, Session, WebAuth
+from .auth import WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")
@@ -108,9 +108,6 @@ _PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?
 """A Host header fit to be written into the policy (nothing that could add a directive)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-WEB_AUTH = web.AppKey("saffron.auth", WebAuth)
-"""The app's :class:`WebAuth`, for a :class:`WebSocket` to find the session it opens under."""
 
 
 class WebViewer:
@@ -371,7 +368,7 @@ class WebServer:
         """Which Host and Origin requests may bring (DNS rebinding, other web sites)."""
         self.ssl_context = ssl_context
         self.app = web.Application(middlewares=[self._check_host, self.auth.middleware])
-        self.app[WEB_AUTH] = self.auth
+        self.app[WEBSOCKET_OPENED] = self._websocket_opened
         self.app.on_response_prepare.append(_answered)
         self.app.on_response_prepare.append(_security_headers)
         self.app.router.add_route("*", "/login", self.auth.login)
@@ -388,6 +385,13 @@ class WebServer:
         self._listener: asyncio.Server | None = None
         display.add_listener(self)
         broadcast.failure_listeners.append(self._stream_failed)
+
+    def _websocket_opened(self, ws: WebSocket, request: web.Request) -> None:
+        """Opened under a session (a cookie), a WebSocket is closed when that session ends."""
+        session = self.auth.signed_in(request)
+        if session is not None:
+            session.sockets.add(ws)
+            ws.on_close.append(session.sockets.discard)
 
     def hello(self, viewer: WebViewer | None = None) -> dict[str, Any]:
         d = self.display
@@ -747,62 +751,6 @@ SIGN_OUT = (
 """The page's sign-out button, when there is a password to sign in with again."""
 
 
-class WebSocket(web.WebSocketResponse):
-    """aiohttp's WebSocketResponse, cut off ``CLOSE_GRACE_S`` after it starts to close.
-
-    close() is called however a WebSocket ends (by a handler; by aiohttp when the
-    peer closes it, or after the handler returns), and waits for the peer to take
-    what is queued: a peer that stopped reading would keep the connection, and its
-    slot, forever.
-    """
-
-    _guard: _HttpGuard | None = None
-    _session: Session | None = None
-    _ending: asyncio.Task[bool] | None = None
-    ended = ""
-    """Why Saffron ended it (its session ended), if it did."""
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter:
-        transport = request.transport
-        guard = transport.get_protocol() if transport is not None else None
-        if isinstance(guard, _HttpGuard):
-            self._guard = guard
-        writer = await super().prepare(request)
-        if isinstance(request, web.Request):
-            self._join_session(request)
-        return writer
-
-    def _join_session(self, request: web.Request) -> None:
-        """Opened under a session (a cookie), it is closed when that session ends."""
-        auth = request.app.get(WEB_AUTH)
-        session = auth.signed_in(request) if auth is not None else None
-        if session is not None:
-            self._session = session
-            session.sockets.add(self)
-
-    def end(self, reason: str) -> None:
-        """Its session ended: close it with ``reason``, which the page shows."""
-        if self._ending is None and not self.closed:
-            self.ended = reason
-            peer = self._guard.peer if self._guard is not None else "a web client"
-            log.info("closing the WebSocket of %s: %s", peer, reason)
-            message = reason.encode()[:120]  # a close frame holds 123 bytes
-            self._ending = asyncio.ensure_future(self.close(code=SESSION_ENDED, message=message))
-
-    def closing(self) -> None:
-        """The connection is to end: cut it off unless it has closed within CLOSE_GRACE_S."""
-        if self._guard is not None:
-            self._guard.closing()
-
-    async def close(
-        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
-    ) -> bool:
-        self.closing()
-        if self._session is not None:
-            self._session.sockets.discard(self)
-        return await super().close(code=code, message=message, drain=drain)
-
-
 class _PeerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's log for one connection, with the peer's address and port attached."""
 
@@ -854,33 +802,6 @@ SPICE_MAGIC = b"REDQ"
 HTTP_LOG = logging.getLogger("saffron.web.http")
 """aiohttp's own messages about connections (bad requests, handler errors)."""
 HTTP_LOG.addFilter(_BadRequestsAreWarnings())
-
-
-async def open_websocket(
-    ws: web.WebSocketResponse, request: web.Request, what: str
-) -> web.StreamResponse | None:
-    """Answer a WebSocket handshake: None once it is open, else the response to return
-    instead (the refusal is logged, naming the peer)."""
-    transport = request.transport
-    peer = peer_label(transport.get_extra_info("peername") if transport else None)
-    try:
-        await ws.prepare(request)
-    except web.HTTPException as exc:
-        log.warning("refused a %s from %s: %s", what, peer, (exc.text or exc.reason).strip())
-        raise
-    except ValueError:
-        # aiohttp fails on handshake headers that are not ASCII (it decodes the key, or
-        # quotes the header in its 400), which would be logged as a server error.
-        log.warning("refused a %s from %s: its handshake headers are not text", what, peer)
-        response = web.Response(status=400, text="bad WebSocket handshake\n")
-        response.force_close()
-        return response
-    except ConnectionError as exc:
-        log.debug("%s from %s went away while it opened: %s", what, peer, exc)
-        # A fresh response, not the half-opened ws: aiohttp finds the socket closed
-        # and lets it be, where finishing the ws would make it log an error.
-        return web.Response(status=400, text="closed during the WebSocket handshake\n")
-    return None
 
 
 def _close_reason(ws: web.WebSocketResponse) -> str:

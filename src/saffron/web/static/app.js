@@ -4,7 +4,7 @@
 const CODEC_IDS = ["h264", "vp9", "vp8", "av1", "mjpeg"];
 const HEADER_SIZE = 24;
 const FLAG_KEYFRAME = 1;
-const SESSION_ENDED = 4001;  // close code: this page's session ended (saffron/web/auth.py)
+const SESSION_ENDED = 4001;  // close code: this page's session ended (saffron/net/websocket.py)
 
 const canvas = document.getElementById("screen");
 const ctx2d = canvas.getContext("2d", { alpha: false, desynchronized: true });
