@@ -26,6 +26,7 @@ lint: setup
 	$(BIN)/ruff check src/saffron tests
 	$(BIN)/ruff format --check src/saffron tests
 	$(BIN)/mypy src/saffron
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -ra
