@@ -123,6 +123,10 @@ class Output(Protocol):
     @property
     def congested(self) -> bool: ...
 
+    def authenticated(self) -> None:
+        """The link is established: the connection no longer waits to authenticate."""
+        ...
+
     def write(self, data: bytes) -> None: ...
 
     def buffered(self) -> int: ...
@@ -272,6 +276,7 @@ class Connection:
                 self._refused(refused)
                 return
             session = found
+        self.output.authenticated()
         self.link.accept()
         self.flush()
         if self._timeout is not None:
@@ -468,6 +473,9 @@ class _AiohttpOutput:
 
     def buffered(self) -> int:
         return self._queued
+
+    def authenticated(self) -> None:
+        self.ws.authenticated()
 
     def close(self) -> None:
         self._closing = True

@@ -42,7 +42,7 @@ from ..limits import (
 from ..ratecontrol import RateEstimator
 from ..spice.wire import MAGIC as SPICE_MAGIC
 from ..tls import AdmittedConnection
-from .auth import WebAuth
+from .auth import COOKIE, WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")
@@ -340,7 +340,7 @@ class WebServer:
         self.auth = auth or WebAuth(None, secure=ssl_context is not None)
         self.ssl_context = ssl_context
         self.app = web.Application(middlewares=[self.auth.middleware])
-        self.app.on_response_prepare.append(_answered)
+        self.app.on_response_prepare.append(self._answered)
         self.app.router.add_route("*", "/login", self.auth.login)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/ws", self._websocket)
@@ -406,6 +406,17 @@ class WebServer:
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+
+    async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
+        """aiohttp prepares a response: tell the connection's guard (on_response_prepare),
+        and whether the client has authenticated (see saffron.limits): its request came
+        with a valid session, or the answer gives one."""
+        transport = request.transport
+        guard = transport.get_protocol() if transport is not None else None
+        if isinstance(guard, _HttpGuard):
+            given = response.cookies.get(COOKIE)
+            signed_in = self.auth.session(request) is not None or bool(given and given.value)
+            guard.answered(isinstance(response, web.WebSocketResponse), signed_in)
 
     # -- routes ---------------------------------------------------------------
 
@@ -552,7 +563,10 @@ class _HttpGuard(AdmittedConnection):
     answer to arrive and be answered, and a WebSocket as long to open; then the
     socket is cut. Once a WebSocket is up, its own heartbeat (or SPICE's link
     timeout) takes over. A connection that is closing is cut off if it has not
-    closed within ``CLOSE_GRACE_S``.
+    closed within ``CLOSE_GRACE_S``. Until a request from a signed-in client is
+    answered (any request, without a password), the connection has
+    ``AUTH_TIMEOUT_S`` in all, and its slot may go to a newer connection (see
+    saffron.limits); one closed between requests is closed quietly.
     """
 
     def __init__(
@@ -625,13 +639,18 @@ class _HttpGuard(AdmittedConnection):
         if self.transport is not None:
             self.inner.connection_lost(exc)
 
-    def answered(self, websocket: bool) -> None:
+    def answered(self, websocket: bool, authenticated: bool) -> None:
         """A response is on its way: the next request has its own time; a WebSocket none."""
         self._partial = False
+        if authenticated:
+            self.authenticated()
         if websocket:
             self._disarm()
         else:
             self._arm()
+
+    def idle(self) -> bool:
+        return self.transport is not None and not self._partial
 
     def _arm(self) -> None:
         self._disarm()
@@ -664,14 +683,6 @@ class _HttpGuard(AdmittedConnection):
 Loop = asyncio.AbstractEventLoop
 
 
-async def _answered(request: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp prepares a response: tell the connection's guard (on_response_prepare)."""
-    transport = request.transport
-    guard = transport.get_protocol() if transport is not None else None
-    if isinstance(guard, _HttpGuard):
-        guard.answered(isinstance(response, web.WebSocketResponse))
-
-
 class WebSocket(web.WebSocketResponse):
     """aiohttp's WebSocketResponse, cut off ``CLOSE_GRACE_S`` after it starts to close.
 
@@ -694,6 +705,11 @@ class WebSocket(web.WebSocketResponse):
         """The connection is to end: cut it off unless it has closed within CLOSE_GRACE_S."""
         if self._guard is not None:
             self._guard.closing()
+
+    def authenticated(self) -> None:
+        """The client authenticated over this WebSocket (SPICE's link): see saffron.limits."""
+        if self._guard is not None:
+            self._guard.authenticated()
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
@@ -739,12 +755,19 @@ class _BadRequestsAreWarnings(logging.Filter):
             record.msg = "bad HTTP request from %s (answered %d): %s"
             record.args = (who, exc.code, text)
             record.exc_info, record.exc_text = None, None
-        elif isinstance(exc, ConnectionError):  # the client left while a handler read or wrote
+        elif isinstance(exc, ConnectionError) or _closed_before_read(exc):
+            # the client left (or was cut off) while a handler read or wrote
             who = getattr(record, "peer", "?")
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.msg, record.args = "web connection from %s went away mid-request: %s", (who, exc)
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _closed_before_read(exc: BaseException | None) -> bool:
+    """What aiohttp raises when a handler starts to read a body from a connection closed
+    meanwhile (one cut off to make room for a newer one, say): no error of the server."""
+    return isinstance(exc, RuntimeError) and str(exc) == "Connection closed."
 
 
 HTTP_LOG = logging.getLogger("saffron.web.http")
