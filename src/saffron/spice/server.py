@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Protocol
 from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
+from ..net.guesses import GuessThrottle
 from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
-from .link import LinkEstablished, LinkFailed, ServerLink, TicketKey
+from .link import LinkEstablished, LinkFailed, LinkState, ServerLink, TicketKey
 from .main import MainChannel
 from .session import (
     CursorHandler,
@@ -122,6 +123,11 @@ class Output(Protocol):
 
     @property
     def congested(self) -> bool: ...
+
+    @property
+    def address(self) -> str:
+        """The client's IP address (guesses are counted by it)."""
+        ...
 
     def authenticated(self) -> None:
         """The link is established: the connection no longer waits to authenticate."""
@@ -236,6 +242,8 @@ class Connection:
             self.close(f"no SPICE link within {LINK_TIMEOUT_S:.0f} s", warn=True)
 
     def _link_data(self, data: bytes) -> None:
+        if self.link.state in (LinkState.MECHANISM, LinkState.TICKET) and self._must_wait():
+            return
         for event in self.link.receive_data(data):
             if isinstance(event, LinkFailed):
                 self.flush()
@@ -246,7 +254,22 @@ class Connection:
                 return
         self.flush()
 
+    def _must_wait(self) -> bool:
+        """Whether the client's address guessed wrong too often lately: then its ticket is
+        refused unread (PERMISSION_DENIED, logged by the throttle) and the link closed."""
+        seconds = self.server.guesses.refuse(self.output.address, self.peer, "SPICE")
+        if not seconds:
+            return False
+        self.link.refuse(LinkErr.PERMISSION_DENIED, "too many wrong passwords")
+        self.flush()
+        self.close(f"too many wrong passwords, the next is checked in {seconds:.0f} s")
+        return True
+
     def _refused(self, event: LinkFailed) -> None:
+        if event.error == LinkErr.PERMISSION_DENIED:  # a wrong ticket: counted, summed up
+            self.server.guesses.failed(self.output.address, self.peer, "SPICE", event.reason)
+            self.close(event.reason)
+            return
         mess = self.link.mess
         what = f" {_channel_name(mess.channel_type)} channel" if mess else ""
         # NEED_SECURED is the normal way to send spice-gtk to the TLS port.
@@ -276,6 +299,7 @@ class Connection:
                 self._refused(refused)
                 return
             session = found
+        self.server.guesses.succeeded(self.output.address)
         self.output.authenticated()
         self.link.accept()
         self.flush()
@@ -454,6 +478,7 @@ class _AiohttpOutput:
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self.address = ws.address
         self.conn: Connection | None = None
         self.congested = False
         self._queue: deque[bytes] = deque()
@@ -570,12 +595,15 @@ class SpiceServer:
         view_only: bool = False,
         limits: ConnectionLimits | None = None,
         secure_channels: Collection[int] = (),
+        guesses: GuessThrottle | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
+        self.guesses = guesses if guesses is not None else GuessThrottle()
+        """Wrong tickets by address; shared with the web front end in a full Saffron."""
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""

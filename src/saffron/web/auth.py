@@ -10,7 +10,6 @@ drive the VM through it.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import hmac
 import logging
@@ -22,14 +21,15 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..limits import host_of, peer_label
+from ..net.guesses import GuessThrottle
+
 log = logging.getLogger("saffron.web")
 
 COOKIE = "saffron_session"
 MAX_SESSIONS = 1024
 """Sessions kept at once; the oldest go first. Bounds memory whatever logins cost."""
 SESSION_SECONDS = 12 * 3600
-FAILED_LOGIN_DELAY = 1.0
-"""Seconds a wrong password waits before its answer: slows guessing."""
 
 OPEN_PATHS = ("/login", "/healthz", "/favicon.ico", "/static/", "/spice")
 """Paths without a session: the login itself, health checks, the page's code (no
@@ -46,9 +46,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class WebAuth:
-    def __init__(self, password: str | None, *, secure: bool) -> None:
+    def __init__(
+        self, password: str | None, *, secure: bool, guesses: GuessThrottle | None = None
+    ) -> None:
         self.password = password
         self.secure = secure
+        self.guesses = guesses if guesses is not None else GuessThrottle()
+        """Wrong passwords and tokens by address; shared with SPICE in a full Saffron."""
         self.full_token = secrets.token_urlsafe(24)
         self.view_token = secrets.token_urlsafe(24)
         self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
@@ -98,11 +102,15 @@ class WebAuth:
             return await handler(request)
         token = request.query.get("token")
         if token is not None and request.path == "/":
+            waiting = self._must_wait(request)
+            if waiting is not None:
+                return waiting
             kind = self._token_kind(token)
+            address, peer = _who(request)
             if kind is None:
-                log.warning("refused a wrong token from %s", request.remote)
-                await asyncio.sleep(FAILED_LOGIN_DELAY)
+                self.guesses.failed(address, peer, "web", "wrong token link")
                 return _login_page("That link is not valid (any more).", status=403)
+            self.guesses.succeeded(address)
             response = _see_other("/")
             self._new_session(response, view_only=kind)
             log.info(
@@ -122,14 +130,38 @@ class WebAuth:
             return _login_page("")
         form = await request.post()
         given = str(form.get("password", ""))
+        waiting = self._must_wait(request)  # after the body: guesses sent at once wait too
+        if waiting is not None:
+            return waiting
+        address, peer = _who(request)
         if self.password is None or hmac.compare_digest(given.encode(), self.password.encode()):
+            self.guesses.succeeded(address)
             response = _see_other("/")
             self._new_session(response, view_only=False)
             log.info("%s signed in with the password", request.remote)
             return response
-        log.warning("wrong password from %s", request.remote)
-        await asyncio.sleep(FAILED_LOGIN_DELAY)
+        self.guesses.failed(address, peer, "web")
         return _login_page("Wrong password.", status=403)
+
+    def _must_wait(self, request: web.Request) -> web.Response | None:
+        """A 429 if the client's address guessed wrong too often lately: its password (or
+        token) is then not checked at all, so parallel requests cannot guess faster."""
+        seconds = self.guesses.refuse(*_who(request), "web")
+        if not seconds:
+            return None
+        text = f"Too many wrong passwords, try again in {seconds:.0f} s."
+        response = _login_page(text, status=429)
+        response.headers["Retry-After"] = f"{seconds:.0f}"
+        return response
+
+
+def _who(request: web.Request) -> tuple[str, str]:
+    """The client's IP address (what guesses are counted by) and its label for the log."""
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if peername is None:
+        return request.remote or "unknown", request.remote or "unknown"
+    return host_of(peername), peer_label(peername)
 
 
 def _see_other(location: str) -> web.Response:

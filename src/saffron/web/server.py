@@ -706,6 +706,11 @@ class WebSocket(web.WebSocketResponse):
         if self._guard is not None:
             self._guard.closing()
 
+    @property
+    def address(self) -> str:
+        """The client's IP address."""
+        return self._guard.address if self._guard is not None else "unknown"
+
     def authenticated(self) -> None:
         """The client authenticated over this WebSocket (SPICE's link): see saffron.limits."""
         if self._guard is not None:
