@@ -19,6 +19,7 @@ from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
 from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
+from .net.guesses import GuessThrottle
 from .net.origin import HostRule
 from .tls import Certificate, self_signed
 from .web.auth import WebAuth
@@ -124,7 +125,13 @@ class Server:
         self.spice: SpiceServer | None = None
         self._closed = False
         self.certificate: Certificate | None = None
-        self.auth = WebAuth(opts.password, secure=opts.tls is not None or opts.cert is not None)
+        self.guesses = GuessThrottle()
+        """Wrong passwords by address, web and SPICE together: one pace for guessing."""
+        self.auth = WebAuth(
+            opts.password,
+            secure=opts.tls is not None or opts.cert is not None,
+            guesses=self.guesses,
+        )
         self.limits = ConnectionLimits(opts.max_connections, opts.max_per_address)
         bound = [addr[0] for addr in (opts.web, opts.spice, opts.spice_tls) if addr is not None]
         self.host_rule = HostRule(
@@ -185,6 +192,7 @@ class Server:
                 limits=self.limits,
                 secure_channels=[ChannelType[n.upper()] for n in opts.spice_secure_channels],
                 host_rule=self.host_rule,
+                guesses=self.guesses,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -244,6 +252,7 @@ class Server:
         if self.broadcast is not None:
             self.broadcast.close()
         self.limits.flush_log()  # refusals still being summed up, and its timer
+        self.guesses.flush_log()
 
 
 SPICE_HTML5 = Path("/usr/share/spice-html5")

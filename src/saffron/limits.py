@@ -8,6 +8,27 @@ dma-buf). Every TCP connection, web or SPICE, takes a slot from one shared
 closes. Refusals are logged, but a flood of them is summed up rather than
 written line by line, so the log cannot be flooded instead.
 
+Connections that have not authenticated yet cost an attacker nothing (no
+password needed to hold one), so they have a smaller share of the slots
+(``UNAUTHENTICATED_SHARE``) and ``AUTH_TIMEOUT_S`` to authenticate; the rest of
+the slots stay for people who have. A connection is *authenticated*:
+
+- SPICE (either port, or SPICE over WebSocket on the web port): once its link
+  is established, i.e. its ticket was right or no password is set;
+- web: once a request is answered that came with a valid session cookie, or
+  whose answer gives one (a right password or token link), or, with no password
+  set, once any request has been answered. An open WebSocket came from such a
+  request (``/ws`` needs a session); SPICE's ``/spice`` follows the SPICE rule.
+
+When the unauthenticated share is full, a new connection still gets in: the
+oldest unauthenticated connection of the address holding the most of them is
+closed to make room. Refusing the new one instead would let a flood of
+half-sent requests keep everyone out for as long as it is renewed; dropping
+the oldest of the busiest address keeps a visitor from another address, who
+has a connection or two, able to sign in, while the flood only displaces itself.
+When every slot is taken, a new connection is refused as before: people who
+signed in then hold at least half of them.
+
 This module only counts: the front ends decide what a refusal looks like on
 their wire (an HTTP 503, or a closed SPICE socket).
 """
@@ -18,6 +39,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("saffron.limits")
@@ -32,6 +54,19 @@ DEFAULT_MAX_PER_ADDRESS = 100
 """Connections open at once from one IP address: a dozen people behind one NAT,
 or a 50-viewer benchmark from one machine, while one host cannot take every slot.
 An IPv6 /64 counts as one address: one host usually has a whole /64 to pick from."""
+
+UNAUTHENTICATED_SHARE = 0.5
+"""Of ``--max-connections``, the share that may be open before authenticating: half
+(200 of the default 400). The other half is always there for people who signed in
+(25 browser pages or 50 SPICE clients at the default), while 200 is more than a
+room full of viewers all connecting at once ever holds before signing in."""
+
+AUTH_TIMEOUT_S = 10.0
+"""Seconds a connection has, from its accept, to authenticate (see above), TLS
+handshake included; then it is closed. A browser that shows the login page and
+waits for its user simply opens a new connection to send the password; a SPICE
+client links in well under a second. A third of ``HANDSHAKE_TIMEOUT_S``, so a
+slot held without a password is held for a short while only."""
 
 HANDSHAKE_TIMEOUT_S = 30.0
 """Seconds a web connection has to finish each HTTP request, or to open its
@@ -90,17 +125,23 @@ class Slot:
 
     address: str
     """What the per-address cap counted it as (see :func:`network_of`)."""
+    drop: Callable[[], None] | None = None
+    """Closes the connection, when its slot goes to a newer one before it authenticated."""
+    authenticated: bool = False
     released: bool = False
 
 
-class _Summary:
-    """Warnings about connections, by (address, reason): the first written at once, the
-    rest summed up at most every ``REFUSAL_LOG_INTERVAL_S`` for a few addresses, then
-    only counted, so a flood of connections is a few lines, not one each."""
+class Summary:
+    """Warnings about connections (or sign-ins), by (address, reason): the first written
+    at once, the rest summed up at most every ``REFUSAL_LOG_INTERVAL_S`` for a few
+    addresses, then only counted, so a flood of them is a few lines, not one each."""
 
-    def __init__(self, verb: str) -> None:
+    def __init__(self, verb: str, noun: str = "connection", logger: logging.Logger = log) -> None:
         self.verb = verb
         """What was done to them, in the summing-up ("refused", "closed")."""
+        self.noun = noun
+        """What they are, in the summing-up ("connection", "sign-in")."""
+        self.log = logger
         self.pending: dict[tuple[str, str], int] = {}
         self.others = 0
         self.last_logged = float("-inf")
@@ -115,7 +156,7 @@ class _Summary:
             and not self.others
         ):
             self.last_logged = now
-            log.warning("%s", first)
+            self.log.warning("%s", first)
             return
         key = (address, reason)
         if key in self.pending or len(self.pending) < REFUSAL_LOG_ADDRESSES:
@@ -139,19 +180,21 @@ class _Summary:
             return
         self.last_logged = time.monotonic()
         for (address, reason), count in self.pending.items():
-            log.warning(
-                "%s %d more connection%s from %s: %s",
+            self.log.warning(
+                "%s %d more %s%s from %s: %s",
                 self.verb,
                 count,
+                self.noun,
                 "" if count == 1 else "s",
                 address,
                 reason,
             )
         if self.others:
-            log.warning(
-                "%s %d more connection%s from other addresses",
+            self.log.warning(
+                "%s %d more %s%s from other addresses",
                 self.verb,
                 self.others,
+                self.noun,
                 "" if self.others == 1 else "s",
             )
         self.pending.clear()
@@ -159,7 +202,8 @@ class _Summary:
 
 
 class ConnectionLimits:
-    """A total and a per-address cap on open connections, shared by the front ends."""
+    """A total and a per-address cap on open connections, shared by the front ends, and
+    a smaller one on those not authenticated yet (see the module's docstring)."""
 
     def __init__(
         self,
@@ -170,23 +214,33 @@ class ConnectionLimits:
             raise ValueError("connection limits must be at least 1")
         self.max_connections = max_connections
         self.max_per_address = max_per_address
+        self.max_unauthenticated = max(1, int(max_connections * UNAUTHENTICATED_SHARE))
         self.total = 0
+        self.unauthenticated = 0
+        """Connections open that have not authenticated yet."""
         self.refused = 0
         """Connections refused since start, for tests and metrics."""
+        self.displaced = 0
+        """Unauthenticated connections closed to make room for newer ones, since start."""
         self.peak = 0
         self._by_address: dict[str, int] = {}
-        self._refusals = _Summary("refused")
-        self._failures = _Summary("closed")
-        """TLS handshakes that failed: a scanner probing the port makes many."""
+        self._waiting: dict[str, dict[Slot, None]] = {}
+        """Unauthenticated slots by address, oldest first."""
+        self._refusals = Summary("refused")
+        self._failures = Summary("closed")
+        """Connections a guard closed: TLS handshakes that failed (a scanner probing the
+        port makes many), connections that did not authenticate in time or made room."""
 
     def open_from(self, address: str) -> int:
         """Connections open from ``address`` (from its /64, for IPv6)."""
         return self._by_address.get(network_of(address), 0)
 
-    def admit(self, address: str, what: str) -> Slot | None:
+    def admit(self, address: str, what: str, drop: Callable[[], None] | None = None) -> Slot | None:
         """A slot for a new connection from ``address``, or None (logged) if over a cap.
 
-        ``what`` names the front end in the log ("web", "SPICE").
+        ``what`` names the front end in the log ("web", "SPICE"). The slot counts as
+        unauthenticated until :meth:`authenticated`; when those are too many, the
+        oldest of the address with the most is released and its ``drop`` called.
         """
         address = network_of(address)
         if self.total >= self.max_connections:
@@ -205,16 +259,53 @@ class ConnectionLimits:
                 "are open, the most allowed (--max-per-address)",
             )
             return None
+        if self.unauthenticated >= self.max_unauthenticated:
+            self._make_room()
+            count = self._by_address.get(address, 0)
+        slot = Slot(address, drop)
         self._by_address[address] = count + 1
         self.total += 1
         self.peak = max(self.peak, self.total)
-        return Slot(address)
+        self._waiting.setdefault(address, {})[slot] = None
+        self.unauthenticated += 1
+        return slot
+
+    def _make_room(self) -> None:
+        """Close the oldest unauthenticated connection of the address that has the most."""
+        busiest = max(self._waiting.values(), key=lambda slots: len(slots))
+        victim = next(iter(busiest))
+        self.displaced += 1
+        reason = "it had not authenticated, and a newer connection needed its slot"
+        self._failures.add(
+            victim.address, reason, f"closing a connection from {victim.address}: {reason}"
+        )
+        self.release(victim)
+        if victim.drop is not None:
+            victim.drop()
+
+    def authenticated(self, slot: Slot | None) -> None:
+        """The slot's connection authenticated: it no longer counts as waiting to."""
+        if slot is None or slot.released or slot.authenticated:
+            return
+        slot.authenticated = True
+        self._stop_waiting(slot)
+
+    def _stop_waiting(self, slot: Slot) -> None:
+        waiting = self._waiting.get(slot.address)
+        if waiting is None or slot not in waiting:
+            return
+        del waiting[slot]
+        self.unauthenticated -= 1
+        if not waiting:
+            del self._waiting[slot.address]
 
     def release(self, slot: Slot | None) -> None:
         """Give a slot back (again is harmless)."""
         if slot is None or slot.released:
             return
         slot.released = True
+        if not slot.authenticated:
+            self._stop_waiting(slot)
         self.total -= 1
         left = self._by_address.get(slot.address, 0) - 1
         if left > 0:
@@ -222,8 +313,9 @@ class ConnectionLimits:
         else:
             self._by_address.pop(slot.address, None)
 
-    def handshake_failed(self, slot: Slot | None, peer: str, reason: str) -> None:
-        """A TLS handshake failed or timed out (logged, summed up as refusals are)."""
+    def closing(self, slot: Slot | None, peer: str, reason: str) -> None:
+        """A guard closes a connection: its TLS handshake failed or timed out, or it did not
+        authenticate in time (logged, summed up as refusals are)."""
         address = slot.address if slot is not None else peer
         self._failures.add(address, reason, f"closing {peer}: {reason}")
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .limits import ConnectionLimits, Slot, abort_later, host_of, peer_label
+from .limits import AUTH_TIMEOUT_S, ConnectionLimits, Slot, abort_later, host_of, peer_label
 
 log = logging.getLogger("saffron.tls")
 
@@ -138,8 +138,10 @@ class AdmittedConnection(asyncio.Protocol):
 
     A connection takes its slot from the limits before anything else (:meth:`admit`),
     on a TLS port then runs its handshake (``loop.start_tls``), and only then is
-    :meth:`connected`. However it ends, :meth:`release` stops its timers and gives
-    the slot back.
+    :meth:`connected`. It is cut off unless its protocol calls :meth:`authenticated`
+    within ``AUTH_TIMEOUT_S``, or earlier if the limits give its slot to a newer
+    connection meanwhile. However it ends, :meth:`release` stops its timers and
+    gives the slot back.
     """
 
     def __init__(
@@ -159,15 +161,54 @@ class AdmittedConnection(asyncio.Protocol):
         self.peer = "unknown"
         self.transport: asyncio.Transport | None = None
         """The connection's transport once connected (over TLS on a TLS port)."""
+        self.address = "unknown"
+        """The peer's IP address."""
+        self._accepted: asyncio.Transport | None = None
+        """The socket's own transport (under the TLS one, on a TLS port)."""
         self._handshake: asyncio.Task[None] | None = None
         self._abort: asyncio.TimerHandle | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
 
-    def admit(self, transport: asyncio.BaseTransport) -> bool:
+    def admit(self, transport: asyncio.Transport) -> bool:
         """Take a slot for the connection just accepted; False (logged) if over a cap."""
         peername = transport.get_extra_info("peername")
         self.peer = peer_label(peername)
-        self.slot = self.limits.admit(host_of(peername), self.what)
-        return self.slot is not None
+        self.address = host_of(peername)
+        self.slot = self.limits.admit(self.address, self.what, drop=self._cut)
+        if self.slot is None:
+            return False
+        self._accepted = transport
+        loop = asyncio.get_running_loop()
+        self._auth_timer = loop.call_later(AUTH_TIMEOUT_S, self._not_authenticated)
+        return True
+
+    def authenticated(self) -> None:
+        """The client authenticated (see saffron.limits): no more hurry, and its slot is
+        no longer one a newer connection may take."""
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self.limits.authenticated(self.slot)
+
+    def idle(self) -> bool:
+        """Whether the connection waits for nothing from its client (a browser's between
+        requests): then being cut off for not authenticating is no warning."""
+        return False
+
+    def _not_authenticated(self) -> None:
+        self._auth_timer = None
+        reason = f"not authenticated within {AUTH_TIMEOUT_S:.0f} s"
+        if self.idle():
+            log.debug("closing %s: %s", self.label, reason)
+        else:
+            self.limits.closing(self.slot, self.label, reason)
+        self._cut()
+
+    def _cut(self) -> None:
+        """Close the connection now (the limits took its slot, or its time is up)."""
+        transport = self.transport or self._accepted
+        if transport is not None:
+            transport.abort()
 
     @property
     def label(self) -> str:
@@ -212,14 +253,14 @@ class AdmittedConnection(asyncio.Protocol):
             self._handshake = None
             if tls is None:
                 transport.abort()
-                self.limits.release(self.slot)
+                self.release()
         if tls is not None:
             tls.set_protocol(self)
             self.connected(tls)
             waiting.hand_over(self)
 
     def _failed(self, reason: str) -> None:
-        self.limits.handshake_failed(self.slot, self.label, reason)
+        self.limits.closing(self.slot, self.label, reason)
 
     def connected(self, transport: asyncio.Transport) -> None:
         """The connection is ready for its protocol: set ``self.transport`` and go."""
@@ -238,4 +279,7 @@ class AdmittedConnection(asyncio.Protocol):
         if self._handshake is not None:
             self._handshake.cancel()
             self._handshake = None
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
         self.limits.release(self.slot)

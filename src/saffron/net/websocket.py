@@ -60,6 +60,16 @@ class WebSocket(web.WebSocketResponse):
                 opened(self, request)
         return writer
 
+    @property
+    def address(self) -> str:
+        """The client's IP address (what guesses and connections are counted by)."""
+        return self._guard.address if self._guard is not None else "unknown"
+
+    def authenticated(self) -> None:
+        """The client authenticated over this WebSocket (SPICE's link): see saffron.limits."""
+        if self._guard is not None:
+            self._guard.authenticated()
+
     def end(self, reason: str) -> None:
         """Close it with ``reason``, which the page shows (its session ended)."""
         if self._ending is None and not self.closed:

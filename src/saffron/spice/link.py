@@ -192,7 +192,9 @@ class ServerLink:
         self.state = LinkState.DONE
 
     def refuse(self, error: LinkErr, reason: str) -> LinkFailed:
-        if self.state is not LinkState.AUTHENTICATED:
+        """Refuse a link whose reply was sent: after its ticket was checked, or before
+        it is read (the owner's guess throttle)."""
+        if self.state not in (LinkState.MECHANISM, LinkState.TICKET, LinkState.AUTHENTICATED):
             raise RuntimeError(f"cannot refuse a link in state {self.state.value}")
         return self._fail_late(error, reason)
 

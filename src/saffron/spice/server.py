@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
+from ..net.guesses import GuessThrottle
 from ..net.origin import HostRule
 from ..net.websocket import WebSocket, open_websocket
 from ..tls import AdmittedConnection
@@ -32,7 +33,7 @@ from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel
 from .keys import KeyPool
-from .link import LinkEstablished, LinkFailed, ServerLink, TicketKey
+from .link import LinkEstablished, LinkFailed, LinkState, ServerLink, TicketKey
 from .main import MainChannel
 from .session import (
     CursorHandler,
@@ -124,6 +125,15 @@ class Output(Protocol):
 
     @property
     def congested(self) -> bool: ...
+
+    @property
+    def address(self) -> str:
+        """The client's IP address (guesses are counted by it)."""
+        ...
+
+    def authenticated(self) -> None:
+        """The link is established: the connection no longer waits to authenticate."""
+        ...
 
     def write(self, data: bytes) -> None: ...
 
@@ -253,6 +263,8 @@ class Connection:
             self.close(f"no SPICE link within {LINK_TIMEOUT_S:.0f} s", warn=True)
 
     def _link_data(self, data: bytes) -> None:
+        if self.link.state in (LinkState.MECHANISM, LinkState.TICKET) and self._must_wait():
+            return
         for event in self.link.receive_data(data):
             if isinstance(event, LinkFailed):
                 self.flush()
@@ -263,7 +275,22 @@ class Connection:
                 return
         self.flush()
 
+    def _must_wait(self) -> bool:
+        """Whether the client's address guessed wrong too often lately: then its ticket is
+        refused unread (PERMISSION_DENIED, logged by the throttle) and the link closed."""
+        seconds = self.server.guesses.refuse(self.output.address, self.peer, "SPICE")
+        if not seconds:
+            return False
+        self.link.refuse(LinkErr.PERMISSION_DENIED, "too many wrong passwords")
+        self.flush()
+        self.close(f"too many wrong passwords, the next is checked in {seconds:.0f} s")
+        return True
+
     def _refused(self, event: LinkFailed) -> None:
+        if event.error == LinkErr.PERMISSION_DENIED:  # a wrong ticket: counted, summed up
+            self.server.guesses.failed(self.output.address, self.peer, "SPICE", event.reason)
+            self.close(event.reason)
+            return
         mess = self.link.mess
         what = f" {_channel_name(mess.channel_type)} channel" if mess else ""
         # NEED_SECURED is the normal way to send spice-gtk to the TLS port.
@@ -293,6 +320,8 @@ class Connection:
                 self._refused(refused)
                 return
             session = found
+        self.server.guesses.succeeded(self.output.address)
+        self.output.authenticated()
         self.link.accept()
         self.flush()
         if self._timeout is not None:
@@ -470,6 +499,7 @@ class _AiohttpOutput:
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self.address = ws.address
         self.conn: Connection | None = None
         self.congested = False
         self._queue: deque[bytes] = deque()
@@ -489,6 +519,9 @@ class _AiohttpOutput:
 
     def buffered(self) -> int:
         return self._queued
+
+    def authenticated(self) -> None:
+        self.ws.authenticated()
 
     def close(self) -> None:
         self._closing = True
@@ -586,6 +619,7 @@ class SpiceServer:
         limits: ConnectionLimits | None = None,
         secure_channels: Collection[int] = (),
         host_rule: HostRule | None = None,
+        guesses: GuessThrottle | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
@@ -596,6 +630,8 @@ class SpiceServer:
             host_rule if host_rule is not None else HostRule(password=password is not None)
         )
         """Shared with the web front end; the aiohttp path (``/spice``) is checked there."""
+        self.guesses = guesses if guesses is not None else GuessThrottle()
+        """Wrong tickets by address; shared with the web front end in a full Saffron."""
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""

@@ -24,7 +24,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from ..limits import peer_label
+from ..limits import host_of, peer_label
+from ..net.guesses import GuessThrottle
 from ..net.passwords import passwords_match
 
 log = logging.getLogger("saffron.web")
@@ -37,8 +38,6 @@ view-only link used over and over never signs out someone with full control."""
 MAX_VIEW_SESSIONS = 1024
 """View-only sessions kept at once; a new one past this ends the oldest view-only one."""
 SESSION_SECONDS = 12 * 3600
-FAILED_LOGIN_DELAY = 1.0
-"""Seconds a wrong password waits before its answer: slows guessing."""
 
 OPEN_PATHS = ("/login", "/logout", "/healthz", "/favicon.ico", "/static/", "/spice")
 """Paths without a session: the login itself, signing out (without a session there is
@@ -69,9 +68,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class WebAuth:
-    def __init__(self, password: str | None, *, secure: bool) -> None:
+    def __init__(
+        self, password: str | None, *, secure: bool, guesses: GuessThrottle | None = None
+    ) -> None:
         self.password = password
         self.secure = secure
+        self.guesses = guesses if guesses is not None else GuessThrottle()
+        """Wrong passwords and tokens by address; shared with SPICE in a full Saffron."""
         self.full_token = secrets.token_urlsafe(24)
         self.view_token = secrets.token_urlsafe(24)
         self._sessions: dict[bool, collections.OrderedDict[str, Session]] = {
@@ -167,16 +170,21 @@ class WebAuth:
             return await handler(request)
         token = request.query.get("token")
         if token is not None and request.path == "/":
+            waiting = self._must_wait(request)
+            if waiting is not None:
+                return waiting
             kind = self._token_kind(token)
+            address, peer = _who(request)
             if kind is None:
-                return await self._refuse_login(
-                    request, "a wrong token", "That link is not valid (any more)."
+                return self._refuse_login(
+                    request, "wrong token link", "That link is not valid (any more)."
                 )
+            self.guesses.succeeded(address)
             response = _see_other("/")
             self._new_session(response, view_only=kind, from_token=True)
             log.info(
                 "%s signed in with a %s link",
-                _peer(request),
+                peer,
                 "view-only" if kind else "full-control",
             )
             return response
@@ -191,17 +199,21 @@ class WebAuth:
             return _login_page("")
         form = await request.post()
         given = str(form.get("password", ""))
+        waiting = self._must_wait(request)  # after the body: guesses sent at once wait too
+        if waiting is not None:
+            return waiting
+        address, peer = _who(request)
         if self.password is None or passwords_match(given.encode(), self.password):
+            self.guesses.succeeded(address)
             response = _see_other("/")
             self._new_session(response, view_only=False, from_token=False)
-            log.info("%s signed in with the password", _peer(request))
+            log.info("%s signed in with the password", peer)
             return response
-        return await self._refuse_login(request, "a wrong password", "Wrong password.")
+        return self._refuse_login(request, "wrong password", "Wrong password.")
 
-    async def _refuse_login(self, request: web.Request, what: str, text: str) -> web.Response:
-        """Every failed sign-in (password or token link) comes here: logged, delayed, refused."""
-        log.warning("refused %s from %s", what, _peer(request))
-        await asyncio.sleep(FAILED_LOGIN_DELAY)
+    def _refuse_login(self, request: web.Request, what: str, text: str) -> web.Response:
+        """Every failed sign-in (password or token link) comes here: counted, refused."""
+        self.guesses.failed(*_who(request), "web", what)
         return _login_page(text, status=403)
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
@@ -209,19 +221,34 @@ class WebAuth:
         session = self.signed_in(request)
         if session is not None:
             self.end_session(session, "signed out")
-            log.info("%s signed out", _peer(request))
+            log.info("%s signed out", _who(request)[1])
         response = _see_other("/")
         response.del_cookie(COOKIE, path="/")
         return response
 
+    def _must_wait(self, request: web.Request) -> web.Response | None:
+        """A 429 if the client's address guessed wrong too often lately: its password (or
+        token) is then not checked at all, so parallel requests cannot guess faster."""
+        seconds = self.guesses.refuse(*_who(request), "web")
+        if not seconds:
+            return None
+        text = f"Too many wrong passwords, try again in {seconds:.0f} s."
+        response = _login_page(text, status=429)
+        response.headers["Retry-After"] = f"{seconds:.0f}"
+        return response
+
+
+def _who(request: web.Request) -> tuple[str, str]:
+    """The client's IP address (what guesses are counted by) and its label for the log."""
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if peername is None:
+        return request.remote or "unknown", request.remote or "unknown"
+    return host_of(peername), peer_label(peername)
+
 
 def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
-
-
-def _peer(request: web.Request) -> str:
-    transport = request.transport
-    return peer_label(transport.get_extra_info("peername") if transport else request.remote)
 
 
 def _login_page(error: str, status: int = 200) -> web.Response:

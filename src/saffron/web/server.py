@@ -43,7 +43,7 @@ from ..net.origin import HostRule
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..ratecontrol import RateEstimator
 from ..tls import AdmittedConnection
-from .auth import WebAuth
+from .auth import COOKIE, WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")
@@ -369,7 +369,7 @@ class WebServer:
         self.ssl_context = ssl_context
         self.app = web.Application(middlewares=[self._check_host, self.auth.middleware])
         self.app[WEBSOCKET_OPENED] = self._websocket_opened
-        self.app.on_response_prepare.append(_answered)
+        self.app.on_response_prepare.append(self._answered)
         self.app.on_response_prepare.append(_security_headers)
         self.app.router.add_route("*", "/login", self.auth.login)
         self.app.router.add_post("/logout", self.auth.logout)
@@ -444,6 +444,17 @@ class WebServer:
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+
+    async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
+        """aiohttp prepares a response: tell the connection's guard (on_response_prepare),
+        and whether the client has authenticated (see saffron.limits): its request came
+        with a valid session, or the answer gives one."""
+        transport = request.transport
+        guard = transport.get_protocol() if transport is not None else None
+        if isinstance(guard, _HttpGuard):
+            given = response.cookies.get(COOKIE)
+            signed_in = self.auth.session(request) is not None or bool(given and given.value)
+            guard.answered(isinstance(response, web.WebSocketResponse), signed_in)
 
     # -- routes ---------------------------------------------------------------
 
@@ -608,7 +619,10 @@ class _HttpGuard(AdmittedConnection):
     answer to arrive and be answered, and a WebSocket as long to open; then the
     socket is cut. Once a WebSocket is up, its own heartbeat (or SPICE's link
     timeout) takes over. A connection that is closing is cut off if it has not
-    closed within ``CLOSE_GRACE_S``.
+    closed within ``CLOSE_GRACE_S``. Until a request from a signed-in client is
+    answered (any request, without a password), the connection has
+    ``AUTH_TIMEOUT_S`` in all, and its slot may go to a newer connection (see
+    saffron.limits); one closed between requests is closed quietly.
     """
 
     def __init__(
@@ -681,13 +695,18 @@ class _HttpGuard(AdmittedConnection):
         if self.transport is not None:
             self.inner.connection_lost(exc)
 
-    def answered(self, websocket: bool) -> None:
+    def answered(self, websocket: bool, authenticated: bool) -> None:
         """A response is on its way: the next request has its own time; a WebSocket none."""
         self._partial = False
+        if authenticated:
+            self.authenticated()
         if websocket:
             self._disarm()
         else:
             self._arm()
+
+    def idle(self) -> bool:
+        return self.transport is not None and not self._partial
 
     def _arm(self) -> None:
         self._disarm()
@@ -718,14 +737,6 @@ class _HttpGuard(AdmittedConnection):
 
 
 Loop = asyncio.AbstractEventLoop
-
-
-async def _answered(request: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp prepares a response: tell the connection's guard (on_response_prepare)."""
-    transport = request.transport
-    guard = transport.get_protocol() if transport is not None else None
-    if isinstance(guard, _HttpGuard):
-        guard.answered(isinstance(response, web.WebSocketResponse))
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -788,7 +799,8 @@ class _BadRequestsAreWarnings(logging.Filter):
             record.msg = "bad HTTP request from %s (answered %d): %s"
             record.args = (who, exc.code, text)
             record.exc_info, record.exc_text = None, None
-        elif isinstance(exc, ConnectionError):  # the client left while a handler read or wrote
+        elif isinstance(exc, ConnectionError) or _closed_before_read(exc):
+            # the client left (or was cut off) while a handler read or wrote
             who = getattr(record, "peer", "?")
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             record.msg, record.args = "web connection from %s went away mid-request: %s", (who, exc)
@@ -798,6 +810,13 @@ class _BadRequestsAreWarnings(logging.Filter):
 
 SPICE_MAGIC = b"REDQ"
 """The first bytes of every SPICE link: a SPICE client given the web port by mistake."""
+
+
+def _closed_before_read(exc: BaseException | None) -> bool:
+    """What aiohttp raises when a handler starts to read a body from a connection closed
+    meanwhile (one cut off to make room for a newer one, say): no error of the server."""
+    return isinstance(exc, RuntimeError) and str(exc) == "Connection closed."
+
 
 HTTP_LOG = logging.getLogger("saffron.web.http")
 """aiohttp's own messages about connections (bad requests, handler errors)."""
