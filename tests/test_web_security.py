@@ -282,7 +282,6 @@ async def test_the_password_comparison_does_not_show_its_length(
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", recording)
-    monkeypatch.setattr(web_auth, "FAILED_LOGIN_DELAY", 0.0)
     async with saffron(password=PASSWORD) as (_, port, _rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         async with s.post(url + "login", data={"password": given}) as r:
