@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..display import Cursor, Display
 from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
+from ..net.ratelimit import TooManyMessages
 from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
@@ -215,6 +216,8 @@ class Connection:
                 self.handler.receive(data)
         except ProtocolError as exc:
             self.close(f"malformed message: {exc}", warn=True)
+        except TooManyMessages as exc:
+            self.close(str(exc), warn=True)
         except Exception as exc:
             log.exception("%s: unexpected error", self.peer)
             self.close(f"internal error ({type(exc).__name__})", warn=True)
