@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import ClassVar
 
 import numpy as np
+import pytest
 
-from saffron.broadcast import Broadcast
+from saffron import broadcast
+from saffron.broadcast import KEYFRAME_MIN_INTERVAL, Broadcast
 from saffron.display import Display, Frame, Rect
 from saffron.encoders.base import Encoder, Packet
+from saffron.web.protocol import CODEC_IDS
 
 W, H = 64, 48
 
@@ -147,6 +152,65 @@ async def test_resize_reopens_the_encoder_with_a_keyframe() -> None:
         (W, H, False),
         (W * 2, H * 2, True),
     ]
+    b.close()
+
+
+async def test_joins_share_keyframes_at_a_limited_rate() -> None:
+    """A viewer that joins again and again (any page may, view-only too) gets keyframes
+    for everyone at most every KEYFRAME_MIN_INTERVAL, and still gets its picture."""
+    display = Display()
+    b = Broadcast(display, asyncio.get_running_loop(), encoder_factory=factory)
+    watcher, joiner = FakeViewer("watcher"), FakeViewer("joiner")
+    b.join(watcher, "h264")
+    await present_one(display, b, 1)
+    start = time.monotonic()
+    for _ in range(50):
+        b.join(joiner, "h264")
+        await asyncio.sleep(0.01)
+    elapsed = time.monotonic() - start
+    await asyncio.sleep(KEYFRAME_MIN_INTERVAL)
+    await settle(b)
+    keyframes = sum(p.keyframe for p in watcher.got)
+    # The first picture, then at most one per interval of the joins, and one at its end.
+    assert keyframes <= 2 + elapsed / KEYFRAME_MIN_INTERVAL, f"{keyframes} keyframes"
+    assert joiner.got and joiner.got[0].keyframe, "the last join still got a picture"
+    b.close()
+
+
+async def test_a_stream_nobody_watches_is_closed_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page cycling through the codecs must not leave five encoders and their threads
+    behind; a viewer that comes back within the while keeps the encoder."""
+    monkeypatch.setattr(broadcast, "IDLE_STREAM_CLOSE_S", 0.3, raising=False)
+    baseline = threading.active_count()
+    display = Display()
+    b = Broadcast(display, asyncio.get_running_loop(), fps=10, bitrate_kbps=300)
+    page, back = FakeViewer("page"), FakeViewer("back")
+    pixels = np.full((96, 128, 4), 80, np.uint8)
+    streams = []
+    for codec in CODEC_IDS:
+        streams.append(b.join(page, codec))
+        display.present(pixels.copy(), owned=True)
+        for _ in range(200):
+            if page.got and page.got[-1].codec == codec:
+                break
+            await asyncio.sleep(0.02)
+        assert page.got[-1].codec == codec, f"no {codec} frame"
+        if codec == CODEC_IDS[0]:
+            assert b.join(page, CODEC_IDS[1]) is not streams[0]
+            assert b.join(back, CODEC_IDS[0]) is streams[0], "joined within the while"
+            await asyncio.sleep(0.6)
+            assert b.streams[CODEC_IDS[0]] is streams[0] and not streams[0].closed
+            b.leave(back)
+    b.leave(page)
+    for _ in range(500):
+        if not b.streams and threading.active_count() <= baseline:
+            break
+        await asyncio.sleep(0.02)
+    assert b.streams == {}, f"still open: {list(b.streams)}"
+    assert all(s.closed for s in streams)
+    assert threading.active_count() == baseline, [t.name for t in threading.enumerate()]
     b.close()
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 from aiohttp import ClientSession, WSMsgType
 from aiohttp.test_utils import TestServer
 
-from saffron.broadcast import Broadcast
+from saffron.broadcast import KEYFRAME_MIN_INTERVAL, Broadcast
 from saffron.display import Button, Display
 from saffron.keys import scancode_for
 from saffron.web.protocol import HEADER, ProtocolError, unpack_video
@@ -188,6 +191,91 @@ async def test_binary_from_the_page_is_refused(env: Env) -> None:
         ):
             pass
         assert ws.close_code == 1008
+
+
+class Watcher:
+    """A good page beside a flood: acks every frame and counts frames and keyframes,
+    while a producer presents a new picture ten times a second (``--fps 10``)."""
+
+    def __init__(self, env: Env, ws: Any) -> None:
+        self.frames = self.keyframes = 0
+        self.tasks = [asyncio.create_task(self._watch(ws)), asyncio.create_task(self._produce(env))]
+
+    async def _watch(self, ws: Any) -> None:
+        while True:
+            header, _ = await next_video(ws)
+            self.frames += 1
+            self.keyframes += header.keyframe
+            await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
+
+    async def _produce(self, env: Env) -> None:
+        for i in range(1_000_000):
+            env.present(i % 250)
+            await asyncio.sleep(0.1)
+
+    async def more_frames(self, count: int) -> None:
+        until = self.frames + count
+        for _ in range(1000):
+            if self.frames >= until:
+                return
+            assert not any(t.done() for t in self.tasks), [t.exception() for t in self.tasks]
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the good page stopped at {self.frames} frames")
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+@pytest.mark.parametrize("codecs", [["h264"], ["mjpeg", "h264"]], ids=["same", "switching"])
+async def test_a_page_that_keeps_starting_does_not_flood_others_with_keyframes(
+    env: Env, codecs: list[str]
+) -> None:
+    """A view-only page re-sending ``start`` every 10 ms (for its codec, or switching back
+    and forth) used to make every other page get a keyframe each time."""
+    env.server.view_only = True
+    async with ClientSession() as s:
+        watcher = Watcher(env, await start(s, env))
+        flooder = await start(s, env)
+        await watcher.more_frames(3)
+        before = watcher.keyframes
+        began = time.monotonic()
+        for i in range(200):
+            await flooder.send_str(json.dumps({"type": "start", "codec": codecs[i % len(codecs)]}))
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - began
+        await watcher.more_frames(5)
+        watcher.stop()
+        flood = watcher.keyframes - before
+        # At most one per KEYFRAME_MIN_INTERVAL of the flood and one at its end (before: ~200).
+        assert flood <= 1 + elapsed / KEYFRAME_MIN_INTERVAL, f"{flood} keyframes in {elapsed:.1f} s"
+        await flooder.close()
+
+
+async def test_a_message_flood_is_closed_and_others_keep_watching(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """4 KB messages as fast as the socket takes them: the page is closed with the reason
+    logged, the other page keeps getting frames."""
+    caplog.set_level(logging.WARNING, logger="saffron.web")
+    big = json.dumps({"type": "stats", "pad": "x" * 4000})
+    async with ClientSession() as s:
+        watcher = Watcher(env, await start(s, env))
+        flooder = await start(s, env)
+        await watcher.more_frames(2)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(5000):  # 20 MB; more than twenty seconds' worth of the limit
+                await flooder.send_str(big)
+
+        async def until_closed() -> None:
+            async for _ in flooder:
+                pass
+
+        await asyncio.wait_for(until_closed(), 30)
+        assert flooder.close_code == 1008
+        await watcher.more_frames(5)
+        watcher.stop()
+    assert "messages a second" in caplog.text
 
 
 def test_video_header_layout() -> None:

@@ -5,7 +5,10 @@ A stream is *ready* for a frame only while some viewer can take one more, so
 when every viewer is behind, frames are skipped before they are copied or
 encoded. A viewer that misses a packet other viewers got (it was full when
 the packet was published) waits for the next keyframe, which is requested for
-it at a limited rate so one slow viewer cannot flood the others with them.
+it at a limited rate so one slow viewer cannot flood the others with them;
+a joining viewer's keyframe is limited the same way, so a viewer that joins
+again and again cannot either. A stream nobody watches any more is closed a
+while later (``IDLE_STREAM_CLOSE_S``), its encoder and threads with it.
 
 Threads: producers call ``offer``/``damage`` from anywhere; the worker encodes;
 everything that touches viewers runs on the asyncio loop.
@@ -33,9 +36,20 @@ BITRATE_CHANGE_INTERVAL = 1.0
 """Seconds between bitrate changes: each reopens the encoder with a keyframe."""
 
 KEYFRAME_MIN_INTERVAL = 0.5
-"""Seconds between keyframes asked for by lagging viewers: a keyframe costs
-several times a normal frame, so a viewer that keeps falling behind must not
-make every other viewer pay for one on every frame."""
+"""Seconds between keyframes asked for by joining or lagging viewers: a keyframe
+costs several times a normal frame, so a viewer that keeps falling behind, or one
+that joins again and again (any page may, view-only ones too), must not make every
+other viewer pay for one on every frame. A request inside the interval is not
+dropped: it shares the next keyframe, at the latest when the interval ends, so a
+new viewer still sees a picture within half a second."""
+
+IDLE_STREAM_CLOSE_S = 10.0
+"""Seconds a stream keeps its encoder and threads after its last viewer left.
+Long enough for a page that reloads, a SPICE client that reconnects or a viewer
+that switches codecs and back to find the encoder still open (opening one takes
+tens of milliseconds, and its first frame is a keyframe); short enough that the
+encoders of codecs nobody watches any more (a few MB and several threads each)
+are not kept for the life of the process."""
 
 
 class Viewer(Protocol):
@@ -103,7 +117,9 @@ class Stream:
         self._on_failure = on_failure
         self._index = 0
         self._want_key = True
-        self._last_key_request = 0.0
+        self._last_key_request = -KEYFRAME_MIN_INTERVAL
+        self._key_timer: asyncio.TimerHandle | None = None
+        """The one pending retry of a keyframe request (requests meanwhile share it)."""
         self._last_frame: Frame | None = None
         self._closed = False
         # statistics
@@ -148,7 +164,7 @@ class Stream:
     def add(self, viewer: Viewer) -> None:
         self.seats[viewer] = Seat(viewer)
         self._viewers = tuple(self.seats)
-        self.request_keyframe(urgent=True)
+        self.request_keyframe()
 
     def remove(self, viewer: Viewer) -> None:
         self.seats.pop(viewer, None)
@@ -160,10 +176,15 @@ class Stream:
         if seat is not None and seat.expected < 0:
             self.request_keyframe()
 
-    def request_keyframe(self, urgent: bool = False) -> None:
+    def request_keyframe(self) -> None:
+        """A keyframe now, or if one was asked for within ``KEYFRAME_MIN_INTERVAL``, when
+        that ends (unless one came meanwhile): joins and lagging viewers are coalesced."""
+        if self._closed:
+            return
         now = time.monotonic()
-        if not urgent and now - self._last_key_request < KEYFRAME_MIN_INTERVAL:
-            self.loop.call_later(KEYFRAME_MIN_INTERVAL, self._retry_keyframe)
+        wait = self._last_key_request + KEYFRAME_MIN_INTERVAL - now
+        if wait > 0:
+            self._retry_in(wait)
             return
         self._last_key_request = now
         self._want_key = True
@@ -173,7 +194,12 @@ class Stream:
             self.slot.put(self._last_frame)
         self.display.request_refresh()
 
+    def _retry_in(self, delay: float) -> None:
+        if self._key_timer is None:
+            self._key_timer = self.loop.call_later(delay, self._retry_keyframe)
+
     def _retry_keyframe(self) -> None:
+        self._key_timer = None
         if any(seat.expected < 0 for seat in self.seats.values()):
             self.request_keyframe()
 
@@ -220,7 +246,7 @@ class Stream:
             seat.sent += 1
             seat.expected = index + 1
         if any(seat.expected < 0 for seat in self.seats.values()):
-            self.loop.call_later(KEYFRAME_MIN_INTERVAL, self._retry_keyframe)
+            self._retry_in(KEYFRAME_MIN_INTERVAL)
 
     # -- the worker thread -----------------------------------------------------
 
@@ -282,6 +308,8 @@ class Stream:
 
     def _fail(self, reason: str) -> None:
         """An encoder broke: try the next backend of the codec, else give up the stream."""
+        if self._closed:
+            return  # closed under a frame being encoded: not the codec's fault
         log.warning("%s encoder failed: %s", self.codec, reason)
         if self.encoder is not None:
             self.encoder.close()
@@ -299,10 +327,21 @@ class Stream:
             self.loop.call_soon_threadsafe(self._on_failure, self, reason)
 
     def close(self) -> None:
+        self.stop()
+        self.finish()
+
+    def stop(self) -> None:
+        """Take no more frames and wake the worker threads; on the event loop, never waits."""
         self._closed = True
         self._adapt_handle.cancel()
+        if self._key_timer is not None:
+            self._key_timer.cancel()
+            self._key_timer = None
         self.slot.close()
         self._handoff.close()
+
+    def finish(self) -> None:
+        """After ``stop``: wait for the worker threads and free the encoder (any thread)."""
         self._converter.join(timeout=2)
         self._thread.join(timeout=2)
         if self.encoder is not None:
@@ -336,6 +375,9 @@ class Broadcast:
         self.streams: dict[str, Stream] = {}
         self._factory = encoder_factory
         self._where: dict[Viewer, Stream] = {}
+        self._idle: dict[Stream, asyncio.TimerHandle] = {}
+        """Streams without viewers, each with the timer that closes it."""
+        self._closers: list[threading.Thread] = []
         self.failure_listeners: list[Callable[[str, str], None]] = []
 
     def join(self, viewer: Viewer, codec: str) -> Stream:
@@ -355,6 +397,9 @@ class Broadcast:
             self.streams[codec] = stream
             self.display.add_sink(stream)
         self.leave(viewer)
+        idle = self._idle.pop(stream, None)
+        if idle is not None:
+            idle.cancel()  # a viewer came back in time: the encoder stays
         stream.add(viewer)
         self._where[viewer] = stream
         return stream
@@ -363,6 +408,30 @@ class Broadcast:
         stream = self._where.pop(viewer, None)
         if stream is not None:
             stream.remove(viewer)
+            if not stream.seats and stream not in self._idle:
+                self._idle[stream] = self.loop.call_later(
+                    IDLE_STREAM_CLOSE_S, self._close_idle, stream
+                )
+
+    def _close_idle(self, stream: Stream) -> None:
+        """Nobody came back: close the stream's encoder and threads (in a thread of its own,
+        as a worker may be in the middle of a frame)."""
+        self._idle.pop(stream, None)
+        if stream.seats:
+            return
+        if self.streams.get(stream.codec) is stream:
+            del self.streams[stream.codec]
+        self.display.remove_sink(stream)
+        stream.stop()
+        log.info(
+            "closing the %s encoder: nobody watched it for %.0f s",
+            stream.codec,
+            IDLE_STREAM_CLOSE_S,
+        )
+        self._closers = [t for t in self._closers if t.is_alive()]
+        closer = threading.Thread(target=stream.finish, name=f"close-{stream.codec}", daemon=True)
+        closer.start()
+        self._closers.append(closer)
 
     def viewer_ready(self, viewer: Viewer) -> None:
         stream = self._where.get(viewer)
@@ -374,13 +443,22 @@ class Broadcast:
 
     def _stream_failed(self, stream: Stream, reason: str) -> None:
         self.display.remove_sink(stream)
+        idle = self._idle.pop(stream, None)
+        if idle is not None:
+            idle.cancel()
         if self.streams.get(stream.codec) is stream:
             del self.streams[stream.codec]
         for listener in list(self.failure_listeners):
             listener(stream.codec, reason)
 
     def close(self) -> None:
+        for idle in self._idle.values():
+            idle.cancel()
+        self._idle.clear()
         for stream in self.streams.values():
             self.display.remove_sink(stream)
             stream.close()
         self.streams.clear()
+        for closer in self._closers:
+            closer.join(timeout=5)
+        self._closers.clear()

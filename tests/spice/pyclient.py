@@ -298,12 +298,13 @@ class PyClient:
                 return out
 
     async def closed(self, timeout: float = 10) -> bool:
-        """Whether the server closes the connection within ``timeout`` (data is discarded)."""
+        """Whether the server closes the connection within ``timeout`` (data is discarded).
+        A reset counts: a server that closes with the client's data unread resets."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     await self.stream.read()
-        except Closed:
+        except (Closed, ConnectionResetError):
             return True
         except (TimeoutError, ConnectionError):
             return False

@@ -168,6 +168,30 @@ def test_malformed_message_closes_one_connection(caplog: pytest.LogCaptureFixtur
     assert "malformed message" in caplog.text and "inputs channel" in caplog.text
 
 
+def test_a_message_flood_closes_that_channel(caplog: pytest.LogCaptureFixture) -> None:
+    """20,000 mouse motions at once (a script, not a mouse): the inputs channel is closed
+    with the reason logged, the other client's video goes on."""
+    caplog.set_level(logging.INFO, logger="saffron.spice")
+    with spice_server() as (srv, _):
+
+        async def go() -> None:
+            _main_a, init_a = await open_session(srv.port)
+            _main_b, init_b = await open_session(srv.port)
+            display_b = await open_display(srv.port, init_b.session_id)
+            inputs_a = await PyClient.open(
+                srv.port, w.ChannelType.INPUTS, connection_id=init_a.session_id
+            )
+            await inputs_a.expect(w.InputsInit)
+            await frames(display_b, 3)
+            motion = w.frame(w.MouseMotion(1, 1, 0), mini=True, serial=1)
+            inputs_a.send_raw(motion * 20_000)
+            assert await inputs_a.closed(timeout=10)
+            await frames(display_b, 10)  # the other viewer carries on
+
+        run(go())
+    assert "messages a second" in caplog.text and "inputs channel" in caplog.text
+
+
 def test_oversized_message_is_refused_without_reading_it() -> None:
     with spice_server(scene=False) as (srv, _):
 

@@ -100,7 +100,7 @@ class FFmpegEncoder(Encoder):
         self.hardware = profile.hardware
         self._pts = 0
         self._reopen = False
-        self._ctx = self._open()
+        self._ctx: VideoCodecContext | None = self._open()
 
     def _open(self) -> VideoCodecContext:
         try:
@@ -152,9 +152,10 @@ class FFmpegEncoder(Encoder):
 
     def encode(self, frame: Frame, keyframe: bool = False, prepared: object = None) -> Packet:
         t0 = time.perf_counter()
-        if self._reopen:
+        ctx = self._ctx
+        if self._reopen or ctx is None:
             self._reopen = False
-            self._ctx = self._open()
+            self._ctx = ctx = self._open()
             keyframe = True
         yuv = prepared if self._fits(prepared) else self.prepare(frame)
         yuv.pts = self._pts
@@ -162,7 +163,7 @@ class FFmpegEncoder(Encoder):
         if keyframe:
             yuv.pict_type = PictureType.I
         try:
-            packets = self._ctx.encode(yuv)
+            packets = ctx.encode(yuv)
         except av.FFmpegError as exc:
             raise EncoderError(f"{self.backend} failed on a frame: {exc}") from exc
         if not packets:
@@ -180,4 +181,6 @@ class FFmpegEncoder(Encoder):
         )
 
     def close(self) -> None:
-        self._reopen = True  # a later encode would need a fresh context
+        # Dropping the context frees it and ends its codec's threads (PyAV has no close);
+        # a later encode opens a fresh one.
+        self._ctx = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from .wire import (
     CLIENT_MESSAGES,
     MAX_CLIENT_MESSAGE_SIZE,
@@ -76,6 +77,8 @@ class Channel:
         self.client_caps = client_caps
         self._reader = MessageReader(mini=mini_header, limit=MAX_CLIENT_MESSAGE_SIZE)
         self._table = CLIENT_MESSAGES[self.CHANNEL_TYPE]
+        self._budget = TokenBucket()
+        """What the client may still send on this connection (see net.ratelimit)."""
         self._out: list[bytes] = []
         self._out_size = 0
         self._serial = 0
@@ -136,10 +139,13 @@ class Channel:
     # -- input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Feed bytes from the client. Raises ProtocolError on a malformed message."""
+        """Feed bytes from the client. Raises ProtocolError on a malformed message, and
+        TooManyMessages past the connection's message rate (before that message is read)."""
         self._reader.feed(data)
         events: list[Event] = []
         while (raw := self._reader.next()) is not None:
+            if not self._budget.take(message_cost(len(raw.body))):
+                raise TooManyMessages(self._budget.exceeded())
             message = parse(self._table, raw.type, raw.body)
             if message is None:
                 events.append(Unhandled(raw.type, len(raw.body)))

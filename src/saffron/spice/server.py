@@ -27,6 +27,7 @@ from ..encoders.base import Packet
 from ..limits import ConnectionLimits, peer_label
 from ..net.guesses import GuessThrottle
 from ..net.origin import HostRule
+from ..net.ratelimit import TooManyMessages
 from ..net.websocket import WebSocket, open_websocket
 from ..tls import AdmittedConnection
 from .cursor import CursorChannel
@@ -235,6 +236,8 @@ class Connection:
                 self.handler.receive(data)
         except ProtocolError as exc:
             self.close(f"malformed message: {exc}", warn=True)
+        except TooManyMessages as exc:
+            self.close(str(exc), warn=True)
         except Exception as exc:
             log.exception("%s: unexpected error", self.peer)
             self.close(f"internal error ({type(exc).__name__})", warn=True)

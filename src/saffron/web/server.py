@@ -40,6 +40,7 @@ from ..limits import (
     peer_label,
 )
 from ..net.origin import HostRule
+from ..net.ratelimit import TokenBucket, message_cost
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..ratecontrol import RateEstimator
 from ..tls import AdmittedConnection
@@ -137,6 +138,8 @@ class WebViewer:
         self.frames_acked = 0
         self.page_stats: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self._messages = TokenBucket()
+        """What the page may still send (see net.ratelimit): past it, it is closed."""
         self.end = ""
         """Why the server closed this page's socket, if it did."""
 
@@ -246,6 +249,8 @@ class WebViewer:
     def _handle(self, text: str) -> None:
         if len(text) > MAX_TEXT_MESSAGE:
             raise ProtocolError(f"message of {len(text)} characters is too long")
+        if not self._messages.take(message_cost(len(text))):
+            raise ProtocolError(self._messages.exceeded())
         try:
             msg = json.loads(text)
         except ValueError as exc:
@@ -265,6 +270,8 @@ class WebViewer:
         codec = str(msg["codec"])
         if codec not in self.server.codecs:
             raise ProtocolError(f"codec {codec!r} is not offered here ({self.server.codecs})")
+        if codec == self.codec and self.server.broadcast.stream_of(self) is not None:
+            return  # already watching it: a repeated start must not cost everyone a keyframe
         self.codec = codec
         self.stream = self.server.broadcast.join(self, codec)
         self._next, self._acked = 0, -1
