@@ -27,6 +27,7 @@ from typing import Protocol
 from .display import Display, Frame, Rect
 from .encoders.base import Encoder, EncoderError, Packet
 from .encoders.registry import create_encoder
+from .memory import trim
 from .ratecontrol import INTERVAL, choose_bitrate, significant
 from .slot import FifoSlot, FrameSlot, Handoff
 
@@ -352,6 +353,13 @@ class Stream:
         return self._closed
 
 
+def _finish(stream: Stream) -> None:
+    """Free a stopped stream's encoder, and give its memory back to the system now rather
+    than at the next periodic trim (an encoder's buffers are tens of MB at 1280x720)."""
+    stream.finish()
+    trim()
+
+
 class Broadcast:
     """All streams of one display: the front ends' single entry point."""
 
@@ -429,7 +437,9 @@ class Broadcast:
             IDLE_STREAM_CLOSE_S,
         )
         self._closers = [t for t in self._closers if t.is_alive()]
-        closer = threading.Thread(target=stream.finish, name=f"close-{stream.codec}", daemon=True)
+        closer = threading.Thread(
+            target=_finish, args=(stream,), name=f"close-{stream.codec}", daemon=True
+        )
         closer.start()
         self._closers.append(closer)
 
