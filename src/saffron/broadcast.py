@@ -200,8 +200,11 @@ class Stream:
             self._key_timer = self.loop.call_later(delay, self._retry_keyframe)
 
     def _retry_keyframe(self) -> None:
+        """Only for a waiting viewer that can take the keyframe now: one that cannot (a
+        page that stopped acknowledging) would make everyone else pay for one every
+        interval; it asks again through ``viewer_ready`` when it can."""
         self._key_timer = None
-        if any(seat.expected < 0 for seat in self.seats.values()):
+        if any(s.expected < 0 and s.viewer.writable() for s in self.seats.values()):
             self.request_keyframe()
 
     def set_bitrate(self, kbps: int) -> None:
