@@ -177,6 +177,23 @@ async def test_joins_share_keyframes_at_a_limited_rate() -> None:
     b.close()
 
 
+async def test_a_viewer_that_stopped_reading_costs_nobody_keyframes() -> None:
+    """A page that stops acknowledging waits for a keyframe it cannot take: none is made
+    for it until it can (it used to cost everyone a keyframe every interval)."""
+    display = Display()
+    b = Broadcast(display, asyncio.get_running_loop(), encoder_factory=factory)
+    watcher, stuck = FakeViewer("watcher"), FakeViewer("stuck", window=1)
+    b.join(watcher, "h264")
+    b.join(stuck, "h264")
+    for i in range(int(4 * KEYFRAME_MIN_INTERVAL / 0.1)):
+        display.present(np.full((H, W, 4), i, np.uint8), owned=True)
+        await asyncio.sleep(0.1)
+    await settle(b)
+    assert len(stuck.got) == 1 and len(watcher.got) > 10
+    assert sum(p.keyframe for p in watcher.got) == 1
+    b.close()
+
+
 async def test_a_stream_nobody_watches_is_closed_after_a_while(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

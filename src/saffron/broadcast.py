@@ -27,6 +27,7 @@ from typing import Protocol
 from .display import Display, Frame, Rect
 from .encoders.base import Encoder, EncoderError, Packet
 from .encoders.registry import create_encoder
+from .memory import trim
 from .ratecontrol import INTERVAL, choose_bitrate, significant
 from .slot import FifoSlot, FrameSlot, Handoff
 
@@ -199,8 +200,11 @@ class Stream:
             self._key_timer = self.loop.call_later(delay, self._retry_keyframe)
 
     def _retry_keyframe(self) -> None:
+        """Only for a waiting viewer that can take the keyframe now: one that cannot (a
+        page that stopped acknowledging) would make everyone else pay for one every
+        interval; it asks again through ``viewer_ready`` when it can."""
         self._key_timer = None
-        if any(seat.expected < 0 for seat in self.seats.values()):
+        if any(s.expected < 0 and s.viewer.writable() for s in self.seats.values()):
             self.request_keyframe()
 
     def set_bitrate(self, kbps: int) -> None:
@@ -352,6 +356,13 @@ class Stream:
         return self._closed
 
 
+def _finish(stream: Stream) -> None:
+    """Free a stopped stream's encoder, and give its memory back to the system now rather
+    than at the next periodic trim (an encoder's buffers are tens of MB at 1280x720)."""
+    stream.finish()
+    trim()
+
+
 class Broadcast:
     """All streams of one display: the front ends' single entry point."""
 
@@ -429,7 +440,9 @@ class Broadcast:
             IDLE_STREAM_CLOSE_S,
         )
         self._closers = [t for t in self._closers if t.is_alive()]
-        closer = threading.Thread(target=stream.finish, name=f"close-{stream.codec}", daemon=True)
+        closer = threading.Thread(
+            target=_finish, args=(stream,), name=f"close-{stream.codec}", daemon=True
+        )
         closer.start()
         self._closers.append(closer)
 
