@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from saffron import limits as limits_module
-from saffron import tls as tls_module
 from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
+from saffron.net import admission as admission_module
+from saffron.net import limits as limits_module
 from tests.conftest import ARTIFACTS
 from tests.live import (
     IO_TIMEOUT,
@@ -150,7 +150,7 @@ def refusals_logged(records: Records, start: int, address: str) -> int:
     """How many refusals of ``address`` the log accounts for (first line + summed lines)."""
     total = 0
     for _, name, text in records.since(start):
-        if name != "saffron.limits" or f"from {address}:" not in text:
+        if name != "saffron.net.limits" or f"from {address}:" not in text:
             continue
         more = re.search(r"refused (\d+) more connection", text)
         total += int(more.group(1)) if more else 1
@@ -161,7 +161,7 @@ def test_per_address_cap(
     flooded: Live, figures: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(limits_module, "REFUSAL_LOG_INTERVAL_S", 0.2)
-    monkeypatch.setattr(tls_module, "AUTH_TIMEOUT_S", IO_TIMEOUT)  # kept until counted
+    monkeypatch.setattr(admission_module, "AUTH_TIMEOUT_S", IO_TIMEOUT)  # kept until counted
     limits, start = flooded.server.limits, len(flooded.records)
     refused_before = limits.refused
     socks = open_many(flooded.spice_port, "127.0.0.2", FLOOD)
@@ -179,7 +179,9 @@ def test_per_address_cap(
         # Another address is not affected: a viewer from 127.0.0.1 links as usual.
         main, _ = flooded.run(open_session(flooded.spice_port))
         main.close()
-        lines = [text for _, name, text in flooded.records.since(start) if name == "saffron.limits"]
+        lines = [
+            text for _, name, text in flooded.records.since(start) if name == "saffron.net.limits"
+        ]
         assert lines[0] == (
             "refused a SPICE connection from 127.0.0.2: 100 connections from that address "
             "are open, the most allowed (--max-per-address)"
@@ -251,7 +253,7 @@ def test_the_flooded_address_can_watch_again(
     flooded: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once its connections are gone, an address that flooded is served like any other."""
-    monkeypatch.setattr(tls_module, "AUTH_TIMEOUT_S", IO_TIMEOUT)  # kept until counted
+    monkeypatch.setattr(admission_module, "AUTH_TIMEOUT_S", IO_TIMEOUT)  # kept until counted
     over = 20
     socks = open_many(flooded.spice_port, "127.0.0.2", PER_ADDRESS + over)
     try:

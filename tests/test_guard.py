@@ -24,14 +24,14 @@ from typing import Any
 
 import pytest
 
-from saffron import limits as limits_module
 from saffron.app import Options, Server
 from saffron.display import Display
-from saffron.limits import ConnectionLimits, network_of
+from saffron.net import limits as limits_module
+from saffron.net.limits import ConnectionLimits, network_of
+from saffron.net.tls import Certificate, self_signed
 from saffron.sources.pattern import PatternSource
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
-from saffron.tls import Certificate, self_signed
 from saffron.web import server as web_server_module
 from tests.live import Records, upgrade, wait_until, ws_frame
 
@@ -160,7 +160,7 @@ def test_ipv6_addresses_count_by_slash_64() -> None:
 
 def test_refusal_summary_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     """Refusals from thousands of addresses: a few lines that still count them all."""
-    caplog.set_level(logging.WARNING, "saffron.limits")
+    caplog.set_level(logging.WARNING, "saffron.net.limits")
     limits = ConnectionLimits(max_connections=1)
     assert limits.admit("10.0.0.1", "SPICE") is not None
     for i in range(5000):

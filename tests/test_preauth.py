@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from saffron.limits import ConnectionLimits, Slot
+from saffron.net.limits import ConnectionLimits, Slot
 from tests.live import wait_until
 from tests.spice.pyclient import open_session
 from tests.test_fuzz_connections import close_all, closed_by_server, open_many
@@ -86,9 +86,9 @@ def test_unauthenticated_connections_have_a_short_time(
 ) -> None:
     """Silent, half-sent and unsigned-in connections are closed after AUTH_TIMEOUT_S; one
     that signed in stays (it has HANDSHAKE_TIMEOUT_S between requests)."""
-    from saffron import tls as tls_module
+    from saffron.net import admission as admission_module
 
-    monkeypatch.setattr(tls_module, "AUTH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(admission_module, "AUTH_TIMEOUT_S", 0.5)
     s = guarded
     silent_spice = connect(s.spice_port)
     half_sent = connect(s.web_port)
@@ -124,9 +124,9 @@ def test_time_to_authenticate_includes_the_tls_handshake(
     """A connection that never starts its TLS handshake is closed after AUTH_TIMEOUT_S,
     with one warning, and its slot is given back; one whose handshake failed is not
     warned about again when its time would have been up."""
-    from saffron import tls as tls_module
+    from saffron.net import admission as admission_module
 
-    monkeypatch.setattr(tls_module, "AUTH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(admission_module, "AUTH_TIMEOUT_S", 0.5)
     with tls_saffron(tmp_path, port) as tls_ports:
         s = tls_ports.s
         with connect(tls_ports.target) as silent, contextlib.suppress(ConnectionResetError):

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from saffron.app import Options, StartupError, check_exposure
 from saffron.broadcast import Broadcast
 from saffron.display import Display
-from saffron.tls import self_signed
+from saffron.net.tls import self_signed
 from saffron.web.auth import COOKIE, WebAuth
 from saffron.web.server import WebServer
 from tests.conftest import run_saffron

@@ -18,10 +18,10 @@ from . import memory
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
-from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
 from .net.guesses import GuessThrottle
+from .net.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
 from .net.origin import HostRule
-from .tls import Certificate, self_signed
+from .net.tls import Certificate, self_signed
 from .web.auth import WebAuth
 from .web.server import Handler, WebServer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from .app import SPICE_HTML5, Options, Server, StartupError
 from .display import Display
 from .encoders.base import CODECS
-from .limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from .net.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 
 log = logging.getLogger("saffron")
 

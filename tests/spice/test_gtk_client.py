@@ -139,7 +139,7 @@ def test_password() -> None:
 
 def test_tls_port(tmp_path: Any) -> None:
     """A TLS listener: spice-gtk with ``tls-port`` and the certificate as its CA."""
-    from saffron.tls import self_signed
+    from saffron.net.tls import self_signed
 
     cert = self_signed(tmp_path, hosts=["127.0.0.1"])
     with spice_server(fps=FPS, password="pw") as (srv, _):
@@ -164,8 +164,8 @@ def test_secure_channels_move_to_the_tls_port(
 ) -> None:
     """spice-gtk given both ports opens each channel plain; those Saffron keeps for
     TLS answer NEED_SECURED, and spice-gtk opens them again on the TLS port."""
+    from saffron.net.tls import self_signed
     from saffron.spice.wire import ChannelType
-    from saffron.tls import self_signed
 
     cert = self_signed(tmp_path, hosts=["127.0.0.1"])
     secure = {ChannelType.DISPLAY, ChannelType.INPUTS}

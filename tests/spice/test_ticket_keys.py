@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from saffron.net.tls import self_signed
 from saffron.spice import wire as w
 from saffron.spice.keys import KeyPool
 from saffron.spice.link import LinkState, ServerLink, TicketKey
-from saffron.tls import self_signed
 from tests.live import wait_until
 from tests.spice.helpers import spice_server
 from tests.spice.pyclient import PyClient, open_session

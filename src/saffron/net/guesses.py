@@ -11,7 +11,7 @@ A right password clears the count; an address that has not guessed wrong for
 ``FORGET_AFTER_S`` is forgotten.
 
 Failures and refusals are logged as the connection caps' refusals are: the
-first at once, the rest summed up in a few lines (:class:`~saffron.limits.Summary`).
+first at once, the rest summed up in a few lines (:class:`~saffron.net.limits.Summary`).
 This module only counts and logs; each front end refuses in its own wire (an
 HTTP 429, a SPICE link answered PERMISSION_DENIED).
 """
@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..limits import Summary, network_of
+from .limits import Summary, network_of
 
 log = logging.getLogger("saffron.guesses")
 

@@ -2,7 +2,7 @@
 spice-html5's ``/spice``), and the answer to its handshake.
 
 It owns how such a socket ends: cut off ``CLOSE_GRACE_S`` after it starts to close
-(through the connection's :class:`~saffron.tls.AdmittedConnection`), or ended by
+(through the connection's :class:`~saffron.net.admission.AdmittedConnection`), or ended by
 Saffron with a reason the page shows. Who may open one and what a session is are
 the web front end's business: it hears of each opened socket through
 :data:`WEBSOCKET_OPENED`.
@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractStreamWriter
 
-from ..limits import peer_label
-from ..tls import AdmittedConnection
+from .admission import AdmittedConnection
+from .limits import peer_label
 
 log = logging.getLogger("saffron.web")
 
@@ -66,7 +66,7 @@ class WebSocket(web.WebSocketResponse):
         return self._guard.address if self._guard is not None else "unknown"
 
     def authenticated(self) -> None:
-        """The client authenticated over this WebSocket (SPICE's link): see saffron.limits."""
+        """The client authenticated over this WebSocket (SPICE's link): see saffron.net.limits."""
         if self._guard is not None:
             self._guard.authenticated()
 

@@ -5,7 +5,7 @@ spice-html5 (first bytes ``GET ``); :meth:`SpiceServer.aiohttp_handler` serves
 the same thing from an aiohttp web server on any path. Each connection runs the
 link handshake, then one channel. A connection that misbehaves is closed with
 a logged reason; the server and every other viewer carry on. Each TCP
-connection takes a slot from the shared :class:`~saffron.limits.ConnectionLimits`
+connection takes a slot from the shared :class:`~saffron.net.limits.ConnectionLimits`
 (the aiohttp path is counted by the web server), on a TLS port before its
 handshake, and must link within ``LINK_TIMEOUT_S``.
 """
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
 from ..encoders.base import Packet
-from ..limits import ConnectionLimits, peer_label
+from ..net.admission import AdmittedConnection
 from ..net.guesses import GuessThrottle
+from ..net.limits import ConnectionLimits, peer_label
 from ..net.origin import HostRule
 from ..net.ratelimit import TooManyMessages
 from ..net.websocket import WebSocket, open_websocket
-from ..tls import AdmittedConnection
 from .cursor import CursorChannel
 from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
 from .inputs import SERVER_INPUTS_CAPS, InputsChannel

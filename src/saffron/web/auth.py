@@ -24,8 +24,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from ..limits import host_of, peer_label
 from ..net.guesses import GuessThrottle
+from ..net.limits import host_of, peer_label
 from ..net.passwords import passwords_match
 
 log = logging.getLogger("saffron.web")

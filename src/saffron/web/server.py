@@ -33,7 +33,8 @@ from ..broadcast import Broadcast, Stream
 from ..display import Button, Cursor, Display
 from ..encoders.base import Packet
 from ..keys import scancode_for
-from ..limits import (
+from ..net.admission import AdmittedConnection
+from ..net.limits import (
     HANDSHAKE_TIMEOUT_S,
     ConnectionLimits,
     host_of,
@@ -43,7 +44,6 @@ from ..net.origin import HostRule
 from ..net.ratelimit import TokenBucket, message_cost
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..ratecontrol import RateEstimator
-from ..tls import AdmittedConnection
 from .auth import COOKIE, WebAuth
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
@@ -454,7 +454,7 @@ class WebServer:
 
     async def _answered(self, request: web.Request, response: web.StreamResponse) -> None:
         """aiohttp prepares a response: tell the connection's guard (on_response_prepare),
-        and whether the client has authenticated (see saffron.limits): its request came
+        and whether the client has authenticated (see saffron.net.limits): its request came
         with a valid session, or the answer gives one."""
         transport = request.transport
         guard = transport.get_protocol() if transport is not None else None
@@ -629,7 +629,7 @@ class _HttpGuard(AdmittedConnection):
     closed within ``CLOSE_GRACE_S``. Until a request from a signed-in client is
     answered (any request, without a password), the connection has
     ``AUTH_TIMEOUT_S`` in all, and its slot may go to a newer connection (see
-    saffron.limits); one closed between requests is closed quietly.
+    saffron.net.limits); one closed between requests is closed quietly.
     """
 
     def __init__(
