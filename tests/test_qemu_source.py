@@ -43,9 +43,9 @@ from jeepney.low_level import (
 from saffron.bench import guest as build_guest
 from saffron.display import Display, Frame, Rect
 from saffron.sources import qemu as Q
-from saffron.sources.keymap import button_to_qemu, scancode_to_qnum
 from saffron.sources.qemu import interfaces as names
 from saffron.sources.qemu import pixels as px
+from saffron.sources.qemu.keymap import button_to_qemu, scancode_to_qnum
 from saffron.sources.qemu.listener import QemuListener
 
 QEMU = "qemu-system-x86_64"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from saffron.broadcast import KEYFRAME_MIN_INTERVAL, Broadcast
 from saffron.display import Button, Display
-from saffron.keys import scancode_for
+from saffron.web.keys import scancode_for
 from saffron.web.protocol import HEADER, ProtocolError, unpack_video
 from saffron.web.server import WINDOW_FRAMES, WebServer
 

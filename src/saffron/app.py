@@ -32,6 +32,9 @@ log = logging.getLogger("saffron")
 
 
 class Producer(Protocol):
+    """What the Server runs: a source of frames drawing on the Display it was made with
+    (``sources/``), started after the front ends listen and stopped before they close."""
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...

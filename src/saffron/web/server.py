@@ -32,7 +32,6 @@ from aiohttp.web_protocol import RequestHandler
 from ..broadcast import Broadcast, Stream
 from ..display import Button, Cursor, Display
 from ..encoders.base import Packet
-from ..keys import scancode_for
 from ..net.admission import AdmittedConnection
 from ..net.limits import (
     HANDSHAKE_TIMEOUT_S,
@@ -45,6 +44,7 @@ from ..net.ratelimit import TokenBucket, message_cost
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..ratecontrol import RateEstimator
 from .auth import COOKIE, WebAuth
+from .keys import scancode_for
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
 
 log = logging.getLogger("saffron.web")

@@ -6,6 +6,7 @@ Read in this order (QEMU's ui/dbus-display1.xml defines the protocol):
 - :mod:`.dbus`: a private D-Bus transport on a Unix socket (jeepney's message layer);
 - :mod:`.pixels`: QEMU's pixel formats as BGRX frames;
 - :mod:`.listener`: the peer-to-peer connection QEMU draws through, the frame path;
+- :mod:`.keymap`: viewers' scancodes and buttons as QEMU numbers them;
 - :mod:`.input`: keyboard and mouse, queued for QEMU;
 - :mod:`.attach`: finding QEMU on its bus, attaching, reattaching;
 - :mod:`.process`: starting QEMU with a private bus.

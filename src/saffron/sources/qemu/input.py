@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...display import Display
-from ..keymap import button_to_qemu, scancode_to_qnum
 from .interfaces import IFACE_KEYBOARD, IFACE_MOUSE
+from .keymap import button_to_qemu, scancode_to_qnum
 
 log = logging.getLogger("saffron.qemu")
 

@@ -4,6 +4,9 @@ Saffron numbers keys the way SPICE and QEMU do: a set-1 scancode, with the 0xE0
 prefix of extended keys in the high byte (Up is 0xE048). The browser names
 physical keys by position (``KeyA`` is the key right of Caps Lock whatever the
 layout), which is exactly what a scancode means.
+
+The web front end's own: it knows the browser's key names and nothing of QEMU's
+numbers (``sources/qemu/keymap.py`` maps scancodes on to those).
 """
 
 from __future__ import annotations

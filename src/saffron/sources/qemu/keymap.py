@@ -16,6 +16,9 @@ MSC_SCAN reports 0xC8 for Up.
 
 Mouse buttons: QEMU's D-Bus numbering (``InputButton``) is left 0, middle 1,
 right 2, wheel-up 3, wheel-down 4, side 5, extra 6; SPICE's is the same plus one.
+
+QEMU's own: it knows nothing of how a viewer names a key (the browser's names are
+``web/keys.py``'s).
 """
 
 from __future__ import annotations

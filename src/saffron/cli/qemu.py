@@ -7,6 +7,10 @@ viewers are told and Saffron exits with QEMU's status.
 QEMU's stderr passes through Saffron, held back until QEMU's display is up: a
 QEMU that fails at startup (a missing disk, a bad option) ends Saffron with
 one line that carries QEMU's own complaint, and exit status 2.
+
+It owns QEMU's process as a command sees it (its stderr, how its end reads, its
+status); it serves through :mod:`.serve`'s loop, as QEMU's :class:`~.serve.Lifetime`,
+and knows nothing of the D-Bus display (that is :mod:`saffron.sources.qemu`'s).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import threading
 import time
 from typing import IO, TextIO
 
-from .app import Options, Server, StartupError
-from .display import Display
-from .sources.qemu import QemuError, QemuProcess, QemuSource, start_qemu
+from ..app import Options, StartupError
+from ..display import Display
+from ..sources.qemu import QemuError, QemuProcess, QemuSource, start_qemu
+from .options import options
+from .serve import Ending, Lifetime, run
 
 log = logging.getLogger("saffron.qemu")
 
@@ -142,7 +148,63 @@ class QemuStderr:
             return "; ".join(self.last)
 
 
-async def _run(opts: Options, args: argparse.Namespace) -> int:
+class QemuLifetime(Lifetime):
+    """QEMU's life as the serve loop sees it: the addresses wait for its display (or
+    ``HOLD_S``), its stderr is held back till then, and its exit ends Saffron with its
+    status."""
+
+    poll_s = POLL_S
+
+    def __init__(self, vm: QemuProcess, source: QemuSource, stderr: QemuStderr) -> None:
+        self.vm = vm
+        self.source = source
+        self.stderr = stderr
+        self._hold_until: float | None = None
+        """``HOLD_S`` from the first time the loop asks, when the server has started."""
+
+    def ready(self) -> bool:
+        if self._hold_until is None:
+            self._hold_until = time.monotonic() + HOLD_S
+        if self.source.attached.is_set() or time.monotonic() >= self._hold_until:
+            self.stderr.release()
+            return True
+        return False
+
+    async def ended(self) -> Ending | None:
+        source, vm = self.source, self.vm
+        if source.closed.is_set() and vm.returncode is None:
+            # The display's socket closes a moment before QEMU can be reaped.
+            await asyncio.get_running_loop().run_in_executor(None, _exited, vm, 2.0)
+        returncode = vm.returncode
+        if returncode is not None:
+            return self._qemu_ended(returncode)
+        if source.closed.is_set():  # the display went, QEMU stays: nothing to show
+            if source.attach_count == 0:
+                raise StartupError(source.close_reason)
+            log.info("no display from QEMU any more (%s); stopping QEMU", source.close_reason)
+            return Ending("the VM's display is gone", 1)
+        return None
+
+    def _qemu_ended(self, returncode: int) -> Ending:
+        """QEMU has exited: say how, and what to tell the viewers and exit with."""
+        if self.source.attach_count == 0 and returncode != 0:
+            said = self.stderr.complaint()
+            raise StartupError(
+                f"QEMU did not start ({how_it_ended(returncode)})" + (f": {said}" if said else "")
+            )
+        self.stderr.release()
+        log.info("%s; stopping", exit_line(returncode))
+        return Ending(viewer_reason(returncode), exit_status(returncode))
+
+    def stopped(self) -> None:
+        log.info("stopping QEMU")
+
+    def close(self) -> None:
+        self.vm.stop()
+        self.stderr.release()
+
+
+async def _run(args: argparse.Namespace, opts: Options) -> int:
     argv = _argv(args)
     try:
         vm = start_qemu(argv, stderr=subprocess.PIPE)
@@ -157,57 +219,7 @@ async def _run(opts: Options, args: argparse.Namespace) -> int:
         console=args.console,
         process_exited=lambda: _exited(vm, 1.0),
     )
-    server = Server(opts, display, source)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    from .cli import announce, handle_signals
-
-    handle_signals(server, stop)
-    try:
-        await server.start()
-
-        hold_until = time.monotonic() + HOLD_S
-        announced = False
-        while not stop.is_set():
-            if not announced and (source.attached.is_set() or time.monotonic() >= hold_until):
-                stderr.release()
-                announce(opts, server)
-                announced = True
-            if source.closed.is_set() and vm.returncode is None:
-                # The display's socket closes a moment before QEMU can be reaped.
-                await loop.run_in_executor(None, _exited, vm, 2.0)
-            returncode = vm.returncode
-            if returncode is not None:
-                return await _qemu_ended(server, source, stderr, returncode)
-            if source.closed.is_set():  # the display went, QEMU stays: nothing to show
-                if source.attach_count == 0:
-                    raise StartupError(source.close_reason)
-                log.info("no display from QEMU any more (%s); stopping QEMU", source.close_reason)
-                await server.close("the VM's display is gone")
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), POLL_S)
-        log.info("stopping QEMU")
-        return 0
-    finally:
-        await server.close()
-        vm.stop()
-        stderr.release()
-
-
-async def _qemu_ended(
-    server: Server, source: QemuSource, stderr: QemuStderr, returncode: int
-) -> int:
-    """QEMU has exited: say how, tell the viewers, and give the status to exit with."""
-    if source.attach_count == 0 and returncode != 0:
-        said = stderr.complaint()
-        raise StartupError(
-            f"QEMU did not start ({how_it_ended(returncode)})" + (f": {said}" if said else "")
-        )
-    stderr.release()
-    log.info("%s; stopping", exit_line(returncode))
-    await server.close(viewer_reason(returncode))
-    return exit_status(returncode)
+    return await run(opts, display, source, QemuLifetime(vm, source, stderr))
 
 
 def _exited(vm: QemuProcess, timeout: float) -> bool:
@@ -219,5 +231,6 @@ def _exited(vm: QemuProcess, timeout: float) -> bool:
     return True
 
 
-def run_qemu(args: argparse.Namespace, opts: Options) -> int:
-    return asyncio.run(_run(opts, args))
+def command(args: argparse.Namespace) -> int:
+    """``saffron qemu``: QEMU's exit status, or Saffron's own."""
+    return asyncio.run(_run(args, options(args)))
