@@ -164,7 +164,7 @@ def test_secure_channels_move_to_the_tls_port(
 ) -> None:
     """spice-gtk given both ports opens each channel plain; those Saffron keeps for
     TLS answer NEED_SECURED, and spice-gtk opens them again on the TLS port."""
-    from saffron.spice.wire import ChannelType
+    from saffron.spice.protocol.wire import ChannelType
     from saffron.tls import self_signed
 
     cert = self_signed(tmp_path, hosts=["127.0.0.1"])

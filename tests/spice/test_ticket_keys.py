@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from saffron.spice import wire as w
-from saffron.spice.keys import KeyPool
-from saffron.spice.link import LinkState, ServerLink, TicketKey
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.link import LinkState, ServerLink, TicketKey
+from saffron.spice.ticket_keys import KeyPool
 from saffron.tls import self_signed
 from tests.live import wait_until
 from tests.spice.helpers import spice_server
