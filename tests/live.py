@@ -28,7 +28,7 @@ from saffron.app import Options, Server
 from saffron.bench.clients import Tally, spice_viewer, web_viewer
 from saffron.display import Display
 from saffron.sources.pattern import PatternSource
-from saffron.spice import wire as w
+from saffron.spice.protocol import wire as w
 from tests.conftest import ARTIFACTS
 from tests.spice.pyclient import PyClient, open_session
 

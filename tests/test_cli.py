@@ -7,7 +7,7 @@ import re
 import urllib.request
 
 from saffron.bench import clients
-from saffron.spice.wire import ChannelType
+from saffron.spice.protocol.wire import ChannelType
 from tests.conftest import run_saffron
 
 

@@ -31,8 +31,8 @@ from saffron.encoders.base import Encoder, EncoderError
 from saffron.encoders.registry import create_encoder
 from saffron.sources.pattern import PatternSource
 from saffron.spice import session as spice_session_module
-from saffron.spice import wire as w
-from saffron.spice.display import CODEC_LABELS, CODEC_TYPES
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.display_channel import CODEC_LABELS, CODEC_TYPES
 from saffron.web import server as web_server_module
 from tests.live import GTK_DISPLAY_CAPS, IO_TIMEOUT, wait_until, watch_spice, watched_saffron
 from tests.spice.helpers import run_gtk_client, spice_server
@@ -59,7 +59,7 @@ VICTIM = textwrap.dedent(
     r"""
     import asyncio, socket, struct, sys, time
     from saffron.bench import clients
-    from saffron.spice import wire as w
+    from saffron.spice.protocol import wire as w
 
     kind, port = sys.argv[1], int(sys.argv[2])
     UPGRADE = (

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from saffron.bench import clients
 from saffron.net import limits as limits_module
 from saffron.spice import server as spice_server_module
-from saffron.spice import wire as w
+from saffron.spice.protocol import wire as w
 from saffron.web import server as web_server_module
 from tests.live import (
     UPGRADE,

@@ -31,7 +31,7 @@ from saffron.net.limits import ConnectionLimits, network_of
 from saffron.net.tls import Certificate, self_signed
 from saffron.sources.pattern import PatternSource
 from saffron.spice import server as spice_server_module
-from saffron.spice import wire as w
+from saffron.spice.protocol import wire as w
 from saffron.web import server as web_server_module
 from tests.live import Records, upgrade, wait_until, ws_frame
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from saffron.spice import link as link_module
-from saffron.spice import wire as w
+from saffron.spice.protocol import link as link_module
+from saffron.spice.protocol import wire as w
 from tests.spice.pyclient import PyClient, open_session
 from tests.test_guard import Running, saffron
 

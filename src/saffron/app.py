@@ -182,8 +182,8 @@ class Server:
         if opts.spice_secure_channels and opts.spice_tls is None:
             raise StartupError("--spice-secure-channels needs a TLS port: add --spice-tls")
         if opts.spice is not None or opts.spice_tls is not None:
+            from .spice.protocol.wire import ChannelType
             from .spice.server import SpiceServer
-            from .spice.wire import ChannelType
 
             spice = SpiceServer(
                 self.display,

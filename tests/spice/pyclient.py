@@ -1,4 +1,4 @@
-"""A small asyncio SPICE client for tests, built on saffron.spice.wire (both directions).
+"""A small asyncio SPICE client for tests, built on saffron.spice.protocol.wire (both directions).
 
 It speaks raw TCP or, with ``websocket=True``, SPICE inside a WebSocket (through
 wsproto, as spice-html5 would), and reads server messages into wire dataclasses.
@@ -23,8 +23,8 @@ from wsproto.events import (
 )
 
 from saffron.bench.clients import CLIENT_COMMON_CAPS
-from saffron.spice.link import encrypt_ticket
-from saffron.spice.wire import (
+from saffron.spice.protocol.link import encrypt_ticket
+from saffron.spice.protocol.wire import (
     MAX_SERVER_MESSAGE_SIZE,
     SERVER_MESSAGES,
     Ack,

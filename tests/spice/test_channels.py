@@ -11,10 +11,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request
 
 from saffron.display import Button, Cursor
-from saffron.spice import wire as w
-from saffron.spice.channel import Acked, Channel, PongReceived, Unhandled
-from saffron.spice.cursor import CursorChannel, default_arrow, shape_of
-from saffron.spice.display import (
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.channel import Acked, Channel, PongReceived, Unhandled
+from saffron.spice.protocol.cursor_channel import CursorChannel, default_arrow, shape_of
+from saffron.spice.protocol.display_channel import (
     DisplayChannel,
     PreferredCodecs,
     ReportReceived,
@@ -22,7 +22,7 @@ from saffron.spice.display import (
     choose_codec,
     stamp_after,
 )
-from saffron.spice.inputs import (
+from saffron.spice.protocol.inputs_channel import (
     ButtonEvent,
     InputsChannel,
     KeyEvent,
@@ -33,8 +33,13 @@ from saffron.spice.inputs import (
     decode_scancodes,
     encode_key,
 )
-from saffron.spice.main import ChannelsAttached, MainChannel, MouseModeChanged, MouseModeRefused
-from saffron.spice.websocket import WebSocketAdapter, looks_like_http
+from saffron.spice.protocol.main_channel import (
+    ChannelsAttached,
+    MainChannel,
+    MouseModeChanged,
+    MouseModeRefused,
+)
+from saffron.spice.protocol.websocket import WebSocketAdapter, looks_like_http
 
 GTK_DISPLAY = (0x6FBF,)
 HTML5_DISPLAY = (0x711,)

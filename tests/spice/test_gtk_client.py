@@ -165,7 +165,7 @@ def test_secure_channels_move_to_the_tls_port(
     """spice-gtk given both ports opens each channel plain; those Saffron keeps for
     TLS answer NEED_SECURED, and spice-gtk opens them again on the TLS port."""
     from saffron.net.tls import self_signed
-    from saffron.spice.wire import ChannelType
+    from saffron.spice.protocol.wire import ChannelType
 
     cert = self_signed(tmp_path, hosts=["127.0.0.1"])
     secure = {ChannelType.DISPLAY, ChannelType.INPUTS}

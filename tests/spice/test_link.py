@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saffron.net.passwords import passwords_match
-from saffron.spice import wire as w
-from saffron.spice.link import (
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.link import (
     SERVER_COMMON_CAPS,
     LinkEstablished,
     LinkFailed,

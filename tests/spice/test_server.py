@@ -14,7 +14,7 @@ from aiohttp import web
 
 from saffron.display import Cursor
 from saffron.spice import server as spice_server_module
-from saffron.spice import wire as w
+from saffron.spice.protocol import wire as w
 from tests.live import wait_until
 from tests.spice.helpers import Running, Scene, spice_server
 from tests.spice.pyclient import PyClient, open_session

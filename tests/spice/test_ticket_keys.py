@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from saffron.net.tls import self_signed
-from saffron.spice import wire as w
-from saffron.spice.keys import KeyPool
-from saffron.spice.link import LinkState, ServerLink, TicketKey
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.link import LinkState, ServerLink, TicketKey
+from saffron.spice.ticket_keys import KeyPool
 from tests.live import wait_until
 from tests.spice.helpers import spice_server
 from tests.spice.pyclient import PyClient, open_session

@@ -1,4 +1,4 @@
-"""DisplayViewer with everything around it faked: exact control of frames, damage and ACKs.
+"""SpiceViewer with everything around it faked: exact control of frames, damage and ACKs.
 
 The client side here acks exactly as spice-gtk does (after every 10 messages it has
 received, the SET_ACK not counted), so ACK-window corner cases can be set up on
@@ -20,9 +20,10 @@ from saffron.broadcast import Seat
 from saffron.display import Display, Frame
 from saffron.display import Rect as Area
 from saffron.encoders.base import Packet
-from saffron.spice import wire as w
-from saffron.spice.display import DisplayChannel
-from saffron.spice.viewer import ACK_WINDOW, H264_FRAME_END, DamageLog, DisplayViewer
+from saffron.spice.damage import DamageLog
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.display_channel import DisplayChannel
+from saffron.spice.viewer import ACK_WINDOW, H264_FRAME_END, SpiceViewer
 
 GTK_DISPLAY = (0x6FBF,)
 HTML5_DISPLAY = (0x711,)
@@ -94,7 +95,7 @@ class FakeConn:
 
     def __init__(self) -> None:
         self.channel: DisplayChannel | None = None
-        self.viewer: DisplayViewer | None = None
+        self.viewer: SpiceViewer | None = None
         self.congested = False
         self.closed: str | None = None
         self.received: list[w.Message] = []
@@ -141,14 +142,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 def make_viewer(
     loop: asyncio.AbstractEventLoop, caps: tuple[int, ...], codecs: list[str]
-) -> tuple[DisplayViewer, FakeConn, FakeServer]:
+) -> tuple[SpiceViewer, FakeConn, FakeServer]:
     display = Display()
     display.scanout(W, H)
     server = FakeServer(display, loop, codecs)
     session = FakeSession(server)
     conn = FakeConn()
     channel = DisplayChannel(mini_header=True, client_caps=caps)
-    viewer = DisplayViewer(session, conn, channel)  # type: ignore[arg-type]
+    viewer = SpiceViewer(session, conn, channel)  # type: ignore[arg-type]
     conn.channel, conn.viewer = channel, viewer
     viewer.start()
     return viewer, conn, server
@@ -182,7 +183,7 @@ def packet(frame: Frame, codec: str, keyframe: bool = True) -> Packet:
     return Packet(codec, b"frame%d" % frame.seq, keyframe, W, H, frame.seq, frame.capture_us)
 
 
-def still(viewer: DisplayViewer, loop: asyncio.AbstractEventLoop) -> None:
+def still(viewer: SpiceViewer, loop: asyncio.AbstractEventLoop) -> None:
     """Pretend the picture stood still long enough, and run the refresh."""
     viewer._last_packet_at -= 10
     viewer._refresh()

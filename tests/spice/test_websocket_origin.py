@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from saffron.net.origin import HostRule
-from saffron.spice import wire as w
+from saffron.spice.protocol import wire as w
 from tests.live import wait_until
 from tests.spice.helpers import Running, spice_server
 from tests.spice.pyclient import PyClient, WebSocketRefused, open_session

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saffron.spice import wire as w
-from saffron.spice.display import client_codecs
+from saffron.spice.protocol import wire as w
+from saffron.spice.protocol.display_channel import client_codecs
 
 
 def h(text: str) -> bytes:

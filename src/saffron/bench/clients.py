@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import ClientError, ClientSession, WSMsgType
 
-from ..spice.link import encrypt_ticket
-from ..spice.wire import (
+from ..spice.protocol.link import encrypt_ticket
+from ..spice.protocol.wire import (
     MAX_SERVER_MESSAGE_SIZE,
     Ack,
     AckSync,

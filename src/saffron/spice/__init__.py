@@ -1,13 +1,19 @@
 """The SPICE front end: remote-viewer, virt-manager and spice-html5 watch Saffron.
 
-Sans-IO protocol code (bytes in, events out), then a thin asyncio layer:
+The sans-IO protocol (bytes in, events out) is the package
+:mod:`saffron.spice.protocol`: wire layouts, the link handshake, one state
+machine per channel (``main_channel``, ``display_channel``, ``inputs_channel``,
+``cursor_channel``) and SPICE inside a WebSocket. Around it, a thin asyncio layer:
 
-- ``wire``: numbers, message layouts, the bounded message reader, ``ProtocolError``
-- ``link``: the link handshake and the RSA ticket
-- ``channel``: framing, ACK window, ping/pong shared by all channels
-- ``main``, ``display``, ``inputs``, ``cursor``: one state machine per channel
-- ``websocket``: SPICE inside a WebSocket (wsproto), for spice-html5
-- ``viewer``: a display channel as a broadcast Viewer (surfaces, stream, refresh)
+- ``server``: ``SpiceServer``: sockets, TLS, aiohttp WebSockets, connections, sessions
 - ``session``: a client's session: main/inputs/cursor handlers and its video clock
-- ``server``: ``SpiceServer``: sockets, TLS, aiohttp WebSockets, sessions
+- ``viewer``: ``SpiceViewer``, a display channel as a broadcast Viewer (surfaces,
+  stream, sharp refreshes)
+- ``damage``: what changed between frames, for the viewers' stream clips
+- ``ports``: what the server, its connections and the handlers see of each other
+- ``ticket_keys``: fresh RSA ticket keys, made ahead of need by a worker thread
+
+The protocol package imports nothing of the asyncio layer, and the handlers do
+not import the server (import-linter contracts in ``pyproject.toml``). Nothing
+here imports the web front end: what both share is in :mod:`saffron.net`.
 """

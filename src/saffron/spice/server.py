@@ -8,6 +8,12 @@ a logged reason; the server and every other viewer carry on. Each TCP
 connection takes a slot from the shared :class:`~saffron.net.limits.ConnectionLimits`
 (the aiohttp path is counted by the web server), on a TLS port before its
 handshake, and must link within ``LINK_TIMEOUT_S``.
+
+This is the one module that knows every piece of the SPICE front end: it feeds
+the sans-IO machines of :mod:`saffron.spice.protocol` and hands each linked
+channel to its handler (:mod:`~saffron.spice.session`,
+:mod:`~saffron.spice.viewer`), which see it only through
+:mod:`saffron.spice.ports`. It knows nothing of the web front end.
 """
 
 from __future__ import annotations
@@ -30,22 +36,20 @@ from ..net.limits import ConnectionLimits, peer_label
 from ..net.origin import HostRule
 from ..net.ratelimit import TooManyMessages
 from ..net.websocket import WebSocket, open_websocket
-from .cursor import CursorChannel
-from .display import CODEC_LABELS, CODEC_TYPES, SERVER_DISPLAY_CAPS, DisplayChannel
-from .inputs import SERVER_INPUTS_CAPS, InputsChannel
-from .keys import KeyPool
-from .link import LinkEstablished, LinkFailed, LinkState, ServerLink, TicketKey
-from .main import MainChannel
-from .session import (
-    CursorHandler,
-    Handler,
-    InputsHandler,
-    MainHandler,
-    Session,
+from .damage import DamageLog
+from .ports import Handler
+from .protocol.cursor_channel import CursorChannel
+from .protocol.display_channel import (
+    CODEC_LABELS,
+    CODEC_TYPES,
+    SERVER_DISPLAY_CAPS,
+    DisplayChannel,
 )
-from .viewer import WRITE_BUFFER_LIMIT, DamageLog, DisplayViewer
-from .websocket import WebSocketAdapter, looks_like_http
-from .wire import (
+from .protocol.inputs_channel import SERVER_INPUTS_CAPS, InputsChannel
+from .protocol.link import LinkEstablished, LinkFailed, LinkState, ServerLink, TicketKey
+from .protocol.main_channel import MainChannel
+from .protocol.websocket import WebSocketAdapter, looks_like_http
+from .protocol.wire import (
     MAX_CLIENT_MESSAGE_SIZE,
     Caps,
     ChannelType,
@@ -54,6 +58,9 @@ from .wire import (
     ProtocolError,
     make_caps,
 )
+from .session import CursorHandler, InputsHandler, MainHandler, Session
+from .ticket_keys import KeyPool
+from .viewer import WRITE_BUFFER_LIMIT, SpiceViewer
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -363,7 +370,7 @@ class Connection:
             session.main = main
             return main
         if kind == ChannelType.DISPLAY:
-            return DisplayViewer(session, self, DisplayChannel(mini_header=mini, client_caps=caps))
+            return SpiceViewer(session, self, DisplayChannel(mini_header=mini, client_caps=caps))
         if kind == ChannelType.INPUTS:
             return InputsHandler(session, self, InputsChannel(mini_header=mini, client_caps=caps))
         cursor = CursorHandler(session, self, CursorChannel(mini_header=mini, client_caps=caps))
@@ -781,11 +788,11 @@ class SpiceServer:
             if viewer.codec == codec:
                 viewer.rejoin()  # picks the best codec left and says so in the log
 
-    def viewers(self) -> list[DisplayViewer]:
-        found: list[DisplayViewer] = []
+    def viewers(self) -> list[SpiceViewer]:
+        found: list[SpiceViewer] = []
         for session in self.sessions.values():
             for handler in session.handlers.values():
-                if isinstance(handler, DisplayViewer):
+                if isinstance(handler, SpiceViewer):
                     found.append(handler)
         return found
 
@@ -799,7 +806,7 @@ class SpiceServer:
                 "latency_ms": session.latency_ms,
             }
             for handler in session.handlers.values():
-                if isinstance(handler, DisplayViewer):
+                if isinstance(handler, SpiceViewer):
                     entry["display"] = handler.stats()
             out.append(entry)
         return out

@@ -6,6 +6,10 @@ client's multimedia time runs ``latency_ms`` behind Saffron's millisecond clock,
 frames are stamped with Saffron's clock when sent, so spice-gtk shows each frame
 about ``latency_ms`` after it was sent (spice-server uses 400 ms; Saffron starts
 at 20 and raises it only when reports say frames arrive late).
+
+The handlers here see the server and their connection only through the ports
+of :mod:`saffron.spice.ports`: they know no socket, TLS or WebSocket, and not
+the display channel's viewer (:mod:`saffron.spice.viewer`), which builds on this.
 """
 
 from __future__ import annotations
@@ -14,17 +18,28 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from .channel import Channel, ClientClosing, Event, PongReceived, Unhandled
-from .cursor import CursorChannel, default_arrow
-from .inputs import ButtonEvent, InputsChannel, KeyEvent, PointerMotion, PointerMoved
-from .main import ChannelsAttached, MainChannel, MouseModeChanged, MouseModeRefused
-from .wire import MouseMode, StreamReport
+from .ports import ConnectionPort, Handler, ServerPort
+from .protocol.channel import ClientClosing, Event, PongReceived, Unhandled
+from .protocol.cursor_channel import CursorChannel, default_arrow
+from .protocol.inputs_channel import (
+    ButtonEvent,
+    InputsChannel,
+    KeyEvent,
+    PointerMotion,
+    PointerMoved,
+)
+from .protocol.main_channel import (
+    ChannelsAttached,
+    MainChannel,
+    MouseModeChanged,
+    MouseModeRefused,
+)
+from .protocol.wire import MouseMode, StreamReport
 
 if TYPE_CHECKING:
     from ..display import Cursor
-    from .server import SpiceServer
 
 log = logging.getLogger("saffron.spice")
 
@@ -43,36 +58,6 @@ def mm_clock() -> int:
     return (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
 
 
-class ConnectionPort(Protocol):
-    """What a channel handler needs from its connection (see server.Connection)."""
-
-    peer: str
-
-    @property
-    def congested(self) -> bool: ...
-
-    def buffered(self) -> int: ...
-
-    def flush(self) -> None: ...
-
-    def close(self, reason: str, *, warn: bool = False) -> None: ...
-
-
-class Handler(Protocol):
-    """The asyncio side of one linked channel."""
-
-    @property
-    def channel(self) -> Channel: ...
-
-    def start(self) -> None: ...
-
-    def receive(self, data: bytes) -> None: ...
-
-    def on_drain(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 def log_common(label: str, events: list[Event]) -> None:
     for event in events:
         if isinstance(event, Unhandled):
@@ -82,7 +67,7 @@ def log_common(label: str, events: list[Event]) -> None:
 
 
 class Session:
-    def __init__(self, server: SpiceServer, session_id: int, peer: str) -> None:
+    def __init__(self, server: ServerPort, session_id: int, peer: str) -> None:
         self.server = server
         self.id = session_id
         self.peer = peer

@@ -7,31 +7,37 @@ did get video is sent again losslessly (DRAW_COPY of 32-bit BITMAPs, in bands so
 that motion resuming is not stuck behind megabytes of pixels): still text ends
 up sharp, and a blinking caret costs a few hundred bytes, not a full screen.
 
-The changed area comes from :class:`DamageLog`, a frame sink that is never
-ready and so hears the damage of every frame the producer presents.
+The changed area comes from the server's :class:`~saffron.spice.damage.DamageLog`,
+a frame sink that is never ready and so hears the damage of every frame the
+producer presents.
 
 spice-html5 ignores stream clips and shows VP8 in a ``<video>`` above its canvas;
 it is recognised by its missing COMPOSITE cap (every spice-gtk has it). For it,
 every frame counts as full, and before a refresh a VP8 stream is destroyed so
 the canvas underneath can be seen (a keyframe restarts it).
+
+:class:`SpiceViewer` is the SPICE counterpart of the web front end's
+``WebViewer``. It sees the server and its connection only through the ports of
+:mod:`saffron.spice.ports`: it knows no socket, TLS or WebSocket, and leaves
+the message layouts and their order to the display channel's state machine
+(:mod:`saffron.spice.protocol.display_channel`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..display import Display, Frame
+from ..display import Frame
 from ..display import Rect as Area
 from ..encoders.base import Packet
 from ..ratecontrol import RateEstimator
-from .channel import Acked, Event
-from .display import (
+from .ports import ConnectionPort
+from .protocol.channel import Acked, Event
+from .protocol.display_channel import (
     CODEC_LABELS,
     DisplayChannel,
     PreferredCodecs,
@@ -39,12 +45,11 @@ from .display import (
     StreamUnplayable,
     choose_codec,
 )
-from .session import log_common
-from .wire import Clip, DisplayCap, Rect, StreamClip, StreamReport
+from .protocol.wire import Clip, DisplayCap, Rect, StreamClip, StreamReport
+from .session import Session, log_common
 
 if TYPE_CHECKING:
     from ..broadcast import Stream
-    from .session import ConnectionPort, Session
 
 log = logging.getLogger("saffron.spice")
 
@@ -96,51 +101,6 @@ cap this viewer's rate at 80% of the stream's bitrate, at most every 3 s; 30 cle
 reports in a row lift the cap again. The broadcast's rate control does the rest."""
 
 
-class DamageLog:
-    """Every presented frame's damage, tagged with the seq of the last frame taken before it.
-
-    A frame sink that is never ready: :meth:`Display.present` then calls
-    :meth:`damage` for every frame, taken or not. The damage that a packet for
-    frame *s* adds on top of frame *p* is then everything tagged from *p* to *s - 1*.
-    """
-
-    LIMIT = 4096
-
-    def __init__(self, display: Display) -> None:
-        self.display = display
-        self._lock = threading.Lock()
-        self._tags: list[int] = []
-        self._rects: list[Area] = []
-        self._floor = -1  # tags at or below this may have been forgotten
-
-    @property
-    def ready(self) -> bool:
-        return False
-
-    def offer(self, frame: Frame) -> None:
-        pass
-
-    def damage(self, rect: Area) -> None:
-        last = self.display.last_frame
-        tag = last.seq if last is not None else 0
-        with self._lock:
-            self._tags.append(tag)
-            self._rects.append(rect)
-            if len(self._tags) > 2 * self.LIMIT:
-                self._floor = self._tags[-self.LIMIT - 1]
-                del self._tags[: -self.LIMIT]
-                del self._rects[: -self.LIMIT]
-
-    def between(self, first: int, last: int) -> list[Area] | None:
-        """Damage tagged ``first``..``last``; None when part of it was forgotten."""
-        with self._lock:
-            if first <= self._floor:
-                return None
-            lo = bisect.bisect_left(self._tags, first)
-            hi = bisect.bisect_right(self._tags, last)
-            return self._rects[lo:hi]
-
-
 def _merge(rects: list[Area]) -> list[Area]:
     unique = list(dict.fromkeys(r for r in rects if not r.empty))
     if len(unique) <= MAX_CLIP_RECTS:
@@ -155,8 +115,8 @@ def _wire(rect: Area) -> Rect:
     return Rect.of(rect.x, rect.y, rect.width, rect.height)
 
 
-class DisplayViewer:
-    """One client's display channel, joined to the broadcast with its codec."""
+class SpiceViewer:
+    """One SPICE client's display channel: a Viewer for the broadcast, with its codec."""
 
     def __init__(self, session: Session, conn: ConnectionPort, channel: DisplayChannel) -> None:
         self.session = session

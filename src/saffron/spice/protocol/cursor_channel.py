@@ -3,14 +3,15 @@
 spice-gtk ignores SET and MOVE before CURSOR_INIT, so INIT always goes first.
 A producer that never set a cursor gets a plain arrow: a cursor channel that
 says "none" makes spice-gtk hide the local pointer, which leaves a user of the
-demo or a pattern source with nothing to point with.
+demo or a pattern source with nothing to point with. The owner tells it what
+the producer's cursor is and where; this machine never asks the producer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..display import Cursor
+from ...display import Cursor
 from .channel import Channel
 from .wire import (
     ChannelType,

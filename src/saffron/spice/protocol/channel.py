@@ -2,7 +2,9 @@
 
 :class:`Channel` is sans-IO: ``receive_data`` takes bytes and returns events,
 ``send`` queues a message, ``data_to_send`` drains the output. Subclasses add
-their own messages by overriding :meth:`Channel._handle`.
+their own messages by overriding :meth:`Channel._handle`. A channel knows its
+messages and its window, not the connection that carries them nor what the
+server does with its events.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
+from ...net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from .wire import (
     CLIENT_MESSAGES,
     MAX_CLIENT_MESSAGE_SIZE,

@@ -8,7 +8,8 @@ module is sans-IO like the rest: bytes from the socket in, SPICE bytes out.
 A browser lets any web page open a WebSocket to 127.0.0.1, so the upgrade is
 checked against the same :class:`~saffron.net.origin.HostRule` as the web port
 (``Host`` for DNS rebinding, ``Origin`` for other web sites) and refused with
-403 before any SPICE byte is read.
+403 before any SPICE byte is read. What runs inside (the link, then a channel)
+is not this module's business; the connection feeds the unwrapped bytes on.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ..net.origin import HostRule
+from ...net.origin import HostRule
 from .wire import ProtocolError
 
 SUBPROTOCOL = "binary"

@@ -5,7 +5,8 @@ E0 48, u32 0x48E0; its release E0 C8). Saffron's producers take the prefix in
 the high byte and the make code in the low one (Up is 0xE048) with a separate
 down flag, so :func:`decode_scancodes` turns one into the other. The Pause key
 arrives as E1 1D then 45 (spice-gtk) and is passed on as 0xE11D and 0x45, the
-bytes a PC keyboard sends.
+bytes a PC keyboard sends. Where the events go (the producer, or nowhere when
+view-only) is the owner's business.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..display import Button
+from ...display import Button
 from .channel import Channel, Event
 from .wire import (
     INPUT_MOTION_ACK_BUNCH,

@@ -2,7 +2,8 @@
 
 The server speaks first (MAIN_INIT); the client answers ATTACH_CHANNELS, which
 this machine answers with the channel list on its own, and may ask for a mouse
-mode, which it grants when the mode is supported.
+mode, which it grants when the mode is supported. The session id, the VM's name
+and the video clock's value come from the owner (the session in the asyncio layer).
 """
 
 from __future__ import annotations

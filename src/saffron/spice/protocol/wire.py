@@ -7,8 +7,10 @@ receives, so the layouts can be tested against hand-written bytes and round
 trips, and a test client can be built from the same code. Anything a peer
 sends that does not fit raises :class:`ProtocolError` and nothing else.
 
-Layouts follow spice.proto (see /work/shared/docs/SPICE-PROTOCOL.md): little
+Layouts follow spice.proto (spice-protocol's message definitions): little
 endian, packed, pointers are u32 offsets from the start of the message body.
+This module knows no channel's state and no connection: the state machines
+beside it decide what to send and when.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The machine keeps the order spice-gtk needs (surface before stream, stream
 destroyed before its surface, MARK after the first picture: G1–G3), uses fresh
 stream ids (G6), sets TOP_DOWN on streams and bitmaps (G4), never sets
 STREAMING_MODE (G5), and keeps frame stamps non-zero and non-decreasing (G7).
-Which codec to use and when to send what is the owner's decision.
+Which codec to use and when to send what is the owner's decision (the viewer in
+the asyncio layer): this machine knows neither the broadcast nor the producer.
 """
 
 from __future__ import annotations

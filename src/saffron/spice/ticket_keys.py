@@ -12,7 +12,8 @@ thread keeps a few keys ready; OpenSSL lets go of the GIL while it searches
 for primes, so the loop keeps running meanwhile. A key is handed out once and
 never comes back. When none is ready, the connection waits for the worker
 (:meth:`KeyPool.take_async`) instead of making one on the loop: a flood of
-connections then costs the worker's one core, not the loop.
+connections then costs the worker's one core, not the loop. The pool knows
+keys and threads only, not the links or connections that take them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import threading
 from collections import deque
 
-from .link import TicketKey
+from .protocol.link import TicketKey
 
 log = logging.getLogger("saffron.spice")
 

@@ -7,6 +7,8 @@ then waits for the owner to :meth:`~ServerLink.accept` or
 :meth:`~ServerLink.refuse` (session ids are the owner's business). Every
 failure is answered the way spice-server answers it, so clients show a useful
 message, and reported as a :class:`LinkFailed` event with a reason in words.
+It knows no session, socket or key pool: the owner hands it a key (or none yet)
+and decides which session a linked channel joins.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ..net.passwords import passwords_match
+from ...net.passwords import passwords_match
 from .wire import (
     LINK_MAX_SIZE,
     LINK_MESS_MIN,
@@ -50,7 +52,7 @@ _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes
 
 class TicketKey:
     """The RSA-1024 key clients encrypt their password with; one per link, so that a
-    ticket seen once cannot link again (see :mod:`saffron.spice.keys`)."""
+    ticket seen once cannot link again (the asyncio layer keeps a pool of fresh ones)."""
 
     def __init__(self) -> None:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
