@@ -150,7 +150,7 @@ def refusals_logged(records: Records, start: int, address: str) -> int:
     """How many refusals of ``address`` the log accounts for (first line + summed lines)."""
     total = 0
     for _, name, text in records.since(start):
-        if name != "saffron.net.limits" or f"from {address}:" not in text:
+        if name != "saffron.limits" or f"from {address}:" not in text:
             continue
         more = re.search(r"refused (\d+) more connection", text)
         total += int(more.group(1)) if more else 1
@@ -180,7 +180,7 @@ def test_per_address_cap(
         main, _ = flooded.run(open_session(flooded.spice_port))
         main.close()
         lines = [
-            text for _, name, text in flooded.records.since(start) if name == "saffron.net.limits"
+            text for _, name, text in flooded.records.since(start) if name == "saffron.limits"
         ]
         assert lines[0] == (
             "refused a SPICE connection from 127.0.0.2: 100 connections from that address "

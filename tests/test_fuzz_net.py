@@ -710,7 +710,7 @@ def test_refusal_log_is_summed_up(monkeypatch: pytest.MonkeyPatch) -> None:
             caught.append(record.getMessage())
 
     handler = Catch()
-    logging.getLogger("saffron.net.limits").addHandler(handler)
+    logging.getLogger("saffron.limits").addHandler(handler)
     try:
         limits = limits_module.ConnectionLimits(max_connections=5, max_per_address=2)
         slots = [limits.admit("10.0.0.1", "SPICE") for _ in range(2)]
@@ -726,4 +726,4 @@ def test_refusal_log_is_summed_up(monkeypatch: pytest.MonkeyPatch) -> None:
             limits.release(slot)  # twice is harmless
         assert limits.total == 0 and limits.open_from("10.0.0.1") == 0
     finally:
-        logging.getLogger("saffron.net.limits").removeHandler(handler)
+        logging.getLogger("saffron.limits").removeHandler(handler)

@@ -160,7 +160,7 @@ def test_ipv6_addresses_count_by_slash_64() -> None:
 
 def test_refusal_summary_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     """Refusals from thousands of addresses: a few lines that still count them all."""
-    caplog.set_level(logging.WARNING, "saffron.net.limits")
+    caplog.set_level(logging.WARNING, "saffron.limits")
     limits = ConnectionLimits(max_connections=1)
     assert limits.admit("10.0.0.1", "SPICE") is not None
     for i in range(5000):

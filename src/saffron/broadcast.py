@@ -17,10 +17,11 @@ everything that touches viewers runs on the asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -389,7 +390,23 @@ class Broadcast:
         self._idle: dict[Stream, asyncio.TimerHandle] = {}
         """Streams without viewers, each with the timer that closes it."""
         self._closers: list[threading.Thread] = []
-        self.failure_listeners: list[Callable[[str, str], None]] = []
+        self.failure_listeners: list[Callable[[str, str, bool], None]] = []
+        """Told (on the loop) when a codec's encoder broke: (codec, reason, whether it is
+        news: a viewer may have joined a new stream of a codec already broken)."""
+        self.failed: dict[str, str] = {}
+        """Codecs whose encoder broke, with why: the one record every front end reads."""
+
+    def working(self, codecs: Sequence[str]) -> list[str]:
+        """``codecs``, in their order, less those whose encoder broke."""
+        return [c for c in codecs if c not in self.failed]
+
+    def call_soon(self, fn: Callable[..., None], *args: object) -> None:
+        """Run ``fn(*args)`` on the loop, from any thread (a producer's); nothing once the
+        loop has closed (Saffron is stopping and nobody is left to tell)."""
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(fn, *args)
 
     def join(self, viewer: Viewer, codec: str) -> Stream:
         stream = self.streams.get(codec)
@@ -461,8 +478,10 @@ class Broadcast:
             idle.cancel()
         if self.streams.get(stream.codec) is stream:
             del self.streams[stream.codec]
+        news = stream.codec not in self.failed
+        self.failed.setdefault(stream.codec, reason)
         for listener in list(self.failure_listeners):
-            listener(stream.codec, reason)
+            listener(stream.codec, reason, news)
 
     def close(self) -> None:
         for idle in self._idle.values():

@@ -649,7 +649,8 @@ class SpiceServer:
         dropped = [c for c in chosen if c not in CODEC_TYPES]
         if dropped:
             log.info("SPICE has no codec type for %s; not offered there", ", ".join(dropped))
-        self.codecs = [c for c in chosen if c in CODEC_TYPES]
+        self.offered = [c for c in chosen if c in CODEC_TYPES]
+        """The codecs offered, in the order of preference (see :attr:`codecs`)."""
         self.exclusive = exclusive
         self.view_only = view_only
         self.secure_channels = frozenset(secure_channels)
@@ -666,6 +667,11 @@ class SpiceServer:
         self._move: tuple[int, int, bool] | None = None
         self._move_lock = threading.Lock()
         broadcast.failure_listeners.append(self._stream_failed)
+
+    @property
+    def codecs(self) -> list[str]:
+        """The offered codecs whose encoder still works, best first."""
+        return self.broadcast.working(self.offered)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -770,14 +776,13 @@ class SpiceServer:
         log.info("%s disconnected (%s)", session.label, reason)
         session.close(reason)
 
-    def _stream_failed(self, codec: str, reason: str) -> None:
+    def _stream_failed(self, codec: str, reason: str, news: bool) -> None:
         """A codec's every encoder broke: its viewers move to another codec they can play.
 
         Viewers are moved even when the codec was dropped already: one may have
         joined a new stream of it before this news arrived.
         """
-        if codec in self.codecs:
-            self.codecs = [c for c in self.codecs if c != codec]
+        if news and codec in self.offered:
             log.warning(
                 "SPICE: no longer sending %s (%s); left: %s",
                 CODEC_LABELS.get(codec, codec),
@@ -814,11 +819,8 @@ class SpiceServer:
     # -- DisplayListener (any thread) -----------------------------------------------------
 
     def _soon(self, fn: Callable[..., None], *args: object) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(fn, *args)
+        if self._attached:  # before that there is nobody to tell
+            self.broadcast.call_soon(fn, *args)
 
     def on_resize(self, width: int, height: int) -> None:
         self._soon(self._resize, width, height)

@@ -364,7 +364,8 @@ class WebServer:
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
         closed with the listener)."""
         self.broadcast = broadcast
-        self.codecs = codecs
+        self.offered = codecs
+        """The codecs offered, in the order of preference (see :attr:`codecs`)."""
         self.default_codec = default_codec
         self.view_only = view_only
         self.viewers: set[WebViewer] = set()
@@ -569,12 +570,17 @@ class WebServer:
 
     # -- producer events (any thread) ------------------------------------------
 
+    @property
+    def codecs(self) -> list[str]:
+        """The offered codecs whose encoder still works, best first."""
+        return self.broadcast.working(self.offered)
+
     def _to_all(self, obj: dict[str, Any]) -> None:
         def send() -> None:
             for viewer in list(self.viewers):
                 viewer.notify(obj)
 
-        self.loop.call_soon_threadsafe(send)
+        self.broadcast.call_soon(send)
 
     def on_resize(self, width: int, height: int) -> None:
         self._to_all({"type": "resize", "width": width, "height": height})
@@ -601,10 +607,8 @@ class WebServer:
     def on_disable(self) -> None:
         self._to_all({"type": "status", "text": "waiting for the VM"})
 
-    def _stream_failed(self, codec: str, reason: str) -> None:
+    def _stream_failed(self, codec: str, reason: str, news: bool) -> None:
         """A codec's every encoder broke: its pages move to the next codec and keep watching."""
-        if codec in self.codecs:
-            self.codecs = [c for c in self.codecs if c != codec]
         for viewer in list(self.viewers):
             if viewer.codec != codec:
                 continue
