@@ -3,11 +3,7 @@ only what must hold whatever the machine: one encode for many viewers, none for 
 
 from __future__ import annotations
 
-import pytest
-
 from saffron.bench import fanout
-
-pytestmark = pytest.mark.e2e
 
 
 def test_many_viewers_share_one_encode() -> None:

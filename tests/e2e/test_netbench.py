@@ -3,11 +3,7 @@ newest-wins keeps frames fresh where a FIFO falls further and further behind."""
 
 from __future__ import annotations
 
-import pytest
-
 from saffron.bench import slowlink
-
-pytestmark = pytest.mark.e2e
 
 
 def test_newest_wins_bounds_frame_age_where_a_fifo_grows() -> None:

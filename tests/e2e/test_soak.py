@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from saffron.bench import soak
-from tests.conftest import ARTIFACTS
+from tests.support.artifacts import ARTIFACTS
 
 
 def test_soak_one_minute() -> None:

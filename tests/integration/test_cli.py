@@ -8,7 +8,7 @@ import urllib.request
 
 from saffron.bench import clients
 from saffron.spice.wire import ChannelType
-from tests.conftest import run_saffron
+from tests.support.process import run_saffron
 
 
 def test_port_zero_announces_the_ports_the_system_chose() -> None:

@@ -1,7 +1,7 @@
 """Thousands of connections: the per-address and total caps hold, refusals are logged in
 a few lines, two good viewers keep watching throughout, and every slot comes back.
 (Connections that have not authenticated have a share of their own, and time to
-authenticate: tests/test_preauth.py.)
+authenticate: tests/integration/test_preauth.py.)
 
 The flood comes from other loopback addresses (127.0.0.2 and up, all of which
 reach a server on 127.0.0.1) so the per-address cap can be told from the total.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import re
 import resource
-import select
 import socket
 import subprocess
 import sys
@@ -24,22 +23,16 @@ from typing import Any
 
 import pytest
 
-from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
+from saffron.bench.process import SaffronProcess, free_port
 from saffron.net import admission as admission_module
 from saffron.net import limits as limits_module
-from tests.conftest import ARTIFACTS
-from tests.live import (
-    IO_TIMEOUT,
-    Live,
-    Records,
-    connect,
-    exchange,
-    publish,
-    wait_until,
-    watch_spice,
-    watched_saffron,
-)
-from tests.spice.pyclient import open_session
+from tests.support.artifacts import publish
+from tests.support.harness import IO_TIMEOUT, Live, Records, watched_saffron
+from tests.support.process import run_saffron
+from tests.support.pyclient import open_session, watch_spice
+from tests.support.sockets import close_all, closed_by_server, open_many
+from tests.support.streams import connect, exchange
+from tests.support.wait import wait_until
 
 TOTAL = 300
 PER_ADDRESS = 100
@@ -91,37 +84,6 @@ def figures(flooded: Live) -> Iterator[dict[str, Any]]:
         publish("connection-caps", figures, "connection caps: " + "; ".join(parts))
 
 
-def open_many(port: int, source: str, count: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.settimeout(IO_TIMEOUT)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        socks.append(sock)
-    return socks
-
-
-def closed_by_server(socks: list[socket.socket]) -> list[socket.socket]:
-    """The sockets the server has closed (readable with nothing, or reset), or refused
-    with a 503."""
-    poller = select.poll()
-    by_fd = {sock.fileno(): sock for sock in socks}
-    for fd in by_fd:
-        poller.register(fd, select.POLLIN)
-    found = []
-    for fd, _ in poller.poll(0):
-        sock = by_fd[fd]
-        try:
-            data = sock.recv(4096, socket.MSG_PEEK)
-        except ConnectionResetError:
-            found.append(sock)
-            continue
-        if not data or data.startswith(b"HTTP/1.1 503"):
-            found.append(sock)
-    return found
-
-
 def authenticated_many(port: int, source: str, count: int) -> list[socket.socket]:
     """``count`` web connections from ``source`` that each had a request answered (which,
     without a password, authenticates them), kept open."""
@@ -139,11 +101,6 @@ def authenticated_many(port: int, source: str, count: int) -> list[socket.socket
         while len(body) < int(length.group(1)):
             body += sock.recv(4096)
     return socks
-
-
-def close_all(socks: list[socket.socket]) -> None:
-    for sock in socks:
-        sock.close()
 
 
 def refusals_logged(records: Records, start: int, address: str) -> int:
@@ -202,7 +159,7 @@ def test_total_cap_over_both_ports(
 ) -> None:
     """Authenticated connections on the web port take every slot: then a connection to
     either port is refused, and a browser is told so. (Unauthenticated ones cannot fill
-    the total: they have a share of their own, see tests/test_preauth.py.)"""
+    the total: they have a share of their own, see tests/integration/test_preauth.py.)"""
     monkeypatch.setattr(limits_module, "REFUSAL_LOG_INTERVAL_S", 0.2)
     limits = flooded.server.limits
     refused_before = limits.refused
@@ -293,10 +250,12 @@ def test_cli_flags() -> None:
 @contextlib.contextmanager
 def saffron_spice_only(spice: int, *args: str) -> Iterator[SaffronProcess]:
     """``saffron serve`` with SPICE only, its log in the test artifacts."""
-    argv = saffron_command(
+    with run_saffron(
         *("serve", "--source", "pattern", "--no-web"),
         *("--spice", f"127.0.0.1:{spice}", "--size", "160x96", "--fps", "10", *args),
-    )
-    log = ARTIFACTS / f"saffron-spice-{spice}.log"
-    with start_saffron(argv, log, ready="remote-viewer spice://", spice_port=spice) as saffron:
+        ready="remote-viewer spice://",
+        log_name=f"saffron-spice-{spice}.log",
+        web_port=None,
+        spice_port=spice,
+    ) as saffron:
         yield saffron

@@ -1,7 +1,7 @@
 """Hostile bytes on every port of a running Saffron, while two good viewers watch.
 
 A whole Saffron (web page, /ws, /spice, the SPICE port) runs in-process with the
-pattern producer (tests/live.py). A SPICE viewer and a web viewer watch it
+pattern producer (tests/support/harness.py). A SPICE viewer and a web viewer watch it
 throughout; each test checks that they keep receiving frames. Hypothesis then
 sends random and mutated link messages, channel messages after a real link,
 WebSocket handshakes and frames (to /ws, /spice and the SPICE port) and HTTP
@@ -19,7 +19,7 @@ one line of pytest's terminal summary.
 The examples are derandomized (the same every run) and few, so this takes well
 under a minute. A longer run, for the bench:
 
-    SAFFRON_FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz_net.py
+    SAFFRON_FUZZ_EXAMPLES=5000 python -m pytest tests/integration/test_fuzz_net.py
 """
 
 from __future__ import annotations
@@ -45,20 +45,21 @@ from saffron.net import limits as limits_module
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
 from saffron.web import server as web_server_module
-from tests.live import (
+from tests.support.artifacts import publish
+from tests.support.harness import Live, watched_saffron
+from tests.support.pyclient import PyClient
+from tests.support.streams import (
+    HALF_SENT,
     UPGRADE,
-    Live,
     Streams,
     connect,
     exchange,
+    link_mess,
     local_port,
-    publish,
     upgrade,
-    wait_until,
-    watched_saffron,
     ws_frame,
 )
-from tests.spice.pyclient import PyClient
+from tests.support.wait import wait_until
 
 EXAMPLES = int(os.environ.get("SAFFRON_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(
@@ -558,11 +559,6 @@ def test_fuzz_http(fuzz: Fuzz, chunks: list[bytes]) -> None:
 # -- inputs that are certainly wrong: a warning that names the connection ----------------------
 
 
-def _link_mess(channel: int = 1) -> bytes:
-    body = w.LinkMess(0, channel, 0, CLIENT_CAPS, ()).pack()
-    return w.LinkHeader(2, 2, len(body)).pack() + body
-
-
 FOUR_GIB_FRAME = ws_frame(2, b"x" * 64, length=(1 << 32) + 64)
 CLOSE_FRAME = ws_frame(8, struct.pack(">H", 1000))
 BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
@@ -573,8 +569,8 @@ BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
         "link message of 4294967295 bytes",
     ),
     "spice-version-3": ("spice", struct.pack("<4sIII", w.MAGIC, 3, 0, 18), "version 3 is not 2"),
-    "spice-no-such-channel": ("spice", _link_mess(99), "no type-99 channel"),
-    "spice-sasl": ("spice", _link_mess() + struct.pack("<I", 2) + bytes(128), "mechanism 2"),
+    "spice-no-such-channel": ("spice", link_mess(99), "no type-99 channel"),
+    "spice-sasl": ("spice", link_mess() + struct.pack("<I", 2) + bytes(128), "mechanism 2"),
     "spice-port-http": ("spice", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "Missing header"),
     "spice-port-text-frame": (
         "spice",
@@ -597,7 +593,7 @@ BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
     "ws-unknown-type": ("web", upgrade("/ws") + ws_frame(1, b'{"type": "x"}'), "unknown message"),
     "ws-4gib-frame": ("web", upgrade("/ws") + FOUR_GIB_FRAME, "exceeds limit"),
     "web-spice-4gib-frame": ("web", upgrade("/spice") + FOUR_GIB_FRAME, "exceeds limit"),
-    "web-spice-text": ("web", upgrade("/spice") + ws_frame(1, _link_mess()), "text frame"),
+    "web-spice-text": ("web", upgrade("/spice") + ws_frame(1, link_mess()), "text frame"),
     "web-spice-junk": ("web", upgrade("/spice") + ws_frame(2, b"JUNKJUNKJUNKJUNK"), "not a SPICE"),
     "web-long-header": ("web", b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", "bad HTTP"),
     "web-bad-chunks": (
@@ -655,24 +651,6 @@ def test_4gib_message_after_the_link_is_refused_on_sight(check: Live, mini: bool
 
 
 # -- half-sent handshakes time out --------------------------------------------------------------
-
-
-HALF_SENT: dict[str, tuple[str, bytes, str]] = {
-    "spice-half-header": ("spice", w.MAGIC + b"\x02\0", "no SPICE link within"),
-    "spice-half-link": ("spice", _link_mess()[:20], "no SPICE link within"),
-    "spice-no-ticket": ("spice", _link_mess(), "no SPICE link within"),
-    "spice-port-half-upgrade": ("spice", b"GET / HTTP/1.1\r\nHost:", "no SPICE link within"),
-    "spice-port-upgraded-only": ("spice", upgrade("/"), "no SPICE link within"),
-    "web-half-request": ("web", b"GET / HTTP/1.1\r\nHost: 127.0", "no complete request"),
-    "web-half-body": (
-        "web",
-        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\n\r\npassword=",
-        "no complete request",
-    ),
-    "web-half-upgrade": ("web", upgrade("/ws")[:40], "no complete request"),
-    "web-spice-upgraded-only": ("web", upgrade("/spice"), "no SPICE link within"),
-}
 
 
 @pytest.mark.parametrize("case", sorted(HALF_SENT))

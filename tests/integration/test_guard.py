@@ -15,108 +15,21 @@ import logging
 import socket
 import ssl
 import struct
-import threading
 import time
-from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from saffron.app import Options, Server
-from saffron.display import Display
 from saffron.net import limits as limits_module
 from saffron.net.limits import ConnectionLimits, network_of
-from saffron.net.tls import Certificate, self_signed
-from saffron.sources.pattern import PatternSource
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
 from saffron.web import server as web_server_module
-from tests.live import Records, upgrade, wait_until, ws_frame
-
-IO_TIMEOUT = 30.0
-"""Safety net only: how long a client waits for the server."""
-
-# -- running a server in-process -------------------------------------------------------------
-
-
-@dataclass
-class Running:
-    loop: asyncio.AbstractEventLoop
-    limits: ConnectionLimits
-    records: Records
-    web_port: int = 0
-    spice_port: int = 0
-    server: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def run(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _loop_and_log() -> Iterator[tuple[asyncio.AbstractEventLoop, Records]]:
-    records = Records()
-    saffron_log = logging.getLogger("saffron")
-    old_level = saffron_log.level
-    saffron_log.setLevel(logging.DEBUG)
-    saffron_log.addHandler(records)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="saffron", daemon=True)
-    thread.start()
-    try:
-        yield loop, records
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        saffron_log.removeHandler(records)
-        saffron_log.setLevel(old_level)
-
-
-@contextlib.contextmanager
-def saffron(**options: Any) -> Iterator[Running]:
-    """A whole Saffron (pattern producer, MJPEG) with the given Options."""
-    size = options.pop("size", (160, 96))
-    with _loop_and_log() as (loop, records):
-        display = Display()
-        opts = Options(source="pattern", codec="mjpeg", fps=30, size=size, **options)
-        server = Server(opts, display, PatternSource(display, size[0], size[1], 30))
-        asyncio.run_coroutine_threadsafe(server.start(), loop).result(120)
-        running = Running(loop, server.limits, records, server=server)
-        if server.web is not None:
-            running.web_port = server.web.addresses[0][1]
-        if server.spice is not None:
-            running.spice_port = server.spice.addresses[-1][1]
-        try:
-            yield running
-        finally:
-            asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
-
-
-# -- talking to it ---------------------------------------------------------------------------
-
-
-def connect(port: int, *, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(IO_TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes; ConnectionResetError if it resets."""
-    out = bytearray()
-    while data := sock.recv(1 << 16):
-        out += data
-    return bytes(out)
-
-
-def get(path: str, port: int) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-
+from tests.support.harness import saffron, tls_saffron
+from tests.support.sockets import connect, get, read_until_closed
+from tests.support.streams import upgrade, ws_frame
+from tests.support.wait import wait_until
 
 # -- 5: the refusal log and IPv6 ----------------------------------------------------------------
 
@@ -305,28 +218,6 @@ def _main_link() -> bytes:
     """A SPICE main channel's link message."""
     body = w.LinkMess(0, w.ChannelType.MAIN, 0, (), ()).pack()
     return w.LinkHeader(2, 2, len(body)).pack() + body
-
-
-@dataclass
-class TlsPorts:
-    """A Saffron with an HTTPS page and a SPICE TLS port; ``target`` the one under test."""
-
-    s: Running
-    target: int
-    cert: Certificate
-
-
-@contextlib.contextmanager
-def tls_saffron(tmp_path: Path, port: str, **options: Any) -> Iterator[TlsPorts]:
-    cert = self_signed(tmp_path, hosts=["127.0.0.1"])
-    with saffron(
-        web=("127.0.0.1", 0),
-        spice_tls=("127.0.0.1", 0),
-        cert=cert.cert,
-        key=cert.key,
-        **options,
-    ) as s:
-        yield TlsPorts(s, s.web_port if port == "web" else s.spice_port, cert)
 
 
 def handshake_timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

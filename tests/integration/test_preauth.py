@@ -16,11 +16,18 @@ from pathlib import Path
 import pytest
 
 from saffron.net.limits import ConnectionLimits, Slot
-from tests.live import wait_until
-from tests.spice.pyclient import open_session
-from tests.test_fuzz_connections import close_all, closed_by_server, open_many
-from tests.test_fuzz_net import HALF_SENT
-from tests.test_guard import Running, connect, get, read_until_closed, saffron, tls_saffron
+from tests.support.harness import Running, saffron, tls_saffron
+from tests.support.pyclient import open_session
+from tests.support.sockets import (
+    close_all,
+    closed_by_server,
+    connect,
+    get,
+    open_many,
+    read_until_closed,
+)
+from tests.support.streams import HALF_SENT
+from tests.support.wait import wait_until
 
 PASSWORD = "correct horse"
 FLOODERS = [f"127.0.0.{i}" for i in range(2, 6)]

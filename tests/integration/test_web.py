@@ -20,32 +20,15 @@ from saffron.display import Button, Display
 from saffron.keys import scancode_for
 from saffron.web.protocol import HEADER, ProtocolError, unpack_video
 from saffron.web.server import WINDOW_FRAMES, WebServer
+from tests.support.harness import WebSite, web_site
 
 W, H = 64, 48
 
 
-class RecordingInput:
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def key(self, scancode: int, down: bool) -> None:
-        self.events.append(("key", scancode, down))
-
-    def pointer(self, x: int, y: int) -> None:
-        self.events.append(("pointer", x, y))
-
-    def motion(self, dx: int, dy: int) -> None:
-        self.events.append(("motion", dx, dy))
-
-    def button(self, button: Button, down: bool) -> None:
-        self.events.append(("button", button, down))
-
-
 class Env:
-    def __init__(self, display: Display, server: WebServer, url: str) -> None:
-        self.display, self.server, self.url = display, server, url
-        self.input = RecordingInput()
-        display.input = self.input
+    def __init__(self, site: WebSite) -> None:
+        self.display, self.server, self.url = site.display, site.server, site.url
+        self.input = site.input
 
     def present(self, value: int = 0) -> bool:
         return self.display.present(np.full((H, W, 4), value, np.uint8), owned=True)
@@ -53,15 +36,13 @@ class Env:
 
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    display = Display()
-    display.scanout(W, H)
-    broadcast = Broadcast(display, asyncio.get_running_loop(), fps=30, bitrate_kbps=500)
-    server = WebServer(display, broadcast, codecs=["h264", "mjpeg"], default_codec="h264")
-    ts = TestServer(server.app, host="127.0.0.1")
-    await ts.start_server()
-    yield Env(display, server, str(ts.make_url("/")))
-    await ts.close()
-    broadcast.close()
+    async with web_site(
+        size=(W, H),
+        broadcast={"fps": 30, "bitrate_kbps": 500},
+        codecs=["h264", "mjpeg"],
+        default_codec="h264",
+    ) as site:
+        yield Env(site)
 
 
 async def start(session: ClientSession, env: Env, codec: str = "h264") -> Any:

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, CookieJar, WSServerHandshakeError
-from aiohttp.test_utils import TestServer
 
 from saffron.app import Options, StartupError, check_exposure
-from saffron.broadcast import Broadcast
 from saffron.display import Display
 from saffron.net.tls import self_signed
 from saffron.web.auth import COOKIE, WebAuth
-from saffron.web.server import WebServer
-from tests.conftest import run_saffron
-from tests.test_web import RecordingInput
+from tests.support.harness import RecordingInput, web_site
+from tests.support.process import run_saffron
 
 PASSWORD = "correct horse"
 Site = tuple[str, WebAuth, Display, RecordingInput]
@@ -32,18 +29,9 @@ Site = tuple[str, WebAuth, Display, RecordingInput]
 
 @pytest.fixture
 async def site() -> AsyncIterator[Site]:
-    display = Display()
-    display.scanout(64, 48)
-    rec = RecordingInput()
-    display.input = rec
-    broadcast = Broadcast(display, asyncio.get_running_loop())
     auth = WebAuth(PASSWORD, secure=False)
-    server = WebServer(display, broadcast, codecs=["mjpeg"], default_codec="mjpeg", auth=auth)
-    ts = TestServer(server.app, host="127.0.0.1")
-    await ts.start_server()
-    yield str(ts.make_url("/")), auth, display, rec
-    await ts.close()
-    broadcast.close()
+    async with web_site(codecs=["mjpeg"], default_codec="mjpeg", auth=auth) as s:
+        yield s.url, auth, s.display, s.input
 
 
 async def test_password_form_and_session_cookie(

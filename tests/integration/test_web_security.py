@@ -13,8 +13,6 @@ import re
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +26,16 @@ from aiohttp import (
     WSServerHandshakeError,
 )
 
-from saffron.app import Options, Server
-from saffron.display import Display
 from saffron.net.websocket import ENDED_BY_SERVER as SESSION_ENDED
 from saffron.web import auth as web_auth
-from tests.conftest import run_saffron
-from tests.live import wait_until
-from tests.test_web import RecordingInput
+from tests.support.harness import RecordingInput, saffron_here
+from tests.support.process import run_saffron
+from tests.support.wait import wait_until
 
 PASSWORD = "correct horse"
 KEY_A = ("key", 0x1E, True)
 VIEW_ONLY_SIGN_INS = 1025
 """The review's figure: one more than the sessions Saffron kept in all."""
-
-
-@asynccontextmanager
-async def saffron(**options: Any) -> AsyncIterator[tuple[Server, int, RecordingInput]]:
-    """A whole Saffron in-process (web, and SPICE for its ``/spice`` route), no producer."""
-    display = Display()
-    display.scanout(64, 48)
-    rec = RecordingInput()
-    display.input = rec
-    opts = Options(web=("127.0.0.1", 0), spice=("127.0.0.1", 0), codec="mjpeg", **options)
-    server = Server(opts, display, None)
-    await server.start()
-    assert server.web is not None
-    try:
-        yield server, server.web.addresses[0][1], rec
-    finally:
-        await server.close()
 
 
 def cookies() -> ClientSession:
@@ -91,7 +70,7 @@ async def closed_with(ws: ClientWebSocketResponse) -> tuple[int | None, str]:
 async def test_rebinding_host_is_refused_without_a_password(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with saffron() as (_, port, rec), ClientSession() as s:
+    async with saffron_here() as (_, port, rec), ClientSession() as s:
         evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
         with pytest.raises(WSServerHandshakeError) as refused:
             await type_a_key(s, port, rec, evil)
@@ -109,7 +88,7 @@ async def test_rebinding_host_is_refused_without_a_password(
 
 
 async def test_an_allowed_host_name_works() -> None:
-    async with saffron(allowed_hosts=("vm.test",)) as (_, port, rec), ClientSession() as s:
+    async with saffron_here(allowed_hosts=("vm.test",)) as (_, port, rec), ClientSession() as s:
         named = {"Host": f"vm.test:{port}", "Origin": f"http://vm.test:{port}"}
         assert await type_a_key(s, port, rec, named)
         other = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
@@ -118,7 +97,7 @@ async def test_an_allowed_host_name_works() -> None:
 
 
 async def test_with_a_password_the_origin_is_still_checked() -> None:
-    async with saffron(password=PASSWORD) as (server, port, rec), cookies() as s:
+    async with saffron_here(password=PASSWORD) as (server, port, rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         async with s.post(
             url + "login", data={"password": PASSWORD}, headers={"Origin": "http://evil.example"}
@@ -142,7 +121,7 @@ async def test_with_a_password_the_origin_is_still_checked() -> None:
 
 
 async def test_view_only_sign_ins_do_not_sign_out_full_control() -> None:
-    async with saffron(password=PASSWORD) as (server, port, rec), cookies() as s:
+    async with saffron_here(password=PASSWORD) as (server, port, rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         async with s.get(url + f"?token={server.auth.full_token}") as r:
             assert r.status == 200
@@ -159,7 +138,7 @@ async def test_view_only_sign_ins_do_not_sign_out_full_control() -> None:
 
 
 async def test_sign_out_closes_the_page_and_its_spice_websocket() -> None:
-    async with saffron(password=PASSWORD) as (_, port, _rec), cookies() as s:
+    async with saffron_here(password=PASSWORD) as (_, port, _rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         async with s.post(url + "login", data={"password": PASSWORD}) as r:
             page = await r.text()
@@ -177,7 +156,7 @@ async def test_sign_out_closes_the_page_and_its_spice_websocket() -> None:
 
 
 async def test_new_token_links_end_the_old_links_sessions() -> None:
-    async with saffron(password=PASSWORD) as (server, port, rec), cookies() as by_token:
+    async with saffron_here(password=PASSWORD) as (server, port, rec), cookies() as by_token:
         url = f"http://127.0.0.1:{port}/"
         old = server.auth.full_token
         await by_token.get(url + f"?token={old}")
@@ -203,7 +182,7 @@ async def test_new_token_links_end_the_old_links_sessions() -> None:
 
 async def test_an_expired_session_closes_its_websocket(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(web_auth, "SESSION_SECONDS", 0.5)
-    async with saffron(password=PASSWORD) as (_, port, _rec), cookies() as s:
+    async with saffron_here(password=PASSWORD) as (_, port, _rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         await s.post(url + "login", data={"password": PASSWORD})
         ws = await s.ws_connect(url + "ws")
@@ -239,7 +218,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 async def test_pages_forbid_framing_and_inline_script() -> None:
-    async with saffron(password=PASSWORD) as (_, port, _rec), cookies() as s:
+    async with saffron_here(password=PASSWORD) as (_, port, _rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         async with s.get(url) as r:
             login = await r.text()
@@ -282,7 +261,7 @@ async def test_the_password_comparison_does_not_show_its_length(
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", recording)
-    async with saffron(password=PASSWORD) as (_, port, _rec), cookies() as s:
+    async with saffron_here(password=PASSWORD) as (_, port, _rec), cookies() as s:
         url = f"http://127.0.0.1:{port}/"
         async with s.post(url + "login", data={"password": given}) as r:
             assert r.status == 403

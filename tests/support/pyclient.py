@@ -1,12 +1,14 @@
 """A small asyncio SPICE client for tests, built on saffron.spice.wire (both directions).
 
 It speaks raw TCP or, with ``websocket=True``, SPICE inside a WebSocket (through
-wsproto, as spice-html5 would), and reads server messages into wire dataclasses.
+wsproto, as spice-html5 would), and reads server messages into wire dataclasses;
+``watch_spice`` links and acks a display channel as spice-gtk does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl as ssl_module
 import struct
 from collections.abc import Sequence
@@ -33,6 +35,7 @@ from saffron.spice.wire import (
     ChannelsList,
     ChannelType,
     CommonCap,
+    DisplayInit,
     LinkErr,
     LinkHeader,
     LinkMess,
@@ -42,6 +45,8 @@ from saffron.spice.wire import (
     MessageReader,
     RawMessage,
     SetAck,
+    StreamData,
+    StreamDataSized,
     frame,
     has_cap,
     parse,
@@ -337,3 +342,36 @@ async def open_session(
     main.send(AttachChannels())
     await main.expect(ChannelsList)
     return main, init
+
+
+GTK_DISPLAY_CAPS = (0x6FBF,)
+"""The display channel capabilities spice-gtk sends (MULTI_CODEC, every codec)."""
+
+
+async def watch_spice(
+    port: int,
+    frames: int,
+    *,
+    source: str | None = None,
+    timeout: float = 60.0,
+) -> list[Message | RawMessage]:
+    """A SPICE viewer (as spice-gtk links and acks) from ``source``: what its display
+    channel received until ``frames`` stream frames had come."""
+    with contextlib.ExitStack() as opened:
+        main, init = await open_session(port, source=source)
+        opened.callback(main.close)
+        display = await PyClient.open(
+            port,
+            ChannelType.DISPLAY,
+            connection_id=init.session_id,
+            channel_caps=GTK_DISPLAY_CAPS,
+            source=source,
+        )
+        opened.callback(display.close)
+        display.auto_ack = True
+        display.send(DisplayInit(1, 1000, 1, 1000))
+        got: list[Message | RawMessage] = []
+        async with asyncio.timeout(timeout):
+            while sum(isinstance(m, StreamData | StreamDataSized) for m in got) < frames:
+                got.append(await display.read(timeout))
+        return got

@@ -1,5 +1,5 @@
 """``saffron bench --soak`` hands the soak its length and writes its numbers
-(the soak itself is tests/test_soak.py; here soak.run is a stand-in)."""
+(the soak itself is tests/e2e/test_soak.py; here soak.run is a stand-in)."""
 
 from __future__ import annotations
 

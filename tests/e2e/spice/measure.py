@@ -1,6 +1,6 @@
 """Frames per second and send-to-show delay of spice-gtk, per codec: prints a table.
 
-    cd /work/main && PYTHONPATH=src python -m tests.spice.measure [--size 1280x720 --fps 60]
+    cd /work/main && PYTHONPATH=src python -m tests.e2e.spice.measure [--size 1280x720 --fps 60]
 
 How: the producer writes each frame's capture time (µs) into rows 0-15 and hands it
 to Display.present with the same capture time; the server records the wall-clock time
@@ -16,7 +16,9 @@ import argparse
 import json
 import statistics
 
-from tests.spice.helpers import ARTIFACTS, run_gtk_client, spice_server
+from tests.support.artifacts import ARTIFACTS
+from tests.support.gtk import run_gtk_client
+from tests.support.harness import spice_server
 
 
 def measure(codec: str, width: int, height: int, fps: int, seconds: float) -> dict[str, object]:

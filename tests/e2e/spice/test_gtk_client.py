@@ -1,9 +1,10 @@
 """spice-gtk 0.42 (the library inside remote-viewer) against Saffron, through its GObject API.
 
-tests/spice/gtk_client.py runs under the system python3 and prints JSON; these tests
+tests/support/gtk_client.py runs under the system python3 and prints JSON; these tests
 start the server in-process, run it, and check what it saw: the surface size, the
 frames it showed for each codec, the exact pixels once the picture stands still,
-the keys and mouse it sent reaching the producer, and the password check.
+the keys and mouse it sent reaching the producer, the password check, and an H.264
+stream that breaks under it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.live import wait_until
-from tests.spice.helpers import ARTIFACTS, run_gtk_client, spice_server
-from tests.spice.test_server import EXPECTED_INPUT
-
-pytestmark = pytest.mark.e2e
+from tests.support.artifacts import ARTIFACTS
+from tests.support.gtk import run_gtk_client
+from tests.support.harness import EXPECTED_INPUT, broken_h264, spice_server
+from tests.support.wait import wait_until
 
 FPS = 30
 
@@ -196,3 +196,14 @@ def test_secure_channels_move_to_the_tls_port(
     refused = [r.getMessage() for r in caplog.records if "NEED_SECURED" in r.getMessage()]
     assert any("display channel" in m for m in refused), refused
     assert any("inputs channel" in m for m in refused), refused
+
+
+def test_spice_gtk_keeps_watching_when_h264_breaks() -> None:
+    """spice-gtk itself: its H.264 stream is replaced by another codec it plays, and it
+    goes on showing frames."""
+    with spice_server(fps=30) as (srv, _):
+        srv.broadcast._factory = broken_h264
+        report = run_gtk_client(srv.port, "--settle", "2", "--seconds", "3")
+        assert not report["errors"], report
+        assert report["frames"] > 0, report
+        assert "h264" not in srv.codecs_sent and sum(srv.codecs_sent.values()) > 0, srv.codecs_sent

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.live import wait_until
-from tests.spice.helpers import ARTIFACTS, Running, spice_server
+from tests.support.artifacts import ARTIFACTS
+from tests.support.harness import SpiceRunning, spice_server
+from tests.support.wait import wait_until
 
 HTML5 = Path("/usr/share/spice-html5")
 
 # CI installs spice-html5 (scripts/apt-packages.txt): missing, these tests fail, not skip.
-pytestmark = pytest.mark.e2e
 
 
 @contextmanager
-def web_server(srv: Running) -> Iterator[int]:
+def web_server(srv: SpiceRunning) -> Iterator[int]:
     async def start() -> web.AppRunner:
         app = web.Application()
         app.router.add_get("/spice", srv.server.aiohttp_handler)

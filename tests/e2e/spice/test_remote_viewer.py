@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.live import wait_until
-from tests.spice.helpers import ARTIFACTS, spice_server
+from tests.support.artifacts import ARTIFACTS
+from tests.support.harness import spice_server
+from tests.support.wait import wait_until
 
 pytestmark = [
-    pytest.mark.e2e,
     pytest.mark.skipif(
         not (shutil.which("remote-viewer") and shutil.which("Xvfb") and shutil.which("import")),
         reason="needs remote-viewer, Xvfb and ImageMagick",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
@@ -15,19 +14,13 @@ from aiohttp import web
 from saffron.display import Cursor
 from saffron.spice import server as spice_server_module
 from saffron.spice import wire as w
-from tests.live import wait_until
-from tests.spice.helpers import Running, Scene, spice_server
-from tests.spice.pyclient import PyClient, open_session
+from tests.support.harness import EXPECTED_INPUT, Scene, SpiceRunning, spice_server
+from tests.support.pyclient import PyClient, open_session
+from tests.support.streams import run
+from tests.support.wait import wait_until
 
 GTK_DISPLAY = (0x6FBF,)
 HTML5_DISPLAY = (0x711,)
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 async def open_display(
@@ -264,18 +257,6 @@ INPUT_MESSAGES = [
     w.MouseRelease(4, 0),
     w.MouseMotion(5, -3, 0),
 ]
-EXPECTED_INPUT = [
-    ("key", 0x1E, True),
-    ("key", 0x1E, False),
-    ("key", 0xE048, True),
-    ("key", 0xE048, False),
-    ("pointer", 100, 50),
-    ("button", 1, True),
-    ("button", 1, False),
-    ("button", 4, True),
-    ("button", 4, False),
-    ("motion", 5, -3),
-]
 
 
 @pytest.mark.parametrize("view_only", [False, True])
@@ -384,7 +365,7 @@ def test_preferred_codec_and_unplayable_stream() -> None:
         run(go())
 
 
-def present(srv: Running, width: int, height: int, value: int) -> np.ndarray:
+def present(srv: SpiceRunning, width: int, height: int, value: int) -> np.ndarray:
     img = np.full((height, width, 4), value, np.uint8)
     img[..., 3] = 255
     srv.display.present(img.copy())

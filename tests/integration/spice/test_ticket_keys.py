@@ -19,12 +19,12 @@ from saffron.net.tls import self_signed
 from saffron.spice import wire as w
 from saffron.spice.keys import KeyPool
 from saffron.spice.link import LinkState, ServerLink, TicketKey
-from tests.live import wait_until
-from tests.spice.helpers import spice_server
-from tests.spice.pyclient import PyClient, open_session
-from tests.spice.test_link import OFFERED, hello, read_reply
-from tests.spice.test_server import run
-from tests.test_guard import saffron as running_saffron
+from tests.support.harness import saffron as running_saffron
+from tests.support.harness import spice_server
+from tests.support.pyclient import PyClient, open_session
+from tests.support.spice_link import OFFERED, hello, read_reply
+from tests.support.streams import run
+from tests.support.wait import wait_until
 
 
 def test_a_recorded_ticket_does_not_link_again() -> None:

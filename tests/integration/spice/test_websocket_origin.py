@@ -14,10 +14,10 @@ import pytest
 
 from saffron.net.origin import HostRule
 from saffron.spice import wire as w
-from tests.live import wait_until
-from tests.spice.helpers import Running, spice_server
-from tests.spice.pyclient import PyClient, WebSocketRefused, open_session
-from tests.spice.test_server import run
+from tests.support.harness import SpiceRunning, spice_server
+from tests.support.pyclient import PyClient, WebSocketRefused, open_session
+from tests.support.streams import run
+from tests.support.wait import wait_until
 
 KEY = w.KeyDown(0x1E)
 
@@ -31,7 +31,7 @@ def hostile(port: int) -> list[tuple[str, str | None]]:
     ]
 
 
-def open_connections(srv: Running) -> int:
+def open_connections(srv: SpiceRunning) -> int:
     return srv.call(lambda: len(srv.server.connections))
 
 

@@ -20,26 +20,10 @@ from saffron.spice.link import (
     TicketKey,
     encrypt_ticket,
 )
+from tests.support.spice_link import OFFERED, hello, read_reply
 
 KEY = TicketKey()
-OFFERED = {(w.ChannelType.MAIN, 0): (0x02,), (w.ChannelType.DISPLAY, 0): (0x1012,)}
-GTK_COMMON = (0x0D,)  # AUTH_SELECTION, AUTH_SASL, MINI_HEADER
 HTML5_COMMON = (0x09,)  # AUTH_SELECTION, MINI_HEADER
-
-
-def hello(
-    channel: int = w.ChannelType.MAIN, common: tuple[int, ...] = GTK_COMMON, **kw: int
-) -> bytes:
-    body = w.LinkMess(
-        kw.get("connection_id", 0), channel, kw.get("channel_id", 0), common, ()
-    ).pack()
-    return w.LinkHeader(kw.get("major", 2), 2, kw.get("size", len(body))).pack() + body
-
-
-def read_reply(data: bytes) -> tuple[w.LinkReply, bytes]:
-    header = w.LinkHeader.unpack(data)
-    assert header.magic == b"REDQ" and (header.major, header.minor) == (2, 2)
-    return w.LinkReply.unpack(data[16 : 16 + header.size]), data[16 + header.size :]
 
 
 def test_key_is_spki_der_of_162_bytes() -> None:
