@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import ClientSession, WSMsgType
-from aiohttp.test_utils import TestServer
 
-from saffron.broadcast import KEYFRAME_MIN_INTERVAL, Broadcast
-from saffron.display import Button, Display
+from saffron.broadcast import KEYFRAME_MIN_INTERVAL
+from saffron.display import Button
 from saffron.keys import scancode_for
 from saffron.web.protocol import HEADER, ProtocolError, unpack_video
-from saffron.web.server import WINDOW_FRAMES, WebServer
-from tests.support.harness import WebSite, web_site
+from saffron.web.server import WINDOW_FRAMES
+from tests.support.harness import WebSite, broken_h264, web_site
 
 W, H = 64, 48
 
@@ -290,28 +289,15 @@ def test_key_codes() -> None:
 
 async def test_a_broken_encoder_moves_the_page_to_the_next_codec() -> None:
     """x264 raising on every frame must not leave the page without a picture."""
-    from saffron.encoders.base import Encoder, EncoderError
-    from saffron.encoders.registry import create_encoder
 
-    class Broken(Encoder):
-        codec, backend = "h264", "broken"
-
-        def encode(self, frame: Any, keyframe: bool = False, prepared: object = None) -> Any:
-            raise EncoderError("simulated failure")
-
-    def factory(codec: str, w: int, h: int, fps: int, kbps: int, skip: int) -> Encoder:
-        if codec == "h264":
-            return Broken(w, h, fps, kbps)
-        return create_encoder(codec, w, h, fps, kbps, skip)
-
-    display = Display()
-    display.scanout(W, H)
-    broadcast = Broadcast(display, asyncio.get_running_loop(), encoder_factory=factory)
-    server = WebServer(display, broadcast, codecs=["h264", "mjpeg"], default_codec="h264")
-    ts = TestServer(server.app, host="127.0.0.1")
-    await ts.start_server()
-    env = Env(display, server, str(ts.make_url("/")))
-    try:
+    async with web_site(
+        size=(W, H),
+        broadcast={"encoder_factory": broken_h264},
+        codecs=["h264", "mjpeg"],
+        default_codec="h264",
+    ) as site:
+        env = Env(site)
+        display = site.display
         async with ClientSession() as s:
             ws = await start(s, env)
             env.present(1)
@@ -330,6 +316,3 @@ async def test_a_broken_encoder_moves_the_page_to_the_next_codec() -> None:
             header, data = await next_video(ws)
             assert header.codec == "mjpeg" and data[:2] == b"\xff\xd8"
             await ws.close()
-    finally:
-        await ts.close()
-        broadcast.close()
