@@ -1,5 +1,6 @@
 # make demo: set up and start Saffron with the demo scene.
 # make test: set up and run every check and test.
+# make unit: the unit tests only (tests/unit, seconds).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -32,7 +33,7 @@ test: lint
 	$(BIN)/python -m pytest -ra
 
 unit: setup
-	$(BIN)/python -m pytest -ra -m "not e2e"
+	$(BIN)/python -m pytest -ra tests/unit
 
 bench: setup
 	$(BIN)/saffron bench --json bench-results/bench.json

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from saffron.bench.process import free_port
-from tests.conftest import ARTIFACTS, run_saffron
-
-pytestmark = pytest.mark.e2e
+from tests.support.artifacts import ARTIFACTS
+from tests.support.process import run_saffron
 
 FPS = 30  # two cores carry Saffron and Chromium's software decoder at this rate
 

@@ -17,13 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from saffron.bench import clients
 from saffron.bench.process import free_port
-from tests.conftest import ARTIFACTS, run_saffron
-
-pytestmark = pytest.mark.e2e
+from tests.support.artifacts import ARTIFACTS
+from tests.support.process import run_saffron
 
 QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 

@@ -7,15 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from saffron.bench import guest as build_guest
 from saffron.bench.process import free_port
 from saffron.bench.spice_gtk import SYSTEM_PYTHON, script_env
 from saffron.bench.spice_server import GTK_FRAMES
-from tests.conftest import run_saffron
-
-pytestmark = pytest.mark.e2e
+from tests.support.process import run_saffron
 
 QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from saffron.bench import guest as build_guest
 from saffron.sources.qemu import start_qemu
-from tests.conftest import ARTIFACTS, run_saffron
-
-pytestmark = pytest.mark.e2e
+from tests.support.artifacts import ARTIFACTS
+from tests.support.process import run_saffron
 
 QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 

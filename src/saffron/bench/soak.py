@@ -11,7 +11,7 @@ and once the last viewer left the descriptors must be back where they were.
 Every kind of viewer must get frames. The log must have no error and no
 traceback.
 
-``run()`` is ``saffron bench --soak`` (ten minutes); tests/test_soak.py runs a
+``run()`` is ``saffron bench --soak`` (ten minutes); tests/e2e/test_soak.py runs a
 minute of it. The viewers are saffron.bench.clients'; the process is
 saffron.bench.process's.
 """

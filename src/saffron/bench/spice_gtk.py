@@ -1,5 +1,5 @@
 """What the spice-gtk viewer scripts share: gtk_frames.py beside this module (the
-bench's) and tests/spice/gtk_client.py (the tests'). They run under the system
+bench's) and tests/support/gtk_client.py (the tests'). They run under the system
 python3, which has spice-gtk's GObject bindings; they import gi themselves, this
 module does not (nor anything beyond NumPy), so it loads under either Python.
 """

@@ -1,0 +1,101 @@
+"""A QEMU display's listeners as the tests see them: a frame sink that remembers what it
+was given and waits for a frame that passes a test, a DisplayListener that counts what
+the front ends would hear, and waiting for a line on a guest's serial port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saffron.display import Display, Frame, Rect
+from tests.support.wait import wait_until
+
+
+class Sink:
+    """A frame sink that is always ready and remembers what it was given."""
+
+    def __init__(self, on_offer: Callable[[Frame], None] | None = None) -> None:
+        self.cond = threading.Condition()
+        self.frames: list[Frame] = []
+        self.count = 0
+        self.on_offer = on_offer
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def offer(self, frame: Frame) -> None:
+        if self.on_offer is not None:
+            self.on_offer(frame)
+        with self.cond:
+            self.count += 1
+            self.frames.append(frame)
+            del self.frames[:-50]
+            self.cond.notify_all()
+
+    def damage(self, rect: Rect) -> None:
+        pass
+
+    @property
+    def last(self) -> Frame | None:
+        with self.cond:
+            return self.frames[-1] if self.frames else None
+
+    def wait_for(self, test: Callable[[Frame], bool], timeout: float, after: int = 0) -> Frame:
+        """The first frame, among the last 50 and those to come, that passes ``test``;
+        with ``after``, only frames offered after the ``after``-th one."""
+        deadline = time.monotonic() + timeout
+        checked = after
+        with self.cond:
+            while True:
+                first = self.count - len(self.frames)  # number of frames forgotten
+                for i in range(max(checked, first), self.count):
+                    if test(self.frames[i - first]):
+                        return self.frames[i - first]
+                checked = self.count
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    last = self.frames[-1] if self.frames else None
+                    raise AssertionError(
+                        f"no such frame in {timeout} s ({self.count} frames, last "
+                        f"{None if last is None else (last.width, last.height)})"
+                    )
+                self.cond.wait(left)
+
+
+@dataclass
+class Events:
+    """A DisplayListener that records what the front ends would hear."""
+
+    resizes: list[tuple[int, int]] = field(default_factory=list)
+    disables: int = 0
+    cursors: int = 0
+
+    def on_resize(self, width: int, height: int) -> None:
+        self.resizes.append((width, height))
+
+    def on_cursor(self, cursor: object) -> None:
+        self.cursors += 1
+
+    def on_cursor_move(self, x: int, y: int, visible: bool) -> None:
+        pass
+
+    def on_disable(self) -> None:
+        self.disables += 1
+
+
+def new_display() -> tuple[Display, Sink, Events]:
+    display, sink, events = Display(), Sink(), Events()
+    display.add_sink(sink)
+    display.add_listener(events)
+    return display, sink, events
+
+
+def wait_serial(path: Path, text: str, timeout: float) -> None:
+    def seen() -> bool:
+        return path.exists() and text.encode() in path.read_bytes()
+
+    assert wait_until(seen, timeout), f"timed out waiting for {text!r} on the guest's serial port"
