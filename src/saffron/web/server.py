@@ -39,7 +39,7 @@ from ..limits import (
     host_of,
     peer_label,
 )
-from ..net.ratelimit import TokenBucket, message_cost
+from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..ratecontrol import RateEstimator
 from ..spice.wire import MAGIC as SPICE_MAGIC
 from ..tls import AdmittedConnection
@@ -155,9 +155,13 @@ class WebViewer:
                     self.end = f"broken WebSocket: {self.ws.exception() or msg.data}"
                     log.warning("closing %s: %s", self.label, self.end)
                     break
-        except ProtocolError as exc:
+        except (ProtocolError, TooManyMessages) as exc:
             self.end = str(exc)
             log.warning("closing %s: %s", self.label, exc)
+            if isinstance(exc, TooManyMessages) and self.transport is not None:
+                # Nothing more of a flood is read, not even while the close handshake
+                # waits (until CLOSE_GRACE_S): here it stops costing the other viewers.
+                self.transport.pause_reading()
             await self.ws.close(code=1008, message=str(exc)[:120].encode())
         finally:
             self.closed = True
@@ -225,7 +229,7 @@ class WebViewer:
         if len(text) > MAX_TEXT_MESSAGE:
             raise ProtocolError(f"message of {len(text)} characters is too long")
         if not self._messages.take(message_cost(len(text))):
-            raise ProtocolError(self._messages.exceeded())
+            raise TooManyMessages(self._messages.exceeded())
         try:
             msg = json.loads(text)
         except ValueError as exc:
