@@ -252,10 +252,12 @@ async def test_a_message_flood_is_closed_and_others_keep_watching(
                 pass
 
         await asyncio.wait_for(until_closed(), 30)
-        assert flooder.close_code == 1008
+        # 1006 when the close frame is lost: the server stopped reading, so the unread
+        # flood in its buffers makes the socket close with a reset.
+        assert flooder.close_code in (1006, 1008)
         await watcher.more_frames(5)
         watcher.stop()
-    assert "messages a second" in caplog.text
+    assert "it sends more than 2000 messages a second" in caplog.text
 
 
 def test_video_header_layout() -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from saffron.net.ratelimit import MESSAGE_BURST, MESSAGE_RATE, TokenBucket, message_cost
+from saffron.net.ratelimit import (
+    MESSAGE_BURST,
+    MESSAGE_FIRST,
+    MESSAGE_RATE,
+    TokenBucket,
+    message_cost,
+)
 
 
 class Clock:
@@ -29,12 +35,15 @@ def test_the_heaviest_real_input_passes() -> None:
                 assert bucket.take(message_cost(120)), f"refused at {clock.now:.3f} s"
 
 
-def test_a_burst_then_the_rate() -> None:
+def test_a_new_connection_starts_small_then_saves_up_a_burst() -> None:
     clock = Clock()
     bucket = TokenBucket(clock=clock)
+    assert all(bucket.take() for _ in range(int(MESSAGE_FIRST)))
+    assert not bucket.take(), "reconnecting does not buy a whole burst"
+    clock.now = 10.0
     assert all(bucket.take() for _ in range(int(MESSAGE_BURST)))
     assert not bucket.take(), "the burst is used up"
-    clock.now = 1.0
+    clock.now = 11.0
     assert all(bucket.take() for _ in range(int(MESSAGE_RATE)))
     assert not bucket.take()
     assert "2000 messages a second" in bucket.exceeded()
@@ -48,4 +57,4 @@ def test_big_messages_cost_more() -> None:
     taken = 0
     while bucket.take(message_cost(4096)):
         taken += 1
-    assert taken == MESSAGE_BURST // 8
+    assert taken == MESSAGE_FIRST // 8

@@ -4,7 +4,9 @@ Every message a viewer sends costs the server work on the event loop that also
 feeds every other viewer: 35,000 messages of 4 KB in 5 s from one page raised
 another page's median frame age from 2 to 29 ms. So each page's WebSocket and
 each SPICE channel connection has its own bucket, and one that sends faster
-than any real viewer does is closed with the reason logged.
+than any real viewer does is closed with the reason logged. A new connection
+starts with a small part of the burst, so that reconnecting does not buy a
+flooder a fresh one.
 
 Closed rather than thinned out: dropping messages would drop input too, and a
 lost key-up or button-up leaves a key held down in the VM; a real page never
@@ -30,6 +32,12 @@ MESSAGE_BURST = 4000.0
 heaviest real input, which a page or a network that stalled for a moment hands
 over in one go."""
 
+MESSAGE_FIRST = 200.0
+"""Messages a new connection may send at once, before its bucket fills up to the
+burst at the rate: a page's first second is a start, a ping and some input, far
+fewer; but a flooder that reconnects whenever it is closed gets only this much
+per connection, not the whole burst."""
+
 MESSAGE_COST_BYTES = 512
 """A message costs one token per started 512 bytes: everything a real viewer
 sends is smaller, so it costs one, while a flood of 4 KB messages, which costs the
@@ -46,18 +54,19 @@ class TooManyMessages(Exception):
 
 
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; starts full."""
+    """``rate`` tokens a second, at most ``burst`` saved up, ``first`` to start with."""
 
     def __init__(
         self,
         rate: float = MESSAGE_RATE,
         burst: float = MESSAGE_BURST,
+        first: float = MESSAGE_FIRST,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._tokens = burst
+        self._tokens = min(first, burst)
         self._at = clock()
 
     def take(self, cost: float = 1.0) -> bool:

@@ -40,7 +40,7 @@ from ..net.limits import (
     peer_label,
 )
 from ..net.origin import HostRule
-from ..net.ratelimit import TokenBucket, message_cost
+from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..ratecontrol import RateEstimator
 from .auth import COOKIE, WebAuth
@@ -180,9 +180,13 @@ class WebViewer:
                     self.end = f"broken WebSocket: {self.ws.exception() or msg.data}"
                     log.warning("closing %s: %s", self.label, self.end)
                     break
-        except ProtocolError as exc:
+        except (ProtocolError, TooManyMessages) as exc:
             self.end = str(exc)
             log.warning("closing %s: %s", self.label, exc)
+            if isinstance(exc, TooManyMessages) and self.transport is not None:
+                # Nothing more of a flood is read, not even while the close handshake
+                # waits (until CLOSE_GRACE_S): here it stops costing the other viewers.
+                self.transport.pause_reading()
             await self.ws.close(code=1008, message=str(exc)[:120].encode())
         finally:
             self.closed = True
@@ -250,7 +254,7 @@ class WebViewer:
         if len(text) > MAX_TEXT_MESSAGE:
             raise ProtocolError(f"message of {len(text)} characters is too long")
         if not self._messages.take(message_cost(len(text))):
-            raise ProtocolError(self._messages.exceeded())
+            raise TooManyMessages(self._messages.exceeded())
         try:
             msg = json.loads(text)
         except ValueError as exc:
