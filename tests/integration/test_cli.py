@@ -6,7 +6,7 @@ import asyncio
 import re
 import urllib.request
 
-from saffron.bench import clients
+from saffron.bench.spice_client import PyClient
 from saffron.spice.protocol.wire import ChannelType
 from tests.support.process import run_saffron
 
@@ -26,7 +26,8 @@ def test_port_zero_announces_the_ports_the_system_chose() -> None:
             assert page.status == 200 and b"<canvas" in page.read()
 
         async def link() -> None:
-            _, writer, _ = await clients.spice_link("127.0.0.1", spice_port, ChannelType.MAIN)
-            writer.close()
+            main = await PyClient.open(spice_port, ChannelType.MAIN)
+            assert main.ok, main.link
+            main.close()
 
         asyncio.run(link())

@@ -26,6 +26,7 @@ from aiohttp import ClientWebSocketResponse
 
 from saffron.bench import clients
 from saffron.bench.process import free_port, start_saffron
+from saffron.bench.spice_client import GTK_DISPLAY_CAPS, PyClient, open_session, watch_spice
 from saffron.display import Display
 from saffron.sources.pattern import PatternSource
 from saffron.spice import session as spice_session_module
@@ -34,7 +35,6 @@ from saffron.spice.protocol.display_channel import CODEC_LABELS, CODEC_TYPES
 from saffron.web import server as web_server_module
 from tests.support.artifacts import ROOT
 from tests.support.harness import IO_TIMEOUT, broken_h264, spice_server, watched_saffron
-from tests.support.pyclient import GTK_DISPLAY_CAPS, PyClient, open_session, watch_spice
 from tests.support.wait import wait_until
 
 
@@ -56,6 +56,7 @@ VICTIM = textwrap.dedent(
     r"""
     import asyncio, socket, struct, sys, time
     from saffron.bench import clients
+    from saffron.bench.spice_client import PyClient
     from saffron.spice.protocol import wire as w
 
     kind, port = sys.argv[1], int(sys.argv[2])
@@ -66,19 +67,16 @@ VICTIM = textwrap.dedent(
     )
 
     async def spice(half_sent):
-        reader, writer, mini = await clients.spice_link("127.0.0.1", port, w.ChannelType.MAIN)
-        main = clients.SpiceChannel(reader, writer, mini)
-        async for raw in main.messages():
-            if raw.type == w.MainInit.TYPE:
-                session = w.MainInit.unpack(raw.body).session_id
-                break
-        reader, writer, mini = await clients.spice_link(
-            "127.0.0.1", port, w.ChannelType.DISPLAY, connection_id=session,
+        main = await PyClient.open(port, w.ChannelType.MAIN)
+        main.auto_ack = True
+        session = (await main.expect(w.MainInit)).session_id
+        display = await PyClient.open(
+            port, w.ChannelType.DISPLAY, connection_id=session,
             channel_caps=clients.SPICE_GTK_DISPLAY_CAPS)
-        writer.write(w.frame(w.DisplayInit(1, 1000, 1, 1000), mini=mini))
-        await reader.read(4096)  # the first bytes of the display channel, then stop reading
+        display.send(w.DisplayInit(1, 1000, 1, 1000))
+        await display.stream.read()  # the first bytes of the display channel, then stop reading
         if half_sent:  # half an inputs-like message: a header promising 12 bytes, 3 given
-            main.writer.write(struct.pack("<HI", w.Pong.TYPE, 12) + b"abc")
+            main.send_raw(struct.pack("<HI", w.Pong.TYPE, 12) + b"abc")
         print("ready", flush=True)
         await asyncio.sleep(3600)
 

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 
 from saffron.bench.process import SaffronProcess, free_port
+from saffron.bench.spice_client import open_session, watch_spice
 from saffron.net import admission as admission_module
 from saffron.net import limits as limits_module
 from tests.support.artifacts import publish
 from tests.support.harness import IO_TIMEOUT, Live, Records, watched_saffron
 from tests.support.process import run_saffron
-from tests.support.pyclient import open_session, watch_spice
 from tests.support.sockets import close_all, closed_by_server, open_many
 from tests.support.streams import connect, exchange
 from tests.support.wait import wait_until

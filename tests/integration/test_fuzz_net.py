@@ -40,14 +40,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saffron.bench import clients
+from saffron.bench import clients, spice_client
+from saffron.bench.spice_client import PyClient
 from saffron.net import limits as limits_module
 from saffron.spice import server as spice_server_module
 from saffron.spice.protocol import wire as w
 from saffron.web import server as web_server_module
 from tests.support.artifacts import publish
 from tests.support.harness import Live, watched_saffron
-from tests.support.pyclient import PyClient
 from tests.support.streams import (
     HALF_SENT,
     UPGRADE,
@@ -73,7 +73,7 @@ FUZZ = settings(
 PROGRESS_EVERY = 10
 """Attempts between two checks that the good viewers still receive frames."""
 
-CLIENT_CAPS = clients.CLIENT_COMMON_CAPS
+CLIENT_CAPS = spice_client.CLIENT_COMMON_CAPS
 MINI_OFF_CAPS = w.make_caps([w.CommonCap.PROTOCOL_AUTH_SELECTION, w.CommonCap.AUTH_SPICE])
 
 

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from saffron.bench.spice_client import PyClient, open_session
 from saffron.spice.protocol import link as link_module
 from saffron.spice.protocol import wire as w
 from tests.support.harness import Running, saffron
-from tests.support.pyclient import PyClient, open_session
 from tests.support.wait import Clock
 
 PASSWORD = "correct horse"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from saffron.bench.spice_client import open_session
 from saffron.net.limits import ConnectionLimits, Slot
 from tests.support.harness import Running, saffron, tls_saffron
-from tests.support.pyclient import open_session
 from tests.support.sockets import (
     close_all,
     closed_by_server,

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Coroutine
 from typing import Any
 
-from saffron.bench.clients import CLIENT_COMMON_CAPS
+from saffron.bench.spice_client import CLIENT_COMMON_CAPS
 from saffron.spice.protocol import wire as w
 
 IO_TIMEOUT = 60.0

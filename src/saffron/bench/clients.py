@@ -11,45 +11,27 @@ are thrown out; the soak uses them as its coming and going viewers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import ClientError, ClientSession, WSMsgType
 
-from ..spice.protocol.link import encrypt_ticket
 from ..spice.protocol.wire import (
-    MAX_SERVER_MESSAGE_SIZE,
-    Ack,
-    AckSync,
     ChannelType,
-    CommonCap,
     DisplayCap,
     DisplayInit,
     LinkErr,
-    LinkHeader,
-    LinkMess,
-    LinkReply,
     MainInit,
-    Message,
-    MessageReader,
-    Ping,
-    Pong,
-    RawMessage,
-    SetAck,
     StreamData,
     StreamDataSized,
-    frame,
-    has_cap,
     make_caps,
 )
 from ..web.protocol import VideoHeader, unpack_video
+from .spice_client import Closed, PyClient
 
-CLIENT_COMMON_CAPS = make_caps(
-    [CommonCap.PROTOCOL_AUTH_SELECTION, CommonCap.AUTH_SPICE, CommonCap.MINI_HEADER]
-)
 SPICE_GTK_DISPLAY_CAPS = make_caps(
     [
         DisplayCap.SIZED_STREAM,
@@ -87,76 +69,6 @@ class Tally:
 # -- a SPICE viewer -------------------------------------------------------------------
 
 
-async def spice_link(
-    host: str,
-    port: int,
-    channel_type: int,
-    *,
-    connection_id: int = 0,
-    channel_caps: tuple[int, ...] = (),
-    password: str | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
-    """Open and link one channel as spice-gtk does; returns its streams and the mini header."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        body = LinkMess(connection_id, channel_type, 0, CLIENT_COMMON_CAPS, channel_caps).pack()
-        writer.write(LinkHeader(2, 2, len(body)).pack() + body)
-        header = LinkHeader.unpack(await reader.readexactly(LinkHeader.SIZE))
-        reply = LinkReply.unpack(await reader.readexactly(header.size))
-        if reply.error != LinkErr.OK:
-            raise ViewerError(f"link refused: {LinkErr(reply.error).name}")
-        selection = has_cap(reply.common_caps, CommonCap.PROTOCOL_AUTH_SELECTION)
-        mechanism = struct.pack("<I", CommonCap.AUTH_SPICE) if selection else b""
-        writer.write(mechanism + encrypt_ticket(reply.pub_key, password or ""))
-        (result,) = struct.unpack("<I", await reader.readexactly(4))
-        if result != LinkErr.OK:
-            raise ViewerError(f"link refused: {LinkErr(result).name}")
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        writer.close()
-        raise ViewerError(f"link failed: {exc!r}") from None
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer, has_cap(reply.common_caps, CommonCap.MINI_HEADER)
-
-
-class SpiceChannel:
-    """A linked channel's messages, acknowledged and ponged as spice-gtk does."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mini: bool):
-        self.reader, self.writer, self.mini = reader, writer, mini
-        self._messages = MessageReader(mini=mini, limit=MAX_SERVER_MESSAGE_SIZE)
-        self._window = 0
-        self._received = 0
-
-    def send(self, message: Message) -> None:
-        self.writer.write(frame(message, mini=self.mini, serial=1))
-
-    async def messages(self) -> AsyncIterator[RawMessage]:
-        while True:
-            while (raw := self._messages.next()) is not None:
-                if raw.type == SetAck.TYPE:
-                    ack = SetAck.unpack(raw.body)
-                    self.send(AckSync(ack.generation))
-                    self._window, self._received = ack.window, 0
-                    continue
-                if raw.type == Ping.TYPE:
-                    ping = Ping.unpack(raw.body)
-                    self.send(Pong(ping.id, ping.timestamp))
-                if self._window:
-                    self._received += 1
-                    if self._received % self._window == 0:
-                        self.send(Ack())
-                yield raw
-            data = await self.reader.read(1 << 16)
-            if not data:
-                return
-            self._messages.feed(data)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def spice_viewer(
     host: str,
     port: int,
@@ -165,45 +77,72 @@ async def spice_viewer(
     display_caps: tuple[int, ...] = SPICE_GTK_DISPLAY_CAPS,
     password: str | None = None,
 ) -> None:
-    """Watch until cancelled (or the server closes): a main and a display channel."""
-    reader, writer, mini = await spice_link(host, port, ChannelType.MAIN, password=password)
-    main = SpiceChannel(reader, writer, mini)
-    display: SpiceChannel | None = None
+    """Watch until cancelled (or the server closes): a main and a display channel,
+    acknowledged and ponged as spice-gtk does."""
+    opened: list[PyClient] = []
     try:
-        session_id: int | None = None
-        async for raw in main.messages():
-            if raw.type == MainInit.TYPE:
-                session_id = MainInit.unpack(raw.body).session_id
-                break
-        if session_id is None:
-            raise ViewerError("the server closed the main channel before MAIN_INIT")
-        reader, writer, mini = await spice_link(
-            host,
-            port,
-            ChannelType.DISPLAY,
-            connection_id=session_id,
-            channel_caps=display_caps,
-            password=password,
+        main = await _link(host, port, ChannelType.MAIN, password, opened)
+        try:
+            session_id = (await main.expect(MainInit, timeout=LINK_WAIT_S)).session_id
+        except (Closed, TimeoutError):
+            raise ViewerError("the server closed the main channel before MAIN_INIT") from None
+        display = await _link(
+            host, port, ChannelType.DISPLAY, password, opened, session_id, display_caps
         )
-        display = SpiceChannel(reader, writer, mini)
         display.send(DisplayInit(1, 1000, 1, 1000))
         tally.connects += 1
         drain = asyncio.ensure_future(_drain(main))
         try:
-            async for raw in display.messages():
+            while True:
+                raw = await display.raw(timeout=None)
                 if raw.type in (StreamData.TYPE, StreamDataSized.TYPE):
                     tally.frames += 1
+        except Closed:
+            return
         finally:
             drain.cancel()
     finally:
-        main.close()
-        if display is not None:
-            display.close()
+        for client in opened:
+            client.close()
 
 
-async def _drain(channel: SpiceChannel) -> None:
-    async for _ in channel.messages():
-        pass
+LINK_WAIT_S = 30.0
+"""How long a measuring viewer waits for the server's first answers (as spice-html5)."""
+
+
+async def _link(
+    host: str,
+    port: int,
+    channel_type: int,
+    password: str | None,
+    opened: list[PyClient],
+    connection_id: int = 0,
+    channel_caps: tuple[int, ...] = (),
+) -> PyClient:
+    """A linked channel that acks as spice-gtk does, or ViewerError saying why not."""
+    try:
+        client = await PyClient.open(
+            port,
+            channel_type,
+            server=host,
+            password=password,
+            connection_id=connection_id,
+            channel_caps=channel_caps,
+        )
+    except (OSError, Closed, asyncio.IncompleteReadError) as exc:
+        raise ViewerError(f"link failed: {exc!r}") from None
+    opened.append(client)
+    if not client.ok:
+        error = client.link.error if client.link is not None else LinkErr.ERROR
+        raise ViewerError(f"link refused: {LinkErr(error).name}")
+    client.auto_ack = True
+    return client
+
+
+async def _drain(channel: PyClient) -> None:
+    with contextlib.suppress(Closed):
+        while True:
+            await channel.raw(timeout=None)
 
 
 # -- a web viewer -----------------------------------------------------------------------

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from saffron.bench.spice_client import PyClient, open_session
 from saffron.display import Cursor
 from saffron.spice import server as spice_server_module
 from saffron.spice.protocol import wire as w
 from tests.support.harness import EXPECTED_INPUT, Scene, SpiceRunning, spice_server
-from tests.support.pyclient import PyClient, open_session
 from tests.support.streams import run
 from tests.support.wait import wait_until
 

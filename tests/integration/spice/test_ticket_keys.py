@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from saffron.bench.spice_client import PyClient, open_session
 from saffron.net.tls import self_signed
 from saffron.spice.protocol import wire as w
 from saffron.spice.protocol.link import LinkState, ServerLink, TicketKey
 from saffron.spice.ticket_keys import KeyPool
 from tests.support.harness import saffron as running_saffron
 from tests.support.harness import spice_server
-from tests.support.pyclient import PyClient, open_session
 from tests.support.spice_link import OFFERED, hello, read_reply
 from tests.support.streams import run
 from tests.support.wait import wait_until

@@ -12,10 +12,10 @@ import logging
 
 import pytest
 
+from saffron.bench.spice_client import PyClient, WebSocketRefused, open_session
 from saffron.net.origin import HostRule
 from saffron.spice.protocol import wire as w
 from tests.support.harness import SpiceRunning, spice_server
-from tests.support.pyclient import PyClient, WebSocketRefused, open_session
 from tests.support.streams import run
 from tests.support.wait import wait_until
 

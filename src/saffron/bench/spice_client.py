@@ -1,8 +1,12 @@
-"""A small asyncio SPICE client for tests, built on saffron.spice.protocol.wire (both directions).
+"""A small asyncio SPICE client, built on the product's wire layouts (both directions),
+for the measuring viewers and the tests.
 
 It speaks raw TCP or, with ``websocket=True``, SPICE inside a WebSocket (through
-wsproto, as spice-html5 would), and reads server messages into wire dataclasses;
-``watch_spice`` links and acks a display channel as spice-gtk does.
+wsproto, as spice-html5 would). ``raw()`` hands over messages as they come and,
+with ``auto_ack``, acknowledges and answers pings as a real client does; ``read()``
+parses them into wire dataclasses. ``watch_spice`` links and acks a display channel
+as spice-gtk does. It is a client for measuring and testing, not a viewer: it
+decodes no video.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ from wsproto.events import (
     Request,
 )
 
-from saffron.bench.clients import CLIENT_COMMON_CAPS
-from saffron.spice.protocol.link import encrypt_ticket
-from saffron.spice.protocol.wire import (
+from ..spice.protocol.link import encrypt_ticket
+from ..spice.protocol.wire import (
     MAX_SERVER_MESSAGE_SIZE,
     SERVER_MESSAGES,
     Ack,
@@ -43,17 +46,24 @@ from saffron.spice.protocol.wire import (
     MainInit,
     Message,
     MessageReader,
+    Ping,
+    Pong,
     RawMessage,
     SetAck,
     StreamData,
     StreamDataSized,
     frame,
     has_cap,
+    make_caps,
     parse,
 )
 
 M = TypeVar("M", bound=Message)
 
+CLIENT_COMMON_CAPS = make_caps(
+    [CommonCap.PROTOCOL_AUTH_SELECTION, CommonCap.AUTH_SPICE, CommonCap.MINI_HEADER]
+)
+"""The common caps spice-gtk sends: auth selection, SPICE auth, the mini header."""
 CLIENT_COMMON = CLIENT_COMMON_CAPS
 
 
@@ -178,17 +188,18 @@ class PyClient:
         host: str = "127.0.0.1",
         origin: str | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        server: str = "127.0.0.1",
     ) -> PyClient:
-        """Connect to 127.0.0.1:``port`` (from ``source``, another 127.x.y.z, if given;
+        """Connect to ``server``:``port`` (from ``source``, another 127.x.y.z, if given;
         over TLS with ``ssl``) and link a channel. ``host`` and ``origin`` are the
         WebSocket's Host and Origin."""
         local = (source, 0) if source else None
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1",
+            server,
             port,
             local_addr=local,
             ssl=ssl,
-            server_hostname="127.0.0.1" if ssl is not None else None,
+            server_hostname=server if ssl is not None else None,
         )
         stream: ByteStream
         if websocket:
@@ -252,7 +263,7 @@ class PyClient:
     def send_raw(self, data: bytes) -> None:
         self.stream.write(data)
 
-    async def raw(self, timeout: float = 10) -> RawMessage:
+    async def raw(self, timeout: float | None = 10) -> RawMessage:
         assert self.reader is not None, "the link failed"
 
         async def get() -> RawMessage:
@@ -261,22 +272,31 @@ class PyClient:
                 self.reader.feed(await self.stream.read())
             return msg
 
-        return await asyncio.wait_for(get(), timeout)
+        raw = await asyncio.wait_for(get(), timeout)
+        if self.auto_ack:
+            self._answer(raw)
+        return raw
+
+    def _answer(self, raw: RawMessage) -> None:
+        """As spice-gtk does: ACK_SYNC at once, then an ACK every `window` messages
+        received, not counting the SET_ACK itself; a PONG for each PING."""
+        if raw.type == SetAck.TYPE:
+            ack = SetAck.unpack(raw.body)
+            self.send(AckSync(ack.generation))
+            # spice-html5 counts the SET_ACK as well, and acks one message earlier.
+            self._window, self._received = ack.window, int(self.auto_ack == "html5")
+            return
+        if raw.type == Ping.TYPE:
+            ping = Ping.unpack(raw.body)
+            self.send(Pong(ping.id, ping.timestamp))
+        if self._window:
+            self._received += 1
+            if self._received % self._window == 0:
+                self.send(Ack())
 
     async def read(self, timeout: float = 10) -> Message | RawMessage:
         raw = await self.raw(timeout)
         parsed = parse(self.table, raw.type, raw.body)
-        if self.auto_ack:
-            # As spice-gtk does: ACK_SYNC at once, then an ACK every `window` messages
-            # received, not counting the SET_ACK itself.
-            if isinstance(parsed, SetAck):
-                self.send(AckSync(parsed.generation))
-                # spice-html5 counts the SET_ACK as well, and acks one message earlier.
-                self._window, self._received = parsed.window, int(self.auto_ack == "html5")
-            elif self._window:
-                self._received += 1
-                if self._received % self._window == 0:
-                    self.send(Ack())
         return raw if parsed is None else parsed
 
     async def expect(self, kind: type[M], timeout: float = 10) -> M:
