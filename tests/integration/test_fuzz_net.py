@@ -45,7 +45,7 @@ from saffron.bench.spice_client import PyClient
 from saffron.net import limits as limits_module
 from saffron.spice import server as spice_server_module
 from saffron.spice.protocol import wire as w
-from saffron.web import server as web_server_module
+from saffron.web import guard as web_guard_module
 from tests.support.artifacts import publish
 from tests.support.harness import Live, watched_saffron
 from tests.support.streams import (
@@ -160,7 +160,7 @@ def judged_bad(answer: bytes) -> str | None:
     responses = [r for r in re.split(rb"(?=^HTTP/1\.[01] )", answer, flags=re.M) if r]
     for i, response in enumerate(responses):
         # Bytes that are not HTTP at all in place of a first request are internet noise,
-        # which the server logs at debug level (see web.server._BadRequestsAreWarnings).
+        # which the server logs at debug level (see web.guard._BadRequestsAreWarnings).
         noise = i == 0 and b"Invalid method encountered" in response
         if response.startswith((b"HTTP/1.1 400 ", b"HTTP/1.0 400 ")) and not noise:
             return "it answered 400"
@@ -659,7 +659,7 @@ def test_half_sent_handshake_times_out(
 ) -> None:
     """A client that sends part of a handshake and waits is closed, with a warning."""
     monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(web_guard_module, "HANDSHAKE_TIMEOUT_S", 0.5)
     where, data, words = HALF_SENT[case]
     closed_with_warning(check, check.run(connect(port_of(check, where))), data, words)
 
@@ -668,7 +668,7 @@ def test_idle_keepalive_connection_is_closed_quietly(
     check: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a complete request, an idle browser connection is closed without a warning."""
-    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(web_guard_module, "HANDSHAKE_TIMEOUT_S", 0.5)
     streams = check.run(connect(check.web_port))
     port = local_port(streams)
     start = len(check.records)

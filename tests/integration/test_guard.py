@@ -25,6 +25,7 @@ from saffron.net import limits as limits_module
 from saffron.net.limits import ConnectionLimits, network_of
 from saffron.spice import server as spice_server_module
 from saffron.spice.protocol import wire as w
+from saffron.web import guard as web_guard_module
 from saffron.web import server as web_server_module
 from tests.support.harness import saffron, tls_saffron
 from tests.support.sockets import connect, get, read_until_closed
@@ -137,15 +138,15 @@ def test_page_that_stopped_reading_gives_its_slot_back(
 def test_answer_the_client_does_not_take_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """An answer aiohttp closed the connection after, which the client does not read, is
     cut off when the request's time is up."""
-    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
-    made = web_server_module._HttpGuard.connection_made
+    monkeypatch.setattr(web_guard_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    made = web_guard_module.HttpGuard.connection_made
 
     def small_buffer(guard: Any, transport: asyncio.Transport) -> None:
         """A small kernel buffer, so the answer waits in Saffron's own."""
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         made(guard, transport)
 
-    monkeypatch.setattr(web_server_module._HttpGuard, "connection_made", small_buffer)
+    monkeypatch.setattr(web_guard_module.HttpGuard, "connection_made", small_buffer)
     with saffron(web=("127.0.0.1", 0)) as s:
         client = connect(s.web_port, rcvbuf=4096)
         try:
@@ -204,7 +205,7 @@ def test_refused_client_that_stays_is_cut_off() -> None:
 
             assert wait_until(gone, timeout=10, step=0.05)
             took = time.monotonic() - start
-            linger = web_server_module.REFUSAL_LINGER_S
+            linger = web_guard_module.REFUSAL_LINGER_S
             assert linger / 2 < took < linger + 2, took
         finally:
             sock.close()
@@ -222,7 +223,7 @@ def _main_link() -> bytes:
 
 def handshake_timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """What both TLS ports give a handshake."""
-    monkeypatch.setattr(web_server_module, "HANDSHAKE_TIMEOUT_S", seconds)
+    monkeypatch.setattr(web_guard_module, "HANDSHAKE_TIMEOUT_S", seconds)
     monkeypatch.setattr(spice_server_module, "LINK_TIMEOUT_S", seconds)
 
 

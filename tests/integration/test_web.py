@@ -18,7 +18,7 @@ from saffron.broadcast import KEYFRAME_MIN_INTERVAL
 from saffron.display import Button
 from saffron.web.keys import scancode_for
 from saffron.web.protocol import HEADER, ProtocolError, unpack_video
-from saffron.web.server import WINDOW_FRAMES
+from saffron.web.viewer import WINDOW_FRAMES
 from tests.support.harness import WebSite, broken_h264, web_site
 
 W, H = 64, 48

@@ -1,88 +1,43 @@
-"""The web front end: the viewer page, its WebSocket, metrics and health.
+"""The web front end's server: the viewer page, its WebSocket, metrics and health.
 
-Each page is a :class:`WebViewer` in the broadcast. Its send window is counted
-in frames the page has not yet acknowledged as decoded, so a page on a slow
-link (or a slow decoder) simply stops being offered frames until it catches
-up, and never builds a queue.
-
-Every TCP connection passes through an :class:`_HttpGuard` before aiohttp sees
-it: it takes a slot from the shared connection limits (or gets a 503) before
-any TLS handshake, and is cut off when a request is not complete within
-``HANDSHAKE_TIMEOUT_S``, which aiohttp alone does not do.
+Each page is a :class:`~.viewer.WebViewer` in the broadcast; every connection
+passes through a :class:`~.guard.HttpGuard` first. This module holds the routes,
+the Host and Origin check, the security headers and what producers tell every
+page (resize, cursor, codec failures).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json
 import logging
 import re
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
-from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp import WSCloseCode, web
 
-from ..broadcast import Broadcast, Stream
-from ..display import Button, Cursor, Display
-from ..encoders.base import Packet
-from ..net.admission import AdmittedConnection
+from ..broadcast import Broadcast
+from ..display import Cursor, Display
 from ..net.limits import (
-    HANDSHAKE_TIMEOUT_S,
     ConnectionLimits,
-    host_of,
     peer_label,
 )
 from ..net.origin import HostRule
-from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
-from ..ratecontrol import RateEstimator
 from .auth import COOKIE, WebAuth
-from .keys import scancode_for
-from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
+from .guard import HTTP_LOG, HttpGuard
+from .protocol import MAX_TEXT_MESSAGE
+from .viewer import WebViewer
 
 log = logging.getLogger("saffron.web")
-
-WINDOW_FRAMES = 3
-"""Frames sent but not yet decoded by the page. Three cover a LAN round trip at
-60 fps; more would only let a queue (latency) build up on a slow link."""
-
-WINDOW_BYTES = 4 << 20
-"""Bytes waiting in the socket's buffer beyond which the page counts as behind,
-whatever it has acknowledged: a guard against a page that acks but cannot read."""
-
-STATS_INTERVAL = 1.0
 
 HEARTBEAT_S = 30.0
 """A page's WebSocket is pinged this often; one that does not answer within half of
 it is closed (a browser that vanished without closing its socket)."""
 
-MAX_PENDING_MESSAGES = 256
-"""JSON messages queued for a page that is not reading them (pongs it asked for,
-cursor shapes): past this the page is closed rather than let memory grow."""
-
-_BUSY = b"Saffron has too many connections; try again later.\n"
-TOO_MANY_CONNECTIONS = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\n"
-    b"Retry-After: 10\r\n"
-    b"Connection: close\r\n\r\n%s" % (len(_BUSY), _BUSY)
-)
-"""The answer to a connection over the limits, before reading its request."""
-
-REFUSAL_LINGER_S = 1.0
-"""Seconds a refused connection stays open after its 503, reading (and dropping)
-what the client sends until it closes: closed with its request unread, the
-socket would be reset, and the client might see "connection reset" instead of
-the 503. Short, as refused sockets are outside the caps: a flood of them must
-not hold file descriptors for long."""
 
 WEBSOCKET_PATHS = ("/ws", "/spice")
 """Where a browser opens a WebSocket: its ``Origin`` is checked even for a GET."""
@@ -109,239 +64,6 @@ _PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?
 """A Host header fit to be written into the policy (nothing that could add a directive)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class WebViewer:
-    """One browser page: a Viewer for the broadcast and the page's input."""
-
-    def __init__(
-        self, server: WebServer, ws: web.WebSocketResponse, request: web.Request, view_only: bool
-    ) -> None:
-        self.server = server
-        self.view_only = view_only or server.view_only
-        self.ws = ws
-        self.transport = request.transport
-        peername = self.transport.get_extra_info("peername") if self.transport else request.remote
-        self.label = f"web viewer {peer_label(peername)}"
-        self.host = host_of(peername)
-        self.port = peername[1] if isinstance(peername, tuple) and len(peername) > 1 else "?"
-        self.codec = ""
-        self.stream: Stream | None = None
-        self.closed = False
-        self._next = 0
-        self._acked = -1
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._sent: dict[int, tuple[int, float, int]] = {}
-        """Frame number -> (capture time, send time, size), until acknowledged."""
-        self.rate = RateEstimator(server.broadcast.bitrate_kbps)
-        self.latency_ms = 0.0
-        self.frames_acked = 0
-        self.page_stats: dict[str, Any] = {}
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._messages = TokenBucket()
-        """What the page may still send (see net.ratelimit): past it, it is closed."""
-        self.end = ""
-        """Why the server closed this page's socket, if it did."""
-
-    # -- Viewer ---------------------------------------------------------------
-
-    @property
-    def in_flight(self) -> int:
-        return self._next - 1 - self._acked
-
-    def writable(self) -> bool:
-        if self.closed or self.in_flight >= WINDOW_FRAMES:
-            return False
-        transport = self.transport
-        return transport is None or transport.get_write_buffer_size() < WINDOW_BYTES
-
-    def rate_kbps(self) -> float | None:
-        return self.rate.target_kbps
-
-    def send_packet(self, packet: Packet) -> None:
-        n = self._next
-        self._next += 1
-        self._sent[n] = (packet.capture_us, time.monotonic(), len(packet.data))
-        self._queue.put_nowait(pack_video(packet, n))
-
-    # -- the connection -------------------------------------------------------
-
-    async def run(self) -> None:
-        sender = asyncio.create_task(self._send_loop())
-        ticker = asyncio.create_task(self._stats_loop())
-        try:
-            await self._send_json(self.server.hello(self))
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
-                    self._handle(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    raise ProtocolError("the page sent binary data; it only sends JSON")
-                elif msg.type == WSMsgType.ERROR:
-                    self.end = f"broken WebSocket: {self.ws.exception() or msg.data}"
-                    log.warning("closing %s: %s", self.label, self.end)
-                    break
-        except (ProtocolError, TooManyMessages) as exc:
-            self.end = str(exc)
-            log.warning("closing %s: %s", self.label, exc)
-            if isinstance(exc, TooManyMessages) and self.transport is not None:
-                # Nothing more of a flood is read, not even while the close handshake
-                # waits (until CLOSE_GRACE_S): here it stops costing the other viewers.
-                self.transport.pause_reading()
-            await self.ws.close(code=1008, message=str(exc)[:120].encode())
-        finally:
-            self.closed = True
-            sender.cancel()
-            ticker.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            self.server.broadcast.leave(self)
-
-    async def _send_loop(self) -> None:
-        while True:
-            data = await self._queue.get()
-            try:
-                await self.ws.send_bytes(data)
-            except (ConnectionError, RuntimeError):
-                self.closed = True
-                return
-
-    async def _send_json(self, obj: dict[str, Any]) -> None:
-        if not self.ws.closed:
-            try:
-                await self.ws.send_str(json.dumps(obj))
-            except (ConnectionError, RuntimeError):
-                self.closed = True  # the page went away meanwhile; run() ends it
-
-    def notify(self, obj: dict[str, Any]) -> None:
-        """Queue a JSON message from a synchronous context on the loop."""
-        if self.closed:
-            return
-        if len(self._tasks) >= MAX_PENDING_MESSAGES:
-            self.closed = True
-            self.end = f"it does not read what it is sent ({len(self._tasks)} messages waiting)"
-            log.warning("closing %s: %s", self.label, self.end)
-            task = asyncio.ensure_future(self._close(1008, "not reading"))
-        else:
-            task = asyncio.ensure_future(self._send_json(obj))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _close(self, code: int, reason: str) -> None:
-        await self.ws.close(code=code, message=reason.encode())
-
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
-            stream = self.stream
-            if stream is None:
-                continue
-            seat = stream.seats.get(self)
-            encoded = max(stream.frames_encoded, 1)
-            await self._send_json(
-                {
-                    "type": "stats",
-                    "dropped": seat.dropped if seat else 0,
-                    "backend": stream.backend,
-                    "targetKbps": stream.bitrate_kbps,
-                    "encodeMs": round(stream.encode_ms_total / encoded, 2),
-                    "serverLatencyMs": round(self.latency_ms, 1),
-                }
-            )
-
-    # -- messages from the page -----------------------------------------------
-
-    def _handle(self, text: str) -> None:
-        if len(text) > MAX_TEXT_MESSAGE:
-            raise ProtocolError(f"message of {len(text)} characters is too long")
-        if not self._messages.take(message_cost(len(text))):
-            raise TooManyMessages(self._messages.exceeded())
-        try:
-            msg = json.loads(text)
-        except ValueError as exc:
-            raise ProtocolError(f"message is not JSON: {exc}") from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("message is not a JSON object")
-        kind = msg.get("type")
-        handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            raise ProtocolError(f"unknown message type {kind!r}")
-        try:
-            handler(self, msg)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad {kind} message: {exc!r}") from None
-
-    def _on_start(self, msg: dict[str, Any]) -> None:
-        codec = str(msg["codec"])
-        if codec not in self.server.codecs:
-            raise ProtocolError(f"codec {codec!r} is not offered here ({self.server.codecs})")
-        if codec == self.codec and self.server.broadcast.stream_of(self) is not None:
-            return  # already watching it: a repeated start must not cost everyone a keyframe
-        self.codec = codec
-        self.stream = self.server.broadcast.join(self, codec)
-        self._next, self._acked = 0, -1
-        self._sent.clear()
-        log.info("web viewer %s watches %s (port %s)", self.host, codec, self.port)
-
-    def _on_ack(self, msg: dict[str, Any]) -> None:
-        frame = int(msg["frame"])
-        if not self._acked < frame < self._next:
-            return  # a stale ack from before a codec switch
-        was_full = not self.writable()
-        now = time.monotonic()
-        for n in range(self._acked + 1, frame + 1):
-            sent = self._sent.pop(n, None)
-            if sent is None:
-                continue
-            capture, sent_at, size = sent
-            self.rate.on_ack((now - sent_at) * 1000, size)
-            if n == frame:
-                self.latency_ms = (time.time_ns() // 1000 - capture) / 1000
-        self.frames_acked += frame - self._acked
-        self._acked = frame
-        if was_full and self.writable():
-            self.server.broadcast.viewer_ready(self)
-
-    def _on_ping(self, msg: dict[str, Any]) -> None:
-        self.notify({"type": "pong", "t0": float(msg["t0"]), "server": time.time() * 1000})
-
-    def _on_page_stats(self, msg: dict[str, Any]) -> None:
-        self.page_stats = {k: v for k, v in msg.items() if isinstance(v, int | float | str)}
-
-    def _input_allowed(self) -> bool:
-        return not self.view_only
-
-    def _on_key(self, msg: dict[str, Any]) -> None:
-        scancode = scancode_for(str(msg["code"]))
-        if scancode is not None and self._input_allowed():
-            self.server.display.input.key(scancode, bool(msg["down"]))
-
-    def _on_pointer(self, msg: dict[str, Any]) -> None:
-        if self._input_allowed():
-            d = self.server.display
-            x = min(max(int(msg["x"]), 0), max(d.width - 1, 0))
-            y = min(max(int(msg["y"]), 0), max(d.height - 1, 0))
-            d.input.pointer(x, y)
-
-    def _on_button(self, msg: dict[str, Any]) -> None:
-        if self._input_allowed():
-            self.server.display.input.button(Button(int(msg["button"])), bool(msg["down"]))
-
-    def _on_wheel(self, msg: dict[str, Any]) -> None:
-        if self._input_allowed():
-            button = Button.WHEEL_DOWN if float(msg["dy"]) > 0 else Button.WHEEL_UP
-            self.server.display.input.button(button, True)
-            self.server.display.input.button(button, False)
-
-    _HANDLERS: ClassVar[dict[str, Callable[[WebViewer, dict[str, Any]], None]]] = {
-        "start": _on_start,
-        "ack": _on_ack,
-        "ping": _on_ping,
-        "stats": _on_page_stats,
-        "key": _on_key,
-        "pointer": _on_pointer,
-        "button": _on_button,
-        "wheel": _on_wheel,
-    }
 
 
 class WebServer:
@@ -429,7 +151,7 @@ class WebServer:
         limits, loop = self.limits, asyncio.get_running_loop()
         tls, handshakes = self.ssl_context, self.handshakes
         self._listener = await loop.create_server(
-            lambda: _HttpGuard(handler(), limits, loop, tls, handshakes), host, port
+            lambda: HttpGuard(handler(), limits, loop, tls, handshakes), host, port
         )
 
     @property
@@ -463,7 +185,7 @@ class WebServer:
         with a valid session, or the answer gives one."""
         transport = request.transport
         guard = transport.get_protocol() if transport is not None else None
-        if isinstance(guard, _HttpGuard):
+        if isinstance(guard, HttpGuard):
             given = response.cookies.get(COOKIE)
             signed_in = self.auth.session(request) is not None or bool(given and given.value)
             guard.answered(isinstance(response, web.WebSocketResponse), signed_in)
@@ -623,137 +345,6 @@ class WebServer:
                 viewer.notify({"type": "error", "text": f"no encoder works any more: {reason}"})
 
 
-class _HttpGuard(AdmittedConnection):
-    """One connection of the web port, in front of aiohttp's own protocol.
-
-    It takes a slot from the limits (over them the client gets a 503, and the
-    socket closes when the client does, or after ``REFUSAL_LINGER_S``; on an HTTPS
-    port it is closed at once), then, on an HTTPS port, runs the TLS handshake
-    (within ``HANDSHAKE_TIMEOUT_S``) before aiohttp sees the connection. It gives
-    every HTTP request ``HANDSHAKE_TIMEOUT_S`` from the connection or the previous
-    answer to arrive and be answered, and a WebSocket as long to open; then the
-    socket is cut. Once a WebSocket is up, its own heartbeat (or SPICE's link
-    timeout) takes over. A connection that is closing is cut off if it has not
-    closed within ``CLOSE_GRACE_S``. Until a request from a signed-in client is
-    answered (any request, without a password), the connection has
-    ``AUTH_TIMEOUT_S`` in all, and its slot may go to a newer connection (see
-    saffron.net.limits); one closed between requests is closed quietly.
-    """
-
-    def __init__(
-        self,
-        inner: asyncio.Protocol,
-        limits: ConnectionLimits,
-        loop: Loop,
-        tls: ssl.SSLContext | None = None,
-        handshakes: set[asyncio.Task[None]] | None = None,
-    ) -> None:
-        super().__init__(limits, tls, "web", handshakes)
-        self.inner = inner
-        self.loop = loop
-        self._timer: asyncio.TimerHandle | None = None
-        self._partial = False
-        """Bytes of a request arrived that has not been answered yet."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        if not self.admit(transport):
-            if self.tls is not None:
-                transport.abort()  # a 503 needs a TLS handshake first: not for a refusal
-                return
-            transport.write(TOO_MANY_CONNECTIONS)
-            if transport.can_write_eof():  # then read until the client closes
-                with contextlib.suppress(OSError):
-                    transport.write_eof()
-            else:
-                transport.close()
-            self._timer = self.loop.call_later(REFUSAL_LINGER_S, transport.abort)
-            return
-        self.start(transport, HANDSHAKE_TIMEOUT_S)
-
-    def connected(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self._arm()
-        if isinstance(self.inner, RequestHandler):  # its log lines then name the peer
-            self.inner.logger = _PeerLog(HTTP_LOG, {"peer": self.peer})  # type: ignore[assignment]
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.slot is None:
-            return
-        if self._timer is not None:
-            self._partial = True
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        if self.slot is None:
-            return None
-        keep_open = self.inner.eof_received()
-        if not keep_open:  # asyncio closes the transport now
-            self.closing()
-        return keep_open
-
-    def pause_writing(self) -> None:
-        if self.slot is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.slot is not None:
-            self.inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self.release()
-        if self.slot is None:
-            return
-        log.debug("web connection from %s closed%s", self.peer, f" ({exc})" if exc else "")
-        if self.transport is not None:
-            self.inner.connection_lost(exc)
-
-    def answered(self, websocket: bool, authenticated: bool) -> None:
-        """A response is on its way: the next request has its own time; a WebSocket none."""
-        self._partial = False
-        if authenticated:
-            self.authenticated()
-        if websocket:
-            self._disarm()
-        else:
-            self._arm()
-
-    def idle(self) -> bool:
-        return self.transport is not None and not self._partial
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(HANDSHAKE_TIMEOUT_S, self._expired)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expired(self) -> None:
-        self._timer = None
-        transport = self.transport
-        if transport is None:
-            return
-        if transport.is_closing():
-            # aiohttp closed it after an answer the peer has not taken all of yet.
-            log.debug("cutting off web connection from %s: it stopped reading", self.peer)
-        elif self._partial:
-            log.warning(
-                "closing web connection from %s: no complete request within %.0f s",
-                self.peer,
-                HANDSHAKE_TIMEOUT_S,
-            )
-        else:
-            log.debug("closing idle web connection from %s", self.peer)
-        transport.abort()
-
-
-Loop = asyncio.AbstractEventLoop
-
-
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer: no framing by another site (clickjacking), no guessing of content
     types, no address (with its token) sent to another site as a Referer; Saffron's own
@@ -775,67 +366,6 @@ SIGN_OUT = (
     '<button type="submit" title="End this session">sign out</button></form>'
 )
 """The page's sign-out button, when there is a password to sign in with again."""
-
-
-class _PeerLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's log for one connection, with the peer's address and port attached."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return msg, {**kwargs, "extra": self.extra}
-
-    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(kwargs.get("exc_info"), BadHttpMethod):  # see _BadRequestsAreWarnings
-            self.warning(msg, *args, **kwargs)
-        else:
-            super().debug(msg, *args, **kwargs)
-
-
-class _BadRequestsAreWarnings(logging.Filter):
-    """aiohttp logs a malformed request as an error with a traceback, though it is the
-    client's doing and already answered with a 400: one warning line says it better.
-    A first request that is not HTTP at all aiohttp logs at debug level, as internet
-    noise; but it is as often a user's mistake (https:// to a plain port, a SPICE
-    client given the web port), so it is a warning too, saying which. A client that
-    hangs up while a handler reads its body is no error either."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            who = getattr(record, "peer", None)
-            if who is None:
-                who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            message = exc.message or type(exc).__name__
-            text = message.strip().splitlines()[0]
-            text = text.split(": b'", 1)[0].split(': b"', 1)[0][:160].rstrip(": ")
-            if isinstance(exc, BadHttpMethod) and f"b'{SPICE_MAGIC.decode()}" in message:
-                text = "SPICE on the web port (give the SPICE client the SPICE port)"
-            if record.levelno >= logging.ERROR:
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = "bad HTTP request from %s (answered %d): %s"
-            record.args = (who, exc.code, text)
-            record.exc_info, record.exc_text = None, None
-        elif isinstance(exc, ConnectionError) or _closed_before_read(exc):
-            # the client left (or was cut off) while a handler read or wrote
-            who = getattr(record, "peer", "?")
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            record.msg, record.args = "web connection from %s went away mid-request: %s", (who, exc)
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-SPICE_MAGIC = b"REDQ"
-"""The first bytes of every SPICE link: a SPICE client given the web port by mistake."""
-
-
-def _closed_before_read(exc: BaseException | None) -> bool:
-    """What aiohttp raises when a handler starts to read a body from a connection closed
-    meanwhile (one cut off to make room for a newer one, say): no error of the server."""
-    return isinstance(exc, RuntimeError) and str(exc) == "Connection closed."
-
-
-HTTP_LOG = logging.getLogger("saffron.web.http")
-"""aiohttp's own messages about connections (bad requests, handler errors)."""
-HTTP_LOG.addFilter(_BadRequestsAreWarnings())
 
 
 def _close_reason(ws: web.WebSocketResponse) -> str:
