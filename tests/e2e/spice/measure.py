@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 
+from saffron.bench.stats import percentile
 from tests.support.artifacts import ARTIFACTS
 from tests.support.gtk import run_gtk_client
 from tests.support.harness import spice_server
@@ -36,7 +37,7 @@ def measure(codec: str, width: int, height: int, fps: int, seconds: float) -> di
             "source_fps": fps,
             "shown_fps": round(report.get("fps", 0.0), 1),
             "send_to_show_ms_median": round(statistics.median(send), 1) if send else None,
-            "send_to_show_ms_p90": round(send[int(len(send) * 0.9)], 1) if send else None,
+            "send_to_show_ms_p90": round(percentile(send, 90), 1) if send else None,
             "capture_to_show_ms_median": round(statistics.median(capture), 1) if capture else None,
             "encode_ms": round(stream.encode_ms_total / stream.frames_encoded, 1)
             if stream and stream.frames_encoded

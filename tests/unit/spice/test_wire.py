@@ -1,4 +1,4 @@
-"""Every message layout against bytes written out by hand from SPICE-PROTOCOL.md,
+"""Every message layout against bytes written out by hand from the SPICE protocol,
 plus round trips and fuzzing: random bytes into a parser raise ProtocolError or nothing."""
 
 from __future__ import annotations
