@@ -15,7 +15,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -99,11 +99,6 @@ class Button(enum.IntEnum):
     WHEEL_DOWN = 5
     SIDE = 6
     EXTRA = 7
-
-
-def button_mask(button: Button) -> int:
-    """The bit a button has in a buttons-state mask (SPICE's layout)."""
-    return 1 << (int(button) - 1)
 
 
 class InputHandler(Protocol):
@@ -284,20 +279,3 @@ class Display:
         self.enabled = False
         for li in self._listeners:
             li.on_disable()
-
-
-@dataclass
-class DamageAccumulator:
-    """Damage of frames that were skipped, merged until the next frame is taken."""
-
-    rect: Rect | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, rect: Rect) -> None:
-        with self.lock:
-            self.rect = rect.union(self.rect)
-
-    def take(self) -> Rect | None:
-        with self.lock:
-            rect, self.rect = self.rect, None
-            return rect

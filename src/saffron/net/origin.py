@@ -64,11 +64,6 @@ class HostRule:
         self.bound = {ip for ip in (_ip(hostname_of(b)) for b in bound) if ip is not None}
         """Addresses Saffron listens on."""
 
-    def add_bound(self, host: str) -> None:
-        ip = _ip(hostname_of(host))
-        if ip is not None:
-            self.bound.add(ip)
-
     def host_refusal(self, host_header: str | None) -> str | None:
         """Why a request with this ``Host`` is refused, or None if it may go on."""
         if self.password:

@@ -26,7 +26,6 @@ from .wire import (
     MessageReader,
     Ping,
     Pong,
-    ProtocolError,
     SetAck,
     frame,
     has_cap,
@@ -174,9 +173,3 @@ class Channel:
     def _handle(self, message: Message) -> list[Event]:
         """Channel-specific messages; the default ignores migration and the rest."""
         return []
-
-
-def check(condition: bool, what: str) -> None:
-    """Raise ProtocolError unless ``condition`` holds."""
-    if not condition:
-        raise ProtocolError(what)
