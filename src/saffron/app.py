@@ -27,6 +27,7 @@ from .web.server import Handler, WebServer
 
 if TYPE_CHECKING:
     from .spice.server import SpiceServer
+    from .whip.viewer import WhipPublisher
 
 log = logging.getLogger("saffron")
 
@@ -71,6 +72,9 @@ class Options:
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     allowed_hosts: tuple[str, ...] = ()
     """Names besides addresses and localhost a browser may reach Saffron by (see net.origin)."""
+    publish_whip: str | None = None
+    """A WHIP endpoint (a media server) to publish the picture to, view only (see whip/)."""
+    whip_token: str | None = None
 
 
 def default_codec(codecs: list[str], wanted: str) -> str:
@@ -126,6 +130,7 @@ class Server:
         self.broadcast: Broadcast | None = None
         self.web: WebServer | None = None
         self.spice: SpiceServer | None = None
+        self.whip: WhipPublisher | None = None
         self._closed = False
         self.certificate: Certificate | None = None
         self.guesses = GuessThrottle()
@@ -234,6 +239,16 @@ class Server:
                 raise StartupError(
                     f"cannot listen for the web page on {_addr(opts.web)}: {_why(exc)}"
                 ) from None
+        if opts.publish_whip is not None:
+            from .whip.viewer import WhipError, WhipPublisher
+
+            try:
+                self.whip = WhipPublisher(
+                    self.broadcast, opts.publish_whip, opts.whip_token, preferred
+                )
+            except WhipError as exc:
+                raise StartupError(str(exc)) from None
+            self.whip.start()
         if self.producer is not None:
             self.producer.start()
         self._trimmer = asyncio.create_task(memory.trim_periodically())
@@ -247,6 +262,8 @@ class Server:
             self._trimmer.cancel()
         if self.producer is not None:
             self.producer.stop()
+        if self.whip is not None:
+            await self.whip.close()  # DELETEs the WHIP resource
         if self.web is not None:
             await self.web.close(reason)
         if self.spice is not None:

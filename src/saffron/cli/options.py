@@ -44,6 +44,12 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _whip_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
 SPICE_CHANNELS = ("main", "display", "inputs", "cursor")
 
 
@@ -179,6 +185,20 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="a host name browsers may use for Saffron besides its addresses and localhost "
         "(repeatable); without a password other names are refused (DNS rebinding)",
     )
+    p.add_argument(
+        "--publish-whip",
+        type=_whip_url,
+        default=None,
+        metavar="URL",
+        help="also publish the picture (view only) to a WebRTC media server's WHIP endpoint, "
+        "e.g. MediaMTX's http://HOST:8889/NAME/whip or simple-whip-server's for Janus",
+    )
+    p.add_argument(
+        "--whip-token",
+        default=None,
+        metavar="TOKEN",
+        help="the WHIP endpoint's Bearer token (or set SAFFRON_WHIP_TOKEN)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log (-vv: debug)")
 
 
@@ -228,4 +248,6 @@ def options(args: argparse.Namespace) -> Options:
         max_connections=args.max_connections,
         max_per_address=args.max_per_address,
         allowed_hosts=tuple(args.allowed_hosts),
+        publish_whip=args.publish_whip,
+        whip_token=args.whip_token or os.environ.get("SAFFRON_WHIP_TOKEN") or None,
     )
