@@ -13,6 +13,7 @@ setup: system $(VENV)/.installed
 
 system:
 	@bash scripts/setup-system.sh
+	@bash scripts/setup-whip-server.sh
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
