@@ -20,53 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .. import table
 from .clients import WebFrame, watch_web
+from .netns import exec_in, shaped_namespace
 from .process import saffron_command, start_saffron
 from .stats import percentile
-
-TBF_LATENCY_MS = 50
-"""How long tbf may hold a packet before dropping it: a short queue, as a busy
-home uplink has, so the measured delay is Saffron's and not the shaper's."""
-
-
-@contextmanager
-def shaped_namespace(rate_kbit: int) -> Iterator[str]:
-    """A fresh namespace whose loopback carries ``rate_kbit``; removed afterwards."""
-    name = f"saffron-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        run = ["ip", "netns", "exec", name]
-        subprocess.run([*run, "ip", "link", "set", "lo", "mtu", "1500", "up"], check=True)
-        burst = max(rate_kbit * 1000 // 8 // 100, 3000)  # 10 ms of data, at least two packets
-        subprocess.run(
-            [
-                *run,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "lo",
-                "root",
-                "tbf",
-                "rate",
-                f"{rate_kbit}kbit",
-                "burst",
-                str(burst),
-                "latency",
-                f"{TBF_LATENCY_MS}ms",
-            ],
-            check=True,
-        )
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
@@ -129,7 +90,7 @@ def run_mode(
     namespace: str, mode: str, seconds: float, *, bitrate: int, codec: str, fps: int
 ) -> dict[str, Any]:
     port = 18000 + os.getpid() % 1000  # the namespace is new: nothing else listens in it
-    exec_ns = ["ip", "netns", "exec", namespace]
+    exec_ns = exec_in(namespace)
     serve = saffron_command(
         "serve",
         *("--source", "pattern", "--motion", "0.5", "--fps", str(fps)),
