@@ -1,15 +1,21 @@
 """WHIP to a real media server: Saffron publishes the pattern to Debian's Janus through
 simple-whip-server, and Chromium watches it through Janus's own JavaScript.
 
-The test starts Janus and simple-whip-server (saffron.bench.whip.JanusWhip) and stops
-them; Saffron runs in-process (tests/support/harness.py), so its WHIP viewer's counters
-can be read beside what the page decoded.
+All of it runs in a network namespace the module makes (saffron.bench.whip.contained:
+lo and an interface d0 with 10.203.0.1, nothing connected outside), with the test's own
+thread inside it: ICE stacks leave loopback out, and outside a namespace the media
+would go over the host's own address. The test starts Janus and simple-whip-server
+(saffron.bench.whip.JanusWhip), a Chromium of its own, and Saffron in-process
+(tests/support/harness.py: its loop thread starts inside too), so its WHIP viewer's
+counters can be read beside what the page decoded.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +23,14 @@ from typing import Any
 
 import pytest
 
+from saffron.bench import netns
 from saffron.bench.whip import (
     TOKEN,
     JanusWhip,
+    Namespace,
     ViewerPage,
+    contained,
+    ice_pairs,
     missing,
     page_state,
     take_ages,
@@ -33,17 +43,59 @@ from tests.support.wait import wait_until
 FPS = 30
 SIZE = (640, 360)
 
-pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+pytestmark = [
+    pytest.mark.skipif(missing() is not None, reason=missing() or ""),
+    pytest.mark.skipif(netns.missing() is not None, reason=netns.missing() or ""),
+]
 
 
 @pytest.fixture(scope="module")
-def janus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JanusWhip]:
+def namespace() -> Iterator[Namespace]:
+    """The module's namespace, this thread inside it until the module is done."""
+    with contained() as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def janus(namespace: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JanusWhip]:
     with JanusWhip(tmp_path_factory.mktemp("janus")) as j:
         yield j
 
 
+@pytest.fixture(scope="module")
+def browser(namespace: Namespace) -> Iterator[object]:
+    """Chromium inside the namespace (Playwright's driver, and the browser it starts,
+    are children of this thread); conftest's would be outside."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def sockets_outside(namespace: Namespace) -> list[str]:
+    """The TCP and UDP sockets of this namespace on an address that is neither loopback
+    nor the namespace's own (nor a wildcard or multicast): there should be none."""
+    out = subprocess.run(["ss", "-tunaH"], capture_output=True, text=True, check=True).stdout
+    bad = []
+    for line in out.splitlines():
+        for field in line.split()[4:6]:
+            host = field.rsplit(":", 1)[0].strip("[]").split("%")[0]
+            if host == "*" or host == namespace.address:
+                continue
+            ip = ipaddress.ip_address(host)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            if not (ip.is_loopback or ip.is_unspecified or ip.is_multicast):
+                bad.append(line)
+    return bad
+
+
 def test_chromium_watches_saffron_through_janus(
-    janus: JanusWhip, browser: Any, tmp_path: Path
+    namespace: Namespace, janus: JanusWhip, browser: Any, tmp_path: Path
 ) -> None:
     with (
         saffron(size=SIZE, web=None, publish_whip=janus.whip_url, whip_token=TOKEN) as s,
@@ -79,6 +131,15 @@ def test_chromium_watches_saffron_through_janus(
             assert wait_until(lambda: viewer.remb_reports > 0, 15), janus.logs()
             assert viewer.rate_kbps() is not None
 
+            # Every packet stayed in the namespace: the peers met on its own address.
+            # Saffron's candidates and Janus's, and the pairs Chromium uses with Janus.
+            ours = {c.rsplit(":", 1)[0] for c in viewer.ice_local + viewer.ice_remote}
+            assert ours == {namespace.address}, (viewer.ice_local, viewer.ice_remote)
+            pairs = ice_pairs(page)  # Chromium hides its own address (""): Janus's is there
+            assert pairs and {a for pair in pairs for a in pair} <= {namespace.address, ""}, pairs
+            assert {remote for _, remote in pairs} == {namespace.address}, pairs
+            assert sockets_outside(namespace) == []
+
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shot = ARTIFACTS / "whip-janus-chromium.png"
             page.locator("video").screenshot(path=str(shot))
@@ -104,7 +165,7 @@ def test_chromium_watches_saffron_through_janus(
     assert any("deleted" in text for text in whip_log), whip_log
 
 
-def test_a_publish_that_fails_is_retried_and_recovers(tmp_path: Path) -> None:
+def test_a_publish_that_fails_is_retried_and_recovers(namespace: Namespace, tmp_path: Path) -> None:
     """Nothing listens yet: Saffron says so and tries again; once Janus is up it publishes."""
     later = JanusWhip(tmp_path)
     with saffron(size=SIZE, web=None, publish_whip=later.whip_url, whip_token=TOKEN) as s:

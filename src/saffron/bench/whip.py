@@ -1,16 +1,22 @@
 """WHIP through a real media server: Janus (Debian's ``janus``) behind simple-whip-server,
 watched by Chromium through Janus's own JavaScript (``libjs-janus-gateway``).
 
+- :func:`contained`: a network namespace of its own (:mod:`saffron.bench.netns`) with
+  the calling thread inside: everything below runs in one. ICE stacks leave loopback
+  out (aioice, libnice, Chromium), so the WebRTC media would otherwise go over the
+  host's own address; in the namespace the peers meet on its interface ``d0``
+  (:data:`ADDRESS`), and nothing leaves it.
 - :class:`JanusWhip` starts Janus (VideoRoom and WebSockets only, on free loopback
-  ports, config in a temporary folder) and simple-whip-server in front of it, and
-  creates one WHIP endpoint with a token; it stops what it started.
+  ports, ICE on ``d0`` only, config in a temporary folder) and simple-whip-server in
+  front of it, and creates one WHIP endpoint with a token; it stops what it started.
 - :class:`ViewerPage` serves a small page that subscribes to the room with janus.js
   and, for every video frame Chromium presents, reads the pattern source's capture
   stamp from the picture (top rows) and keeps its age.
-- :func:`bench`: Saffron (a subprocess, pattern source) with the WHIP publish off and
-  on: its CPU (one extra viewer's cost), and the frame age through Janus beside that of
-  Saffron's own page in the same Chromium on the same run (the page's
-  ``saffron_web_latency_ms``: capture to acknowledged decode). Medians of the runs.
+- :func:`bench`: inside :func:`contained`, Saffron (a subprocess, pattern source) with
+  the WHIP publish off and on: its CPU (one extra viewer's cost), and the frame age
+  through Janus beside that of Saffron's own page in the same Chromium on the same run
+  (the page's ``saffron_web_latency_ms``: capture to acknowledged decode). Medians of
+  the runs.
 
 ``python -m saffron.bench.whip [--seconds S] [--runs N] [--json FILE]``
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import http.server
 import json
@@ -30,10 +37,12 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..table import print_table
+from . import netns
 from .process import SaffronProcess, cpu_seconds, free_port, saffron_command, start_saffron
 
 JANUS = "/usr/bin/janus"
@@ -50,6 +59,10 @@ TOKEN = "saffron-test-token"
 ROOM_BITRATE = 6_000_000
 """The VideoRoom's cap for publishers, which Janus sends them as REMB (bit/s)."""
 START_S = 30.0
+NETNS_PREFIX = "saffron-whip"
+ADDRESS = "10.203.0.1/24"
+"""The namespace's interface ``d0``: where Janus, Saffron and Chromium meet over ICE."""
+ICE_INTERFACE = "d0"
 
 
 def whip_server_dir() -> Path | None:
@@ -71,6 +84,21 @@ def missing() -> str | None:
     if shutil.which("node") is None:
         return "Node.js is not installed"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    name: str
+    address: str
+
+
+@contextlib.contextmanager
+def contained() -> Iterator[Namespace]:
+    """A fresh network namespace with lo and ``d0`` (:data:`ADDRESS`), the calling thread
+    inside it for the block (the processes and threads it starts stay there); deleted
+    afterwards, also on failure. Needs root."""
+    with netns.namespace(NETNS_PREFIX, address=ADDRESS) as name, netns.entered(name):
+        yield Namespace(name, ADDRESS.split("/")[0])
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -109,7 +137,7 @@ media: {{
 }}
 nat: {{
     nice_debug = false
-    ice_ignore_list = "vmnet"
+    ice_enforce_list = "{ICE_INTERFACE}"
 }}
 plugins: {{ disable = "{off(p for p in plugins if "videoroom" not in p)}" }}
 transports: {{ disable = "{off(p for p in transports if "websockets" not in p)}" }}
@@ -144,7 +172,8 @@ room-{ROOM}: {{
 
 
 class JanusWhip:
-    """Janus and simple-whip-server on loopback, one WHIP endpoint; a context manager."""
+    """Janus and simple-whip-server on loopback, one WHIP endpoint; a context manager.
+    Started inside :func:`contained`: its ICE candidates are on ``d0`` only."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -225,9 +254,11 @@ class JanusWhip:
         with urllib.request.urlopen(req, timeout=10) as resp:
             resp.read()
 
-    def logs(self) -> str:
+    def logs(self, full: bool = False) -> str:
+        """Janus's and simple-whip-server's output: their last lines, or all of it."""
+        keep = None if full else -3000
         return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            f"--- {p.name}\n{p.read_text(errors='replace')[keep:]}"
             for p in (self.folder / "janus.log", self.folder / "whip.log")
             if p.is_file()
         )
@@ -267,7 +298,20 @@ PAGE = """<!doctype html>
 <script>
 const SERVER = "%(server)s", ROOM = %(room)d;
 const st = window.whip = {state: "init", frames: 0, presented: 0, ages: [], stamps: 0,
-                          width: 0, height: 0, errors: [], blank: null};
+                          width: 0, height: 0, errors: [], blank: null, pairs: []};
+let subscriber = null;
+async function icePairs() {  // the candidate pairs in use: [local, remote] addresses
+  const pc = subscriber && subscriber.webrtcStuff && subscriber.webrtcStuff.pc;
+  if (!pc) return [];
+  const stats = await pc.getStats(), pairs = [];
+  stats.forEach(r => {
+    if (r.type === "candidate-pair" && r.nominated && r.state === "succeeded") {
+      const l = stats.get(r.localCandidateId), rm = stats.get(r.remoteCandidateId);
+      pairs.push([l.address || l.ip, rm.address || rm.ip]);
+    }
+  });
+  return pairs;
+}
 const video = document.getElementById("v"), canvas = document.getElementById("c");
 const ctx = canvas.getContext("2d", {willReadFrequently: true});
 function stamp(w) {
@@ -323,7 +367,7 @@ function subscribe(janus, feed) {
   st.state = "subscribing";
   let handle = null;
   janus.attach({plugin: "janus.plugin.videoroom", error: e => st.errors.push("" + e),
-    success: h => { handle = h;
+    success: h => { handle = h; subscriber = h;
       h.send({message: {request: "join", ptype: "subscriber", room: ROOM, streams: [{feed}]}}); },
     onmessage: (msg, jsep) => {
       if (msg.error) st.errors.push(msg.error);
@@ -376,6 +420,12 @@ def page_state(page: Any) -> dict[str, Any]:
         "() => Object.assign({}, window.whip, {ages: undefined, nAges: window.whip.ages.length})"
     )
     return state
+
+
+def ice_pairs(page: Any) -> list[list[str]]:
+    """The ICE candidate pairs the page's connection to Janus uses: [ours, Janus's]."""
+    pairs: list[list[str]] = page.evaluate("() => icePairs()")
+    return pairs
 
 
 def take_ages(page: Any) -> list[float]:
@@ -471,6 +521,7 @@ def bench(
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="saffron-whip-bench-") as tmpdir,
+        contained(),
         JanusWhip(Path(tmpdir)) as janus,
         sync_playwright() as pw,
     ):
@@ -518,7 +569,7 @@ def main() -> None:
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    why = missing()
+    why = missing() or netns.missing()
     if why is not None:
         raise SystemExit(f"cannot run the WHIP bench: {why}")
     result = bench(a.seconds, a.runs, a.fps, a.size)

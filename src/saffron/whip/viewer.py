@@ -94,6 +94,9 @@ class WhipViewer:
         self.dropped = 0
         self.keyframe_requests = 0
         self.remb_reports = 0
+        self.ice_local: list[str] = []
+        """Our ICE candidates once connected, ``ADDRESS:PORT``; the server's below."""
+        self.ice_remote: list[str] = []
 
     # -- Viewer ---------------------------------------------------------------
 
@@ -319,9 +322,17 @@ class WhipPublisher:
                     f"the media server answered but ICE/DTLS did not connect within "
                     f"{CONNECT_TIMEOUT_S:.0f} s (state {pc.connectionState})"
                 ) from None
+            ice = sender.transport.transport
+            viewer.ice_local = [f"{c.ip}:{c.port}" for c in ice.iceGatherer.getLocalCandidates()]
+            viewer.ice_remote = [f"{c.ip}:{c.port}" for c in ice.getRemoteCandidates()]
             viewer.start_sending()
             self.publishes += 1
             log.info("publishing %s to %s over WHIP", self.codec, self.url)
+            log.debug(
+                "WHIP ICE candidates: ours %s, the server's %s",
+                " ".join(viewer.ice_local),
+                " ".join(viewer.ice_remote),
+            )
             await ended.wait()
         finally:
             viewer.close()
