@@ -19,7 +19,7 @@ from typing import Any
 
 from ..encoders.registry import available_codecs
 from ..table import print_table
-from . import fanout, path, slowlink, soak, spice_server
+from . import fanout, netns, path, slowlink, soak, spice_server, whip
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument(
         "--full",
         action="store_true",
-        help="also the slow link (root), fan-out, idle and spice-server tables (minutes)",
+        help="also the slow link (root), fan-out, idle, spice-server and WHIP to Janus "
+        "(root) tables (minutes)",
     )
     what.add_argument(
         "--soak",
@@ -124,7 +125,8 @@ def _soak(args: argparse.Namespace) -> int:
 
 
 def _full() -> dict[str, Any]:
-    """The tables of the measurement issue: slow link, fan-out, idle, beside spice-server."""
+    """The tables of the measurement issues: slow link, fan-out, idle, beside spice-server,
+    WHIP through Janus."""
     out: dict[str, Any] = {}
     if os.geteuid() == 0:
         slow = slowlink.run(60)
@@ -140,4 +142,10 @@ def _full() -> dict[str, Any]:
         out["spice_vs_saffron"] = spice_server.run()
     except spice_server.CannotRun as exc:
         print(f"\nbeside spice-server: skipped, {exc}", file=sys.stderr)
+    why = whip.missing() or netns.missing()
+    if why is None:
+        out["whip"] = whip.bench(seconds=8)
+        whip.print_results(out["whip"])
+    else:
+        print(f"\nWHIP to Janus: skipped, {why}", file=sys.stderr)
     return out
