@@ -43,15 +43,13 @@ from tests.support.wait import wait_until
 FPS = 30
 SIZE = (640, 360)
 
-pytestmark = [
-    pytest.mark.skipif(missing() is not None, reason=missing() or ""),
-    pytest.mark.skipif(netns.missing() is not None, reason=netns.missing() or ""),
-]
-
-
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[Namespace]:
-    """The module's namespace, this thread inside it until the module is done."""
+    """The module's namespace, this thread inside it until the module is done. What this
+    needs is installed by ``make setup``: missing, the tests fail and say what, not skip."""
+    for why in (missing(), netns.missing()):
+        if why is not None:
+            pytest.fail(f"cannot run the WHIP test: {why}")
     with contained() as ns:
         yield ns
 
