@@ -43,6 +43,7 @@ from tests.support.wait import wait_until
 FPS = 30
 SIZE = (640, 360)
 
+
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[Namespace]:
     """The module's namespace, this thread inside it until the module is done. What this
