@@ -111,6 +111,8 @@ def measure(vm: Qemu, image: build_guest.Guest, bpp: int, seconds: float) -> Run
             listener = source.listener
             mode = listener.mode if listener is not None else "detached"
             n = sink.count - frames
+            if not values:
+                raise RuntimeError(f"QEMU {vm.version}: no frame in {seconds} s (a busy machine?)")
             return Run(
                 version=vm.version,
                 bpp=bpp,
