@@ -1,10 +1,15 @@
-"""Chromium through Playwright, for the end-to-end tests that open the page."""
+"""Chromium through Playwright, for the end-to-end tests that open the page; the QEMU
+versions the QEMU tests run against."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import pytest
+
+from saffron.bench import qemus
+from saffron.bench.qemus import Qemu
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,3 +34,20 @@ def browser() -> Iterator[object]:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module", params=qemus.VERSIONS, ids=lambda v: f"qemu{v}")
+def qemu(request: pytest.FixtureRequest) -> Qemu:
+    """Each QEMU end-to-end test runs against the system's QEMU 7.2 and against 10.0
+    (unpacked by `make setup`). One that is missing fails the test, saying how to get it:
+    CI installs both, so no skip may hide a missing one."""
+    q = qemus.qemu(request.param)
+    problem = _problem(q.version)
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return q
+
+
+@functools.cache
+def _problem(version: str) -> str | None:
+    return qemus.qemu(version).problem()

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from saffron.bench import clients
 from saffron.bench.process import free_port
+from saffron.bench.qemus import Qemu
 from tests.support.artifacts import ARTIFACTS
 from tests.support.process import run_saffron
 
-QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 
 TIMEOUT = 60.0
 """Generous: for the first frames on a loaded machine, and for Saffron to exit by itself."""
@@ -72,7 +73,7 @@ async def _watch_then_kill(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def test_qemu_killed_under_web_and_spice_viewers() -> None:
+def test_qemu_killed_under_web_and_spice_viewers(qemu: Qemu) -> None:
     spice_port = free_port()
     with run_saffron(
         "qemu",
@@ -83,11 +84,7 @@ def test_qemu_killed_under_web_and_spice_viewers() -> None:
         "--fps",
         "30",
         "--",
-        *QEMU,
-        "-m",
-        "64",
-        "-name",
-        "e2e-fault",
+        *qemu.command(*BASE, "-m", "64", "-name", "e2e-fault"),
         timeout=TIMEOUT,
     ) as saffron:
         web, spice, errors = asyncio.run(
@@ -114,9 +111,9 @@ def test_qemu_killed_under_web_and_spice_viewers() -> None:
     assert any("SPICE client" in line for line in told), out
 
 
-def test_qemu_that_fails_at_startup(tmp_path: Path) -> None:
+def test_qemu_that_fails_at_startup(qemu: Qemu, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-disk.img"
-    log = ARTIFACTS / "saffron-qemu-bad-drive.log"
+    log = ARTIFACTS / f"saffron-{qemu.id}-bad-drive.log"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         proc = subprocess.run(
@@ -128,11 +125,7 @@ def test_qemu_that_fails_at_startup(tmp_path: Path) -> None:
                 "--web",
                 f"127.0.0.1:{free_port()}",
                 "--",
-                *QEMU,
-                "-m",
-                "64",
-                "-drive",
-                f"file={missing},format=raw",
+                *qemu.command(*BASE, "-m", "64", "-drive", f"file={missing},format=raw"),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

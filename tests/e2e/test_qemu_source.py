@@ -1,10 +1,12 @@
-"""The QEMU source with real QEMU (7.2 here) on a private bus.
+"""The QEMU source with real QEMU on a private bus: each test runs against the system's
+QEMU 7.2 and against 10.0 (the ``qemu`` fixture, tests/e2e/conftest.py).
 
 The tests boot either no disk at all (SeaBIOS draws its text screen) or the test
 guest from ``saffron.bench.guest`` (a Debian kernel and a busybox initramfs whose
 ``/init`` moves a band of noise across ``/dev/fb0`` and paints every key it
-receives). QEMU runs with ``-accel tcg``. CI installs QEMU and dbus
-(scripts/apt-packages.txt): missing, these tests fail, not skip. Stand-ins for QEMU:
+receives). QEMU runs with ``-accel tcg``. CI installs QEMU 7.2 and dbus
+(scripts/apt-packages.txt) and unpacks 10.0 (scripts/setup-qemu10.sh): missing, these
+tests fail, not skip. Stand-ins for QEMU:
 tests/integration/test_qemu_source.py.
 """
 
@@ -15,22 +17,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saffron.bench import guest as build_guest
+from saffron.bench.qemus import Qemu
 from saffron.display import Display, Frame, Rect
 from saffron.sources import qemu as Q
 from tests.support.qemu import Sink, new_display, wait_serial
 from tests.support.wait import wait_until
 
-QEMU = "qemu-system-x86_64"
-BASE = [QEMU, "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+
+MAP_MODE = {"7.2": "2d", "10.0": "map"}
+"""How each QEMU hands over a surface of its own (SeaBIOS's text screen, a 24-bpp VESA
+mode): 7.2 copies its pixels into every Scanout and Update ('2d'); 9.2 and later share it
+once through Listener.Unix.Map's ScanoutMap, and UpdateMap carries no pixels ('map').
+In a 32-bpp VESA mode QEMU's VGA shows its video memory itself, which has no memfd to
+share: 10.0 too sends Scanout and Update ('2d')."""
 
 
-def test_seabios_text_screen_arrives() -> None:
+def mode_of(source: Q.QemuSource) -> str:
+    listener = source.listener
+    return listener.mode if listener is not None else "detached"
+
+
+def test_seabios_text_screen_arrives(qemu: Qemu) -> None:
     """No disk: SeaBIOS's text screen (720x400) comes through with its text."""
     display, sink, events = new_display()
-    proc = Q.start_qemu([*BASE, "-m", "64", "-name", "saffron-test"])
+    proc = Q.start_qemu(qemu.command(*BASE, "-m", "64", "-name", "saffron-test"))
     source = Q.open_qemu_source(display, dbus_address=proc.address)
     try:
         assert source.wait_attached(20), "no attach"
@@ -46,6 +61,7 @@ def test_seabios_text_screen_arrives() -> None:
         lit = (frame.pixels[..., :3].max(axis=2) > 64).mean()
         assert 0.001 < lit < 0.5, lit
         assert display.info.name == "saffron-test"
+        assert mode_of(source) == MAP_MODE[qemu.version]
         # a viewer joining asks for the whole picture again
         before = sink.count
         display.request_refresh()
@@ -57,9 +73,9 @@ def test_seabios_text_screen_arrives() -> None:
     assert events.disables >= 1
 
 
-def test_qemu_killed_disables_the_display() -> None:
+def test_qemu_killed_disables_the_display(qemu: Qemu) -> None:
     display, sink, events = new_display()
-    proc = Q.start_qemu([*BASE, "-m", "64"])
+    proc = Q.start_qemu(qemu.command(*BASE, "-m", "64"))
     source = Q.open_qemu_source(display, dbus_address=proc.address)
     try:
         assert source.wait_attached(20)
@@ -76,13 +92,13 @@ def test_qemu_killed_disables_the_display() -> None:
         proc.stop()
 
 
-def test_reattach_survives_a_qemu_restart(tmp_path: Path) -> None:
+def test_reattach_survives_a_qemu_restart(qemu: Qemu, tmp_path: Path) -> None:
     display, sink, events = new_display()
     bus = Q.DBusDaemon(tmp_path)
     source = Q.open_qemu_source(display, dbus_address=bus.address, reattach=True)
     procs: list[Q.QemuProcess] = []
     try:
-        procs.append(Q.start_qemu([*BASE, "-m", "64"], dbus_address=bus.address))
+        procs.append(Q.start_qemu(qemu.command(*BASE, "-m", "64"), dbus_address=bus.address))
         assert source.wait_attached(20)
         sink.wait_for(lambda f: True, 20)
         procs[0].process.kill()
@@ -92,7 +108,7 @@ def test_reattach_survives_a_qemu_restart(tmp_path: Path) -> None:
         assert not source.closed.is_set()
         time.sleep(1.0)  # the source keeps waiting: nothing closes
         assert not source.closed.is_set() and source.detach_count == 1
-        procs.append(Q.start_qemu([*BASE, "-m", "64"], dbus_address=bus.address))
+        procs.append(Q.start_qemu(qemu.command(*BASE, "-m", "64"), dbus_address=bus.address))
         assert wait_until(lambda: source.attach_count == 2, 20), (
             "timed out waiting for attaching again"
         )
@@ -125,21 +141,22 @@ class Guest:
     source: Q.QemuSource
     proc: Q.QemuProcess
     serial: Path
+    qemu: Qemu
 
 
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+def guest(qemu: Qemu, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     missing = build_guest.missing_tools()
     assert not missing, f"building the guest needs {', '.join(missing)}"
     image = build_guest.build_guest()
     serial = tmp_path_factory.mktemp("guest") / "serial.log"
     display, sink, _ = new_display()
-    proc = Q.start_qemu([*BASE, "-m", "256", *image.qemu_args(serial)])
+    proc = Q.start_qemu(qemu.command(*BASE, "-m", "256", *image.qemu_args(serial)))
     source = Q.open_qemu_source(display, dbus_address=proc.address)
     try:
         assert source.wait_attached(20)
         wait_serial(serial, "saffron-guest: ready", 60)
-        yield Guest(display, sink, source, proc, serial)
+        yield Guest(display, sink, source, proc, serial, qemu)
     finally:
         source.stop()
         proc.stop()
@@ -159,13 +176,16 @@ def test_guest_frames_flow(guest: Guest) -> None:
         time.sleep(0.05)
     fps = (sink.count - start) / (time.monotonic() - t0)
     stats = guest.source.stats
+    mode = mode_of(guest.source)
     print(
-        f"\nguest frames: {fps:.1f} frames/s presented; Update arrival to present() return:"
+        f"\nQEMU {guest.qemu.version}, mode {mode}: {fps:.1f} frames/s presented;"
+        " Update arrival to present() return:"
         f" p50 {stats.percentile(50) / 1000:.2f} ms, p99 {stats.percentile(99) / 1000:.2f} ms;"
         f" {stats.messages} messages, {stats.bytes / 1e6:.1f} MB"
     )
     assert fps > 5, fps
     assert len(digests) > 10, len(digests)
+    assert mode == "2d", f"QEMU {guest.qemu.version} in mode {mode} at 32 bpp"
 
 
 def test_guest_keys_arrive(guest: Guest) -> None:
@@ -193,3 +213,31 @@ def test_guest_keys_arrive(guest: Guest) -> None:
         f"\nkeys: sent to painted in the guest's framebuffer: median "
         f"{sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms (TCG, a shell loop)"
     )
+
+
+def test_guest_at_24_bpp_flows_through_scanout_map(qemu: Qemu, tmp_path: Path) -> None:
+    """The guest in a 24-bpp mode: QEMU converts into a surface of its own, which 10.0
+    shares through ScanoutMap; the moving band arrives through UpdateMap."""
+    image = build_guest.build_guest().with_depth(24)
+    serial = tmp_path / "serial.log"
+    display, sink, _ = new_display()
+    proc = Q.start_qemu(qemu.command(*BASE, "-m", "256", *image.qemu_args(serial)))
+    source = Q.open_qemu_source(display, dbus_address=proc.address)
+    try:
+        assert source.wait_attached(20)
+        wait_serial(serial, "saffron-guest: ready", 60)
+        assert "bpp 24" in serial.read_text()
+        first = sink.wait_for(lambda f: (f.width, f.height) == (1024, 768), 20)
+        band = first.pixels[: build_guest.BAND_ROWS_MAX, ::8].copy()
+        sink.wait_for(
+            lambda f: (
+                (f.width, f.height) == (1024, 768)
+                and not np.array_equal(f.pixels[: build_guest.BAND_ROWS_MAX, ::8], band)
+            ),
+            20,
+            after=sink.count,
+        )
+        assert mode_of(source) == MAP_MODE[qemu.version]
+    finally:
+        source.stop()
+        proc.stop()

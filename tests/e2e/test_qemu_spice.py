@@ -1,4 +1,4 @@
-"""A real VM seen and typed into by spice-gtk: `saffron qemu --spice`, QEMU 7.2."""
+"""A real VM seen and typed into by spice-gtk: `saffron qemu --spice`, QEMU 7.2 and 10.0."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 
 from saffron.bench import guest as build_guest
 from saffron.bench.process import free_port
+from saffron.bench.qemus import Qemu
 from saffron.bench.spice_gtk import SYSTEM_PYTHON, script_env
 from saffron.bench.spice_server import GTK_FRAMES
 from tests.support.process import run_saffron
 
-QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 
 
 def gtk_viewer(port: int, *args: str) -> dict[str, object]:
@@ -31,16 +32,15 @@ def gtk_viewer(port: int, *args: str) -> dict[str, object]:
     return report
 
 
-def test_seabios_text_reaches_spice_gtk() -> None:
+def test_seabios_text_reaches_spice_gtk(qemu: Qemu) -> None:
     port = free_port()
-    with run_saffron(
-        "qemu", "--spice", f"127.0.0.1:{port}", "--fps", "30", "--", *QEMU, "-m", "64"
-    ):
+    vm = qemu.command(*BASE, "-m", "64")
+    with run_saffron("qemu", "--spice", f"127.0.0.1:{port}", "--fps", "30", "--", *vm):
         report = gtk_viewer(port, "--settle", "4", "--seconds", "2")
     assert report["size"] == [720, 400], report
 
 
-def test_guest_moves_and_spice_gtk_keys_reach_it(tmp_path: Path) -> None:
+def test_guest_moves_and_spice_gtk_keys_reach_it(qemu: Qemu, tmp_path: Path) -> None:
     guest = build_guest.build_guest()
     serial = tmp_path / "serial.log"
     port = free_port()
@@ -51,10 +51,7 @@ def test_guest_moves_and_spice_gtk_keys_reach_it(tmp_path: Path) -> None:
         "--fps",
         "30",
         "--",
-        *QEMU,
-        "-m",
-        "256",
-        *guest.qemu_args(serial),
+        *qemu.command(*BASE, "-m", "256", *guest.qemu_args(serial)),
     ):
         deadline = time.monotonic() + 90
         while "saffron-guest: ready" not in serial.read_text(errors="replace"):

@@ -1,4 +1,5 @@
-"""A real VM in a real browser: `saffron qemu` and attach mode, with QEMU 7.2 and Chromium."""
+"""A real VM in a real browser: `saffron qemu` and attach mode, with QEMU 7.2 and 10.0 and
+Chromium."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from saffron.bench import guest as build_guest
+from saffron.bench.qemus import Qemu
 from saffron.sources.qemu import start_qemu
 from tests.support.artifacts import ARTIFACTS
 from tests.support.process import run_saffron
 
-QEMU = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 
 
 def canvas(page: Any, rows: slice | None = None, step: int = 4) -> np.ndarray:
@@ -52,11 +54,16 @@ def wait_for(test: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_seabios_text_in_the_browser_and_exit_status(browser: Any) -> None:
+def test_seabios_text_in_the_browser_and_exit_status(qemu: Qemu, browser: Any) -> None:
     """No disk: SeaBIOS's text screen at its own size, the VM's name as the title;
     QEMU killed -> Saffron exits with QEMU's status."""
     with run_saffron(
-        "qemu", "--fps", "30", "--", *QEMU, "-m", "64", "-name", "e2e-bios", timeout=60
+        "qemu",
+        "--fps",
+        "30",
+        "--",
+        *qemu.command(*BASE, "-m", "64", "-name", "e2e-bios"),
+        timeout=60,
     ) as saffron:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         try:
@@ -72,7 +79,7 @@ def test_seabios_text_in_the_browser_and_exit_status(browser: Any) -> None:
             px = canvas(page)[..., :3].astype(int)
             lit = (px.max(axis=2) > 128).mean()
             assert 0.001 < lit < 0.5, f"expected light text on dark, {lit:.2%} lit"
-            page.screenshot(path=str(ARTIFACTS / "qemu-seabios-browser.png"))
+            page.screenshot(path=str(ARTIFACTS / f"{qemu.id}-seabios-browser.png"))
 
             qemu_pid = int(
                 subprocess.check_output(["pgrep", "-f", "-n", "e2e-bios"], text=True).split()[0]
@@ -90,11 +97,16 @@ def test_seabios_text_in_the_browser_and_exit_status(browser: Any) -> None:
             page.close()
 
 
-def test_guest_moves_and_a_browser_key_reaches_it(browser: Any, tmp_path: Path) -> None:
+def test_guest_moves_and_a_browser_key_reaches_it(qemu: Qemu, browser: Any, tmp_path: Path) -> None:
     guest = build_guest.build_guest()
     serial = tmp_path / "serial.log"
     with run_saffron(
-        "qemu", "--fps", "30", "--", *QEMU, "-m", "256", *guest.qemu_args(serial), timeout=60
+        "qemu",
+        "--fps",
+        "30",
+        "--",
+        *qemu.command(*BASE, "-m", "256", *guest.qemu_args(serial)),
+        timeout=60,
     ) as saffron:
         wait_for(lambda: "saffron-guest: ready" in serial.read_text(), 90, "the guest to boot")
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -122,14 +134,14 @@ def test_guest_moves_and_a_browser_key_reaches_it(browser: Any, tmp_path: Path) 
 
             wait_for(key_shown, 20, "the key strip for KEY_A in the browser")
             assert "key 30" in serial.read_text()
-            page.screenshot(path=str(ARTIFACTS / "qemu-guest-browser.png"))
+            page.screenshot(path=str(ARTIFACTS / f"{qemu.id}-guest-browser.png"))
         finally:
             page.close()
 
 
-def test_attach_mode_survives_a_qemu_restart(browser: Any) -> None:
+def test_attach_mode_survives_a_qemu_restart(qemu: Qemu, browser: Any) -> None:
     """`serve --source qemu` outlives the VM: "waiting for the VM", then the screen again."""
-    vm = start_qemu([*QEMU, "-m", "64", "-name", "first"])
+    vm = start_qemu(qemu.command(*BASE, "-m", "64", "-name", "first"))
     try:
         with run_saffron(
             "serve", "--source", "qemu", "--dbus-address", vm.address, "--fps", "30"
@@ -146,7 +158,9 @@ def test_attach_mode_survives_a_qemu_restart(browser: Any) -> None:
                     "the page to say it waits",
                 )
                 before = stats(page)["framesDecoded"]
-                vm2 = start_qemu([*QEMU, "-m", "64", "-name", "second"], dbus_address=vm.address)
+                vm2 = start_qemu(
+                    qemu.command(*BASE, "-m", "64", "-name", "second"), dbus_address=vm.address
+                )
                 try:
                     wait_for(
                         lambda: stats(page)["framesDecoded"] > before,

@@ -36,11 +36,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     """The checkout's .cache (src/saffron/bench/ is three levels below it), else the user's."""
     checkout = Path(__file__).resolve().parents[3]
     if (checkout / "pyproject.toml").exists():
@@ -48,7 +48,7 @@ def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "saffron"
 
 
-DEFAULT_CACHE = _cache_root() / "guest"
+DEFAULT_CACHE = cache_root() / "guest"
 
 WIDTH, HEIGHT = 1024, 768
 KEY_ROW = 608
@@ -121,6 +121,18 @@ class Guest:
     kernel: Path
     initramfs: Path
     cmdline: str = KERNEL_CMDLINE
+
+    def with_depth(self, bpp: int) -> Guest:
+        """The same guest in the 1024x768 VESA mode of ``bpp`` (32 or 24) bits per pixel.
+
+        At 32 QEMU's VGA shows its video memory itself as the surface; at 24 it converts
+        into a surface of its own, which QEMU 9.2 and later share through ScanoutMap. The
+        key strip's colours are right at 32 only (its pattern is 4 bytes a pixel)."""
+        modes = {32: "vga=0x344", 24: "vga=0x318"}
+        cmdline = self.cmdline
+        for mode in modes.values():
+            cmdline = cmdline.replace(mode, modes[bpp])
+        return replace(self, cmdline=cmdline)
 
     def qemu_args(self, serial_log: Path | None = None) -> list[str]:
         """QEMU options that boot this guest (add machine, memory, display yourself)."""
