@@ -113,6 +113,9 @@ class WebViewer:
         """What the page may still send (see net.ratelimit): past it, it is closed."""
         self.end = ""
         """Why the server closed this page's socket, if it did."""
+        self._backend_told = ""
+        """The encoder the page was last told of: a new one is told with its first frame,
+        not up to a second later (a still picture's page would show "encoder –")."""
         self.sharp = False
         """The page draws still tiles over its video (it said so in ``start``)."""
         self.still = StillRegions()
@@ -150,6 +153,10 @@ class WebViewer:
         now = time.monotonic()
         self._sent[n] = (packet.capture_us, now, len(packet.data))
         self._spend(len(packet.data), now)
+        if self.stream is not None and self.stream.backend != self._backend_told:
+            stats = self._stats()
+            if stats is not None:
+                self.notify(stats)
         if not self.sharp:
             self._put_video(pack_video(packet, n))
             return
@@ -243,23 +250,27 @@ class WebViewer:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            stream = self.stream
-            if stream is None:
-                continue
-            seat = stream.seats.get(self)
-            encoded = max(stream.frames_encoded, 1)
-            await self._send_json(
-                {
-                    "type": "stats",
-                    "dropped": seat.dropped if seat else 0,
-                    "backend": stream.backend,
-                    "targetKbps": stream.bitrate_kbps,
-                    "encodeMs": round(stream.encode_ms_total / encoded, 2),
-                    "serverLatencyMs": round(self.latency_ms, 1),
-                    "stillTiles": self.tiles_sent,
-                    "stillBytes": self.tile_bytes,
-                }
-            )
+            stats = self._stats()
+            if stats is not None:
+                await self._send_json(stats)
+
+    def _stats(self) -> dict[str, Any] | None:
+        stream = self.stream
+        if stream is None:
+            return None
+        seat = stream.seats.get(self)
+        encoded = max(stream.frames_encoded, 1)
+        self._backend_told = stream.backend
+        return {
+            "type": "stats",
+            "dropped": seat.dropped if seat else 0,
+            "backend": stream.backend,
+            "targetKbps": stream.bitrate_kbps,
+            "encodeMs": round(stream.encode_ms_total / encoded, 2),
+            "serverLatencyMs": round(self.latency_ms, 1),
+            "stillTiles": self.tiles_sent,
+            "stillBytes": self.tile_bytes,
+        }
 
     # -- messages from the page -----------------------------------------------
 

@@ -22,7 +22,7 @@ const wantSharp = params.get("sharp") !== "0";  // ?sharp=0: video only, no stil
 const stats = {
   framesDecoded: 0, fps: 0, codec: "", width: 0, height: 0,
   latencyMs: 0, bitrateKbps: 0, dropped: 0, backend: "", decodeErrors: 0,
-  stillTiles: 0, sharpTiles: 0,
+  stillTiles: 0, stillJpeg: 0, sharpTiles: 0,  // still tiles drawn (of them JPEG), sharp now
 };
 window.saffronStats = stats;
 
@@ -212,6 +212,7 @@ async function onTile(buf) {
   if (sharp.after[i] < 0) sharp.count += 1;
   sharp.after[i] = after;
   stats.stillTiles += 1;
+  if (type === "image/jpeg") stats.stillJpeg += 1;
   stats.sharpTiles = sharp.count;
 }
 
@@ -337,7 +338,10 @@ async function onText(text) {
       break;
     }
     case "pong": onPong(msg); break;
-    case "stats": stats.dropped = msg.dropped; stats.backend = msg.backend; stats.stillSent = msg.stillTiles; break;
+    case "stats":
+      stats.dropped = msg.dropped; stats.backend = msg.backend;
+      document.getElementById("s-backend").textContent = stats.backend || "–";
+      break;
     case "status": setStatus(msg.text); break;
     case "resize": break;  // frames carry their size; the decoder follows
     case "cursor": setCursor(msg); break;
