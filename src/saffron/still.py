@@ -12,7 +12,7 @@ Sans-IO: it knows times and rectangles, not sockets or loops.
 most once per frame, tile and format however many viewers want them, and
 :func:`choose_formats` picks lossless PNG for each tile unless the whole refresh
 would not fit the viewer's budget, when the tiles PNG saves least on go as JPEG
-q96 4:4:4 (visually lossless) instead.
+q98 4:4:4 (visually lossless) instead.
 
 The SPICE front end does the same with its own DamageLog and lossless bitmaps
 (spice/viewer.py); the web front end uses this module.

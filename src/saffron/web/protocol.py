@@ -24,7 +24,7 @@ A still tile (kind 2, same pages only) is ``TILE_HEADER`` followed by a PNG or
 JPEG file, a part of the picture at full quality to draw over the video:
 
     u8  kind      2 = still tile
-    u8  format    0 = PNG (lossless), 1 = JPEG (q96 4:4:4)
+    u8  format    0 = PNG (lossless), 1 = JPEG (q98 4:4:4)
     u16 x, y, width, height    where it goes (frame pixels)
     u16 frame width, height    the picture it belongs to
     u32 after     the last video frame number sent before it: video frames up to

@@ -53,7 +53,7 @@ REFRESH_IDLE_S = 0.25
 
 REFRESH_BUDGET_S = 0.25
 """A refresh is lossless if it fits this much of the page's rate; beyond, the tiles
-PNG saves least on go as JPEG q96 4:4:4 (saffron.still.choose_formats)."""
+PNG saves least on go as JPEG q98 4:4:4 (saffron.still.choose_formats)."""
 
 TILE_BUFFER_BYTES = 16 * 1024
 """A still tile is sent only while the socket's buffer holds less than this."""
