@@ -23,6 +23,7 @@ const stats = {
   framesDecoded: 0, fps: 0, codec: "", width: 0, height: 0,
   latencyMs: 0, bitrateKbps: 0, dropped: 0, backend: "", decodeErrors: 0,
   stillTiles: 0, stillJpeg: 0, sharpTiles: 0,  // still tiles drawn (of them JPEG), sharp now
+  videoAt: 0, tileAt: 0,  // performance.now() of the last video frame and still tile drawn
 };
 window.saffronStats = stats;
 
@@ -112,15 +113,15 @@ function ensureDecoder(codec, width, height) {
   decoder = new VideoDecoder({
     output: (frame) => {
       sizeCanvas(frame.displayWidth, frame.displayHeight);
-      ctx2d.drawImage(frame, 0, 0);
-      sharpOverlay();
       const meta = pending.get(frame.timestamp);
       pending.delete(frame.timestamp);
+      drawVideo(frame, meta ? meta.damage : null);
       frame.close();
       if (meta) { frameShown(meta.frame, meta.capture); clearStatusFor(meta.since); }
     },
     error: (e) => {
       stats.decodeErrors += 1;
+      sharpUndrawn(null);
       console.warn("decoder error", e);
       decoderKey = "";
     },
@@ -131,12 +132,16 @@ function ensureDecoder(codec, width, height) {
 // -- still tiles --------------------------------------------------------------
 // The picture is a grid of tiles (its size comes in "hello"). A tile the server sent
 // again at full quality is kept in `sharp.canvas` and drawn over every video frame
-// until a video frame sent after it (numbered above its `after`) changes it.
+// until a video frame sent after it (numbered above its `after`) changes it. Where
+// a tile was ever sharp, video is drawn only where its frames changed the picture,
+// so a blinking cursor does not blur the text beside it.
 
 const sharp = {
   canvas: document.createElement("canvas"), ctx: null, tw: 128, th: 64,
   w: 0, h: 0, cols: 0, rows: 0, count: 0,
   after: new Float64Array(0),    // per tile: the frame number it is sharp after, or -1
+  kept: new Uint8Array(0),       // per tile: it holds sharp pixels outside later damage
+  undrawn: [],                   // damage of frames not drawn (null: unknown): drawn next
   damaged: new Float64Array(0),  // per tile: the last frame number whose damage covered it
 };
 sharp.ctx = sharp.canvas.getContext("2d", { alpha: false });
@@ -146,6 +151,8 @@ function sharpReset(width, height) {
   sharp.cols = Math.ceil(width / sharp.tw); sharp.rows = Math.ceil(height / sharp.th);
   sharp.after = new Float64Array(sharp.cols * sharp.rows).fill(-1);
   sharp.damaged = new Float64Array(sharp.cols * sharp.rows).fill(-1);
+  sharp.kept = new Uint8Array(sharp.cols * sharp.rows);
+  sharp.undrawn = [];
   sharp.count = 0;
   stats.sharpTiles = 0;
   if (width && height) { sharp.canvas.width = width; sharp.canvas.height = height; }
@@ -166,9 +173,47 @@ function sharpDamage(frame, damage) {
       const i = r * sharp.cols + c;
       if (sharp.damaged[i] < frame) sharp.damaged[i] = frame;
       if (sharp.after[i] >= 0 && sharp.after[i] < frame) { sharp.after[i] = -1; sharp.count -= 1; }
+      if (!damage && sharp.after[i] < 0) sharp.kept[i] = 0;
     }
   }
   stats.sharpTiles = sharp.count;
+}
+
+// A frame whose damage never reached the canvas (skipped, or its decode failed): the
+// next frame drawn draws that area too.
+function sharpUndrawn(damage) { sharp.undrawn.push(damage); }
+
+// A decoded video frame onto the canvas: everywhere no tile was ever sharp, and where
+// this frame (or one not drawn) changed the picture; then the sharp tiles over it.
+function drawVideo(image, damage) {
+  stats.videoAt = performance.now();
+  const extra = sharp.undrawn;
+  sharp.undrawn = [];
+  const fits = canvas.width === sharp.w && canvas.height === sharp.h;
+  if (!fits || damage === null || extra.includes(null) || !sharp.kept.includes(1)) {
+    if (fits && (damage === null || extra.includes(null))) {
+      for (let i = 0; i < sharp.kept.length; i++) if (sharp.after[i] < 0) sharp.kept[i] = 0;
+    }
+    ctx2d.drawImage(image, 0, 0);
+    sharpOverlay();
+    return;
+  }
+  ctx2d.save();
+  ctx2d.beginPath();
+  for (const d of [damage, ...extra]) ctx2d.rect(d[0], d[1], d[2], d[3]);
+  for (let r = 0; r < sharp.rows; r++) {
+    let c = 0;
+    while (c < sharp.cols) {
+      if (sharp.kept[r * sharp.cols + c]) { c += 1; continue; }
+      const c0 = c;
+      while (c < sharp.cols && !sharp.kept[r * sharp.cols + c]) c += 1;
+      ctx2d.rect(c0 * sharp.tw, r * sharp.th, (c - c0) * sharp.tw, sharp.th);
+    }
+  }
+  ctx2d.clip();
+  ctx2d.drawImage(image, 0, 0);
+  ctx2d.restore();
+  sharpOverlay();
 }
 
 // After a video frame is drawn: the sharp tiles over it again.
@@ -211,7 +256,9 @@ async function onTile(buf) {
   bitmap.close();
   if (sharp.after[i] < 0) sharp.count += 1;
   sharp.after[i] = after;
+  sharp.kept[i] = 1;
   stats.stillTiles += 1;
+  stats.tileAt = performance.now();
   if (type === "image/jpeg") stats.stillJpeg += 1;
   stats.sharpTiles = sharp.count;
 }
@@ -251,23 +298,23 @@ async function onVideo(buf, kind) {
     try {
       const bitmap = await createImageBitmap(new Blob([data], { type: "image/jpeg" }));
       sizeCanvas(bitmap.width, bitmap.height);
-      ctx2d.drawImage(bitmap, 0, 0);
+      drawVideo(bitmap, damage);
       bitmap.close();
-      sharpOverlay();
       clearStatusFor(since);
-    } catch (e) { stats.decodeErrors += 1; }
+    } catch (e) { stats.decodeErrors += 1; sharpUndrawn(damage); }
     frameShown(frame, capture);
     return;
   }
   ensureDecoder(codec, width, height);
-  if (waitKey && !key) { send({ type: "ack", frame }); return; }
+  if (waitKey && !key) { sharpUndrawn(damage); send({ type: "ack", frame }); return; }
   waitKey = false;
-  pending.set(frame, { frame, capture, since });
+  pending.set(frame, { frame, capture, since, damage });
   try {
     decoder.decode(new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp: frame, data }));
   } catch (e) {
     stats.decodeErrors += 1;
     pending.delete(frame);
+    sharpUndrawn(damage);
     send({ type: "ack", frame });
     decoderKey = "";
   }
