@@ -48,8 +48,10 @@ whatever it has acknowledged: a guard against a page that acks but cannot read."
 
 STATS_INTERVAL = 1.0
 
-REFRESH_IDLE_S = 0.25
-"""How long a lossy tile must stand still before it is sent again at full quality."""
+REFRESH_IDLE_S = 0.15
+"""How long a lossy tile must stand still before it is sent again at full quality: longer
+than the gaps of motion (33 ms at 30 fps, a key repeat), short enough that the refresh
+is drawn within half a second of the picture stopping."""
 
 REFRESH_BUDGET_S = 0.25
 """A refresh is lossless if it fits this much of the page's rate; beyond, the tiles
