@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from .encoders.registry import create_encoder
 from .memory import trim
 from .ratecontrol import INTERVAL, choose_bitrate, significant
 from .slot import FifoSlot, FrameSlot, Handoff
+from .still import TileCache
 
 log = logging.getLogger("saffron.broadcast")
 
@@ -279,7 +281,7 @@ class Stream:
                 continue
             frame, prepared = item
             try:
-                packet = self._encode(frame, prepared)
+                packet = dataclasses.replace(self._encode(frame, prepared), damage=frame.damage)
             except EncoderError as exc:
                 self._fail(str(exc))
                 continue
@@ -356,6 +358,11 @@ class Stream:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def last_frame(self) -> Frame | None:
+        """The frame of the last packet encoded (what a still picture's viewers show)."""
+        return self._last_frame
+
 
 def _finish(stream: Stream) -> None:
     """Free a stopped stream's encoder, and give its memory back to the system now rather
@@ -395,6 +402,8 @@ class Broadcast:
         news: a viewer may have joined a new stream of a codec already broken)."""
         self.failed: dict[str, str] = {}
         """Codecs whose encoder broke, with why: the one record every front end reads."""
+        self.tiles = TileCache()
+        """Still tiles for the sharp refresh (see still.py), encoded once for every viewer."""
 
     def working(self, codecs: Sequence[str]) -> list[str]:
         """``codecs``, in their order, less those whose encoder broke."""
@@ -494,3 +503,4 @@ class Broadcast:
         for closer in self._closers:
             closer.join(timeout=5)
         self._closers.clear()
+        self.tiles.close()

@@ -3,6 +3,7 @@ Chromium."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -11,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from saffron.bench import guest as build_guest
 from saffron.bench.qemus import Qemu
 from saffron.sources.qemu import start_qemu
-from tests.support.artifacts import ARTIFACTS
+from tests.support.artifacts import ARTIFACTS, publish
+from tests.support.canvas import psnr, read_canvas
 from tests.support.process import run_saffron
+from tests.support.qemu import qmp_screendump
+from tests.support.wait import wait_until
 
 BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
 
@@ -175,3 +180,87 @@ def test_attach_mode_survives_a_qemu_restart(qemu: Qemu, browser: Any) -> None:
                 page.close()
     finally:
         vm.stop()
+
+
+SHARP_CODECS = ["h264", "vp8", "vp9", "av1", "mjpeg"]
+
+
+def test_seabios_text_is_sharp_in_the_browser(browser: Any, tmp_path: Path) -> None:
+    """SeaBIOS's text screen, still: the page's canvas becomes QEMU's own screendump
+    exactly (outside the blinking cursor), whatever the video codec; without the still
+    tiles (``?sharp=0``) it stays lossy. Before/after PSNR in ARTIFACTS/sharp-seabios.json."""
+    qmp = tmp_path / "qmp.sock"
+    dump = tmp_path / "screen.ppm"
+
+    def screen() -> np.ndarray:
+        qmp_screendump(qmp, dump)
+        with Image.open(dump) as image:
+            return np.asarray(image.convert("RGB"))
+
+    with run_saffron(
+        "qemu", "--fps", "30", "--", *QEMU, "-m", "64", "-name", "e2e-sharp",
+        "-qmp", f"unix:{qmp},server=on,wait=off", timeout=60,
+    ) as saffron:  # fmt: skip
+        # Wait for SeaBIOS to give up booting: then only the cursor blinks.
+        shots: list[np.ndarray] = []
+
+        def settled() -> bool:
+            shots.append(screen())
+            del shots[:-6]
+            if len(shots) < 6 or shots[-1].shape != (400, 720, 3):
+                return False
+            changed = np.zeros(shots[-1].shape[:2], bool)
+            for a, b in itertools.pairwise(shots):
+                changed |= (a != b).any(axis=2)
+            return int(changed.sum()) <= 16 * 9
+
+        assert wait_until(settled, 90, step=0.3), "SeaBIOS's screen never settled"
+        blink = np.zeros((400, 720), bool)
+        for a, b in itertools.pairwise(shots):
+            blink |= (a != b).any(axis=2)
+        keep = ~blink
+
+        figures: dict[str, dict[str, float]] = {}
+        for codec in SHARP_CODECS:
+            row: dict[str, float] = {}
+            for sharp in ("0", "1"):
+                page = browser.new_page(viewport={"width": 720, "height": 400})
+                try:
+                    page.goto(saffron.url + f"?codec={codec}&sharp={sharp}")
+                    wait_for(
+                        lambda page=page: stats(page)["width"] == 720, 60, f"{codec}: the screen"
+                    )
+                    if stats(page)["codec"] != codec:
+                        break  # this Chromium does not decode it (or no encoder here)
+                    last = [0.0]
+
+                    def exact(last: list[float] = last, page: Any = page) -> bool:
+                        shown = read_canvas(page)
+                        last[0] = psnr(shown[keep], screen()[keep])
+                        return last[0] == float("inf")
+
+                    if sharp == "0":
+                        page.wait_for_timeout(2000)  # what video alone leaves, not a speed
+                        exact()
+                        row["video_db"] = round(last[0], 2)
+                        continue
+                    assert wait_until(exact, 30, step=0.25), (
+                        f"{codec}: the text stayed at {last[0]:.1f} dB"
+                    )
+                    row["sharp_db"] = last[0]
+                    page.locator("#stats-toggle").click()  # the text alone at 1:1
+                    page.screenshot(path=str(ARTIFACTS / f"qemu-seabios-sharp-{codec}.png"))
+                    assert stats(page)["backend"], "the stats box names no encoder"
+                finally:
+                    page.close()
+            if row:
+                figures[codec] = row
+        assert "mjpeg" in figures and "sharp_db" in figures["mjpeg"]
+        publish(
+            "sharp-seabios",
+            {"psnr_db": figures},
+            "SeaBIOS text, canvas vs screendump (dB, video -> sharp): "
+            + ", ".join(
+                f"{c} {r.get('video_db')} -> {r.get('sharp_db')}" for c, r in figures.items()
+            ),
+        )

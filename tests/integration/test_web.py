@@ -15,9 +15,18 @@ import pytest
 from aiohttp import ClientSession, WSMsgType
 
 from saffron.broadcast import KEYFRAME_MIN_INTERVAL
-from saffron.display import Button
+from saffron.display import Button, Rect
+from saffron.encoders.tiles import decode_tile
 from saffron.web.keys import scancode_for
-from saffron.web.protocol import HEADER, ProtocolError, unpack_video
+from saffron.web.protocol import (
+    HEADER,
+    KIND_TILE,
+    KIND_VIDEO,
+    KIND_VIDEO_DAMAGE,
+    ProtocolError,
+    unpack_tile,
+    unpack_video,
+)
 from saffron.web.viewer import WINDOW_FRAMES
 from tests.support.harness import WebSite, broken_h264, web_site
 
@@ -63,6 +72,48 @@ async def next_video(ws: Any) -> tuple[Any, bytes]:
         if msg.type == WSMsgType.BINARY:
             return unpack_video(msg.data)
         assert msg.type == WSMsgType.TEXT, msg
+
+
+async def test_a_still_picture_comes_again_as_exact_tiles(env: Env) -> None:
+    """A page that asks for them gets each frame's damage, then the still picture again
+    as lossless tiles: put together, they are the source exactly."""
+    rng = np.random.default_rng(5)
+    picture = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    async with ClientSession() as s:
+        ws = await s.ws_connect(env.url + "ws")
+        assert json.loads((await ws.receive()).data)["type"] == "hello"
+        await ws.send_str(json.dumps({"type": "start", "codec": "mjpeg", "sharp": True}))
+        await asyncio.sleep(0.05)
+        env.display.present(picture.copy(), owned=True)
+        kinds: list[int] = []
+        shown = np.zeros((H, W, 3), np.uint8)
+        covered = np.zeros((H, W), bool)
+        damages = []
+        sent_second = False
+        while not covered.all():
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            if msg.type == WSMsgType.TEXT:
+                continue
+            assert msg.type == WSMsgType.BINARY, msg
+            kinds.append(msg.data[0])
+            if msg.data[0] == KIND_TILE:
+                header, data = unpack_tile(msg.data)
+                r = header.rect
+                assert (header.frame_width, header.frame_height) == (W, H)
+                shown[r.y : r.y + r.height, r.x : r.x + r.width] = decode_tile(data)
+                covered[r.y : r.y + r.height, r.x : r.x + r.width] = True
+                continue
+            header, _ = unpack_video(msg.data)
+            damages.append(header.damage)
+            await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
+            if not sent_second:
+                sent_second = True
+                picture[4:8, 10:20] = 255
+                env.display.present(picture.copy(), Rect(10, 4, 10, 4), owned=True)
+        assert kinds[:2] == [KIND_VIDEO, KIND_VIDEO_DAMAGE]  # the first is all unknown
+        assert damages[:2] == [None, Rect(10, 4, 10, 4)]
+        assert np.array_equal(shown, picture[..., 2::-1])
+        await ws.close()
 
 
 async def test_page_and_health(env: Env) -> None:

@@ -99,3 +99,31 @@ def wait_serial(path: Path, text: str, timeout: float) -> None:
         return path.exists() and text.encode() in path.read_bytes()
 
     assert wait_until(seen, timeout), f"timed out waiting for {text!r} on the guest's serial port"
+
+
+def qmp_screendump(socket_path: Path, out: Path, timeout: float = 10) -> None:
+    """What QEMU's own console shows, as a PPM file: the ground truth a viewer's picture is
+    compared with. ``socket_path`` is a QMP socket (``-qmp unix:PATH,server=on,wait=off``)."""
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        reader = sock.makefile("r")
+
+        def answer() -> dict[str, object]:
+            while True:
+                msg: dict[str, object] = json.loads(reader.readline())
+                if "event" not in msg:
+                    return msg
+
+        answer()  # the greeting
+        for command in (
+            {"execute": "qmp_capabilities"},
+            {"execute": "screendump", "arguments": {"filename": str(out)}},
+        ):
+            sock.sendall(json.dumps(command).encode() + b"\n")
+            reply = answer()
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command['execute']}: {reply['error']}")

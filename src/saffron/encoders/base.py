@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from ..display import Frame
+from ..display import Frame, Rect
 
 CODECS = ("h264", "vp9", "vp8", "av1", "mjpeg")
 """Every codec Saffron can send, in the order it prefers them."""
@@ -27,6 +27,8 @@ class Packet:
     seq: int
     capture_us: int
     encode_ms: float = 0.0
+    damage: Rect | None = None
+    """What changed since the stream's previous packet (set by the broadcast; None: unknown)."""
 
 
 class Encoder(abc.ABC):

@@ -1,9 +1,11 @@
-"""The browser page's wire format: one binary header per video frame, JSON for the rest.
+"""The browser page's wire format: one binary header per video frame or still tile,
+JSON for the rest. The first byte of every binary message is its kind, so a kind a
+reader does not know is recognised (and skipped) rather than misread.
 
 A video message is ``HEADER`` followed by the codec's bitstream (Annex B for
 H.264, raw frames for VP8/VP9, OBUs for AV1, a JPEG file for MJPEG):
 
-    u8  kind      1 = video frame
+    u8  kind      1 = video frame, 3 = video frame with its damage
     u8  codec     index into CODEC_IDS
     u8  flags     bit 0: keyframe
     u8  reserved
@@ -13,8 +15,23 @@ H.264, raw frames for VP8/VP9, OBUs for AV1, a JPEG file for MJPEG):
     u64 capture   capture time, microseconds since the Unix epoch, server clock
     u32 encode    encode time in microseconds
 
-all little-endian. Everything else travels as JSON text messages; see
-``static/app.js`` for the page's side.
+all little-endian. Kind 3 (only to a page that said ``"sharp": true`` in its
+``start``) has ``DAMAGE`` after that header: the rectangle that changed since the
+previous frame this page was sent (u16 x, y, width, height); kind 1 means any of
+it may have.
+
+A still tile (kind 2, same pages only) is ``TILE_HEADER`` followed by a PNG or
+JPEG file, a part of the picture at full quality to draw over the video:
+
+    u8  kind      2 = still tile
+    u8  format    0 = PNG (lossless), 1 = JPEG (q98 4:4:4)
+    u16 x, y, width, height    where it goes (frame pixels)
+    u16 frame width, height    the picture it belongs to
+    u32 after     the last video frame number sent before it: video frames up to
+                  it do not paint over it, later ones' damage does
+
+Everything else travels as JSON text messages; see ``static/app.js`` for the
+page's side.
 """
 
 from __future__ import annotations
@@ -22,10 +39,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..display import Rect
 from ..encoders.base import Packet
+from ..encoders.tiles import TileFormat
 
 HEADER = struct.Struct("<BBBBHHIQI")
+DAMAGE = struct.Struct("<HHHH")
+TILE_HEADER = struct.Struct("<BBHHHHHHI")
 KIND_VIDEO = 1
+KIND_TILE = 2
+KIND_VIDEO_DAMAGE = 3
 FLAG_KEYFRAME = 1
 CODEC_IDS = ("h264", "vp9", "vp8", "av1", "mjpeg")
 
@@ -47,11 +70,23 @@ class VideoHeader:
     frame: int
     capture_us: int
     encode_us: int
+    damage: Rect | None = None
+    """What changed since the previous frame; None: unknown (anything)."""
 
 
-def pack_video(packet: Packet, frame: int) -> bytes:
+@dataclass(frozen=True, slots=True)
+class TileHeader:
+    fmt: TileFormat
+    rect: Rect
+    frame_width: int
+    frame_height: int
+    after: int
+
+
+def pack_video(packet: Packet, frame: int, damage: Rect | None = None) -> bytes:
+    """A video message; with ``damage``, kind 3 carrying it (for pages that asked)."""
     header = HEADER.pack(
-        KIND_VIDEO,
+        KIND_VIDEO if damage is None else KIND_VIDEO_DAMAGE,
         CODEC_IDS.index(packet.codec),
         FLAG_KEYFRAME if packet.keyframe else 0,
         0,
@@ -61,7 +96,26 @@ def pack_video(packet: Packet, frame: int) -> bytes:
         packet.capture_us,
         min(int(packet.encode_ms * 1000), 0xFFFFFFFF),
     )
+    if damage is not None:
+        header += DAMAGE.pack(*_u16(damage.clip(packet.width, packet.height)))
     return header + packet.data
+
+
+def _u16(r: Rect) -> tuple[int, int, int, int]:
+    return (r.x, r.y, r.width, r.height)
+
+
+def pack_tile(fmt: TileFormat, rect: Rect, frame_size: tuple[int, int], after: int) -> bytes:
+    """A still tile's header; the image file follows it (sent as one message)."""
+    return TILE_HEADER.pack(
+        KIND_TILE, fmt, *_u16(rect), frame_size[0], frame_size[1], after & 0xFFFFFFFF
+    )
+
+
+def message_kind(message: bytes) -> int:
+    if not message:
+        raise ProtocolError("empty binary message")
+    return message[0]
 
 
 def unpack_video(message: bytes) -> tuple[VideoHeader, bytes]:
@@ -69,9 +123,26 @@ def unpack_video(message: bytes) -> tuple[VideoHeader, bytes]:
     if len(message) < HEADER.size:
         raise ProtocolError(f"video message of {len(message)} bytes is shorter than its header")
     kind, codec, flags, _, width, height, frame, capture, encode = HEADER.unpack_from(message)
-    if kind != KIND_VIDEO or codec >= len(CODEC_IDS):
+    if kind not in (KIND_VIDEO, KIND_VIDEO_DAMAGE) or codec >= len(CODEC_IDS):
         raise ProtocolError(f"unknown message kind {kind} or codec {codec}")
+    start, damage = HEADER.size, None
+    if kind == KIND_VIDEO_DAMAGE:
+        if len(message) < HEADER.size + DAMAGE.size:
+            raise ProtocolError("video message too short for its damage rectangle")
+        damage = Rect(*DAMAGE.unpack_from(message, HEADER.size))
+        start += DAMAGE.size
     header = VideoHeader(
-        CODEC_IDS[codec], bool(flags & FLAG_KEYFRAME), width, height, frame, capture, encode
+        CODEC_IDS[codec], bool(flags & FLAG_KEYFRAME), width, height, frame, capture, encode, damage
     )
-    return header, message[HEADER.size :]
+    return header, message[start:]
+
+
+def unpack_tile(message: bytes) -> tuple[TileHeader, bytes]:
+    """A still tile's header and image file, for Python viewers (tests)."""
+    if len(message) < TILE_HEADER.size:
+        raise ProtocolError(f"tile message of {len(message)} bytes is shorter than its header")
+    kind, fmt, x, y, w, h, fw, fh, after = TILE_HEADER.unpack_from(message)
+    if kind != KIND_TILE or fmt not in (TileFormat.PNG, TileFormat.JPEG):
+        raise ProtocolError(f"not a tile: kind {kind}, format {fmt}")
+    header = TileHeader(TileFormat(fmt), Rect(x, y, w, h), fw, fh, after)
+    return header, message[TILE_HEADER.size :]

@@ -27,6 +27,7 @@ from ..net.limits import (
 )
 from ..net.origin import HostRule
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
+from ..still import TILE_H, TILE_W
 from .auth import COOKIE, WebAuth
 from .guard import HTTP_LOG, HttpGuard
 from .protocol import MAX_TEXT_MESSAGE
@@ -139,6 +140,7 @@ class WebServer:
             "fps": self.broadcast.fps,
             "enabled": d.enabled,
             "viewOnly": viewer.view_only if viewer is not None else self.view_only,
+            "tile": [TILE_W, TILE_H],
         }
 
     async def start(self, host: str, port: int) -> None:

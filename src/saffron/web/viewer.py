@@ -2,7 +2,15 @@
 
 Its send window is counted in frames the page has not yet acknowledged as decoded,
 so a page on a slow link (or a slow decoder) simply stops being offered frames
-until it catches up, and never builds a queue. It knows the page's wire format
+until it catches up, and never builds a queue.
+
+A page that says so (``"sharp": true`` in its ``start``) gets each frame's damage
+and, once part of its picture has stood still for ``REFRESH_IDLE_S``, that part
+again as still tiles at full quality (see saffron.still): encoded once for all
+pages in the broadcast's worker threads, paced at this page's rate and sent only
+while no video waits, so the next frame never queues behind more than one tile.
+
+It knows the page's wire format
 (web/protocol.py) and what it needs of its server (:class:`PageServer`), not HTTP.
 """
 
@@ -12,19 +20,21 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSMsgType, web
 
 from ..broadcast import Broadcast, Stream
-from ..display import Button, Display
+from ..display import Button, Display, Frame, Rect
 from ..encoders.base import Packet
 from ..net.limits import host_of, peer_label
 from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..ratecontrol import RateEstimator
+from ..still import StillRegions, Tile
 from .keys import scancode_for
-from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_video
+from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_tile, pack_video
 
 log = logging.getLogger("saffron.web")
 
@@ -37,6 +47,21 @@ WINDOW_BYTES = 4 << 20
 whatever it has acknowledged: a guard against a page that acks but cannot read."""
 
 STATS_INTERVAL = 1.0
+
+REFRESH_IDLE_S = 0.15
+"""How long a lossy tile must stand still before it is sent again at full quality: longer
+than the gaps of motion (33 ms at 30 fps, a key repeat), short enough that the refresh
+is drawn within half a second of the picture stopping."""
+
+REFRESH_BUDGET_S = 0.25
+"""A refresh is lossless if it fits this much of the page's rate; beyond, the tiles
+PNG saves least on go as JPEG q98 4:4:4 (saffron.still.choose_formats)."""
+
+TILE_BUFFER_BYTES = 16 * 1024
+"""A still tile is sent only while the socket's buffer holds less than this."""
+
+TILE_BURST_S = 0.05
+"""Still tiles are paced at the page's rate with a burst of this many seconds of it."""
 
 MAX_PENDING_MESSAGES = 256
 """JSON messages queued for a page that is not reading them (pongs it asked for,
@@ -75,7 +100,10 @@ class WebViewer:
         self.closed = False
         self._next = 0
         self._acked = -1
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        """Messages for the send loop: (data, whether it is a still tile)."""
+        self._videos_queued = 0
+        self._tile_bytes_queued = 0
         self._sent: dict[int, tuple[int, float, int]] = {}
         """Frame number -> (capture time, send time, size), until acknowledged."""
         self.rate = RateEstimator(server.broadcast.bitrate_kbps)
@@ -87,6 +115,24 @@ class WebViewer:
         """What the page may still send (see net.ratelimit): past it, it is closed."""
         self.end = ""
         """Why the server closed this page's socket, if it did."""
+        self._backend_told = ""
+        """The encoder the page was last told of: a new one is told with its first frame,
+        not up to a second later (a still picture's page would show "encoder –")."""
+        self.sharp = False
+        """The page draws still tiles over its video (it said so in ``start``)."""
+        self.still = StillRegions()
+        self._fresh = True
+        self._dropped_seen = 0
+        self._last_seq = -1
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._refreshing: asyncio.Future[None] | None = None
+        self._tiles: deque[tuple[tuple[int, int], int, Tile]] = deque()
+        self._pump_timer: asyncio.TimerHandle | None = None
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        self.tiles_sent = 0
+        self.tile_bytes = 0
+        self.refreshes = 0
 
     # -- Viewer ---------------------------------------------------------------
 
@@ -106,8 +152,30 @@ class WebViewer:
     def send_packet(self, packet: Packet) -> None:
         n = self._next
         self._next += 1
-        self._sent[n] = (packet.capture_us, time.monotonic(), len(packet.data))
-        self._queue.put_nowait(pack_video(packet, n))
+        now = time.monotonic()
+        self._sent[n] = (packet.capture_us, now, len(packet.data))
+        self._spend(len(packet.data), now)
+        if self.stream is not None and self.stream.backend != self._backend_told:
+            stats = self._stats()
+            if stats is not None:
+                self.notify(stats)
+        if not self.sharp:
+            self._put_video(pack_video(packet, n))
+            return
+        seat = self.stream.seats.get(self) if self.stream is not None else None
+        dropped = seat.dropped if seat is not None else -1
+        # Frames this page missed changed what nobody told it about: all of it is unknown.
+        known = not self._fresh and dropped == self._dropped_seen
+        self._fresh, self._dropped_seen = False, dropped
+        damage = packet.damage if known else None
+        self.still.on_video(damage, packet.width, packet.height, now)
+        self._last_seq = packet.seq
+        self._put_video(pack_video(packet, n, damage))
+        self._arm_refresh()
+
+    def _put_video(self, data: bytes) -> None:
+        self._videos_queued += 1
+        self._queue.put_nowait((data, False))
 
     # -- the connection -------------------------------------------------------
 
@@ -135,6 +203,7 @@ class WebViewer:
             await self.ws.close(code=1008, message=str(exc)[:120].encode())
         finally:
             self.closed = True
+            self._stop_refresh()
             sender.cancel()
             ticker.cancel()
             for task in list(self._tasks):
@@ -143,12 +212,18 @@ class WebViewer:
 
     async def _send_loop(self) -> None:
         while True:
-            data = await self._queue.get()
+            data, tile = await self._queue.get()
             try:
                 await self.ws.send_bytes(data)
             except (ConnectionError, RuntimeError):
                 self.closed = True
                 return
+            if tile:
+                self._tile_bytes_queued -= len(data)
+            else:
+                self._videos_queued -= 1
+            if self._tiles and self._pump_timer is None:
+                self._pump()
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -177,21 +252,27 @@ class WebViewer:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            stream = self.stream
-            if stream is None:
-                continue
-            seat = stream.seats.get(self)
-            encoded = max(stream.frames_encoded, 1)
-            await self._send_json(
-                {
-                    "type": "stats",
-                    "dropped": seat.dropped if seat else 0,
-                    "backend": stream.backend,
-                    "targetKbps": stream.bitrate_kbps,
-                    "encodeMs": round(stream.encode_ms_total / encoded, 2),
-                    "serverLatencyMs": round(self.latency_ms, 1),
-                }
-            )
+            stats = self._stats()
+            if stats is not None:
+                await self._send_json(stats)
+
+    def _stats(self) -> dict[str, Any] | None:
+        stream = self.stream
+        if stream is None:
+            return None
+        seat = stream.seats.get(self)
+        encoded = max(stream.frames_encoded, 1)
+        self._backend_told = stream.backend
+        return {
+            "type": "stats",
+            "dropped": seat.dropped if seat else 0,
+            "backend": stream.backend,
+            "targetKbps": stream.bitrate_kbps,
+            "encodeMs": round(stream.encode_ms_total / encoded, 2),
+            "serverLatencyMs": round(self.latency_ms, 1),
+            "stillTiles": self.tiles_sent,
+            "stillBytes": self.tile_bytes,
+        }
 
     # -- messages from the page -----------------------------------------------
 
@@ -222,10 +303,127 @@ class WebViewer:
         if codec == self.codec and self.server.broadcast.stream_of(self) is not None:
             return  # already watching it: a repeated start must not cost everyone a keyframe
         self.codec = codec
-        self.stream = self.server.broadcast.join(self, codec)
+        self.sharp = msg.get("sharp") is True
+        self._stop_refresh()
+        self.still.reset(0, 0)
+        self._fresh = True
         self._next, self._acked = 0, -1
         self._sent.clear()
+        self.stream = self.server.broadcast.join(self, codec)
         log.info("web viewer %s watches %s (port %s)", self.host, codec, self.port)
+
+    # -- the sharp refresh (see saffron.still) --------------------------------------------
+
+    def _stop_refresh(self) -> None:
+        for handle in (self._refresh_timer, self._pump_timer, self._refreshing):
+            if handle is not None:
+                handle.cancel()
+        self._refresh_timer = self._pump_timer = self._refreshing = None
+        self._tiles.clear()
+
+    def _arm_refresh(self, delay: float = REFRESH_IDLE_S) -> None:
+        if self._refresh_timer is None and self._refreshing is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._refresh_timer = loop.call_later(max(delay, 0.005), self._refresh)
+
+    def _refresh(self) -> None:
+        """Encode the tiles that stood still since they got lossy video, in a worker."""
+        self._refresh_timer = None
+        stream = self.stream
+        if self.closed or not self.sharp or stream is None:
+            return
+        now = time.monotonic()
+        cells = self.still.due(now, REFRESH_IDLE_S)
+        if not cells:
+            due = self.still.next_due(REFRESH_IDLE_S)
+            if due is not None:
+                self._arm_refresh(due - now)
+            return
+        frame = stream.last_frame
+        if frame is None or frame.seq != self._last_seq:
+            self._arm_refresh()  # this page has not had the newest frame yet: still moving
+            return
+        if (frame.width, frame.height) != (self.still.width, self.still.height):
+            return
+        gens = [self.still.take(c) for c in cells]
+        rects = [self.still.rect(c) for c in cells]
+        budget = int(self._rate_bytes() * REFRESH_BUDGET_S)
+        self.refreshes += 1
+        log.debug(
+            "%s: %d still tiles of frame %d, idle since %.0f ms, budget %d KiB",
+            self.label,
+            len(cells),
+            frame.seq,
+            (now - self.still.last_change) * 1000,
+            budget // 1024,
+        )
+        self._refreshing = asyncio.ensure_future(self._encode(frame, cells, gens, rects, budget))
+
+    async def _encode(
+        self,
+        frame: Frame,
+        cells: list[tuple[int, int]],
+        gens: list[int],
+        rects: list[Rect],
+        budget: int,
+    ) -> None:
+        try:
+            tiles = await self.server.broadcast.tiles.encode_async(frame, rects, budget)
+        except Exception as exc:  # a broken tile must not take the page down
+            log.warning("%s: still tiles failed: %r", self.label, exc)
+            tiles = []
+        finally:
+            self._refreshing = None
+        if self.closed:
+            return
+        for cell, gen in zip(cells, gens, strict=True):
+            if len(tiles) < len(cells):
+                self.still.give_back(cell, gen)
+        self._tiles.extend(zip(cells, gens, tiles, strict=True))
+        self._pump()
+        due = self.still.next_due(REFRESH_IDLE_S)
+        if due is not None:
+            self._arm_refresh(due - time.monotonic())
+
+    def _rate_bytes(self) -> float:
+        """This page's rate budget in bytes per second."""
+        return (self.rate_kbps() or self.server.broadcast.bitrate_kbps) * 125
+
+    def _spend(self, size: int, now: float) -> None:
+        rate = self._rate_bytes()
+        burst = rate * TILE_BURST_S
+        self._tokens = min(self._tokens + rate * (now - self._tokens_at), burst) - size
+        self._tokens_at = now
+
+    def _pump(self) -> None:
+        """Send waiting still tiles while no video waits, the socket is nearly empty and
+        the page's rate allows; a tile damaged since it was encoded is dropped."""
+        self._pump_timer = None
+        loop = asyncio.get_running_loop()
+        transport = self.transport
+        while self._tiles and not self.closed:
+            cell, gen, tile = self._tiles[0]
+            if self.still.generation(cell) != gen:
+                self._tiles.popleft()
+                continue
+            now = time.monotonic()
+            self._spend(0, now)
+            buffered = transport.get_write_buffer_size() if transport is not None else 0
+            busy = self._videos_queued > 0 or buffered + self._tile_bytes_queued > TILE_BUFFER_BYTES
+            rate = self._rate_bytes()
+            short = min(len(tile.data), rate * TILE_BURST_S) - self._tokens
+            if busy or short > 0:
+                wait = 0.005 if busy else short / max(rate, 1.0)
+                self._pump_timer = loop.call_later(max(wait, 0.002), self._pump)
+                return
+            self._tiles.popleft()
+            self._spend(len(tile.data), now)
+            size = (self.still.width, self.still.height)
+            data = pack_tile(tile.fmt, tile.rect, size, self._next - 1) + tile.data
+            self._tile_bytes_queued += len(data)
+            self._queue.put_nowait((data, True))
+            self.tiles_sent += 1
+            self.tile_bytes += len(tile.data)
 
     def _on_ack(self, msg: dict[str, Any]) -> None:
         frame = int(msg["frame"])

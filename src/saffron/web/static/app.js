@@ -1,8 +1,15 @@
-// Saffron's viewer page: WebCodecs into a canvas, input back, live statistics.
+// Saffron's viewer page: WebCodecs into a canvas, input back, live statistics,
+// and still tiles at full quality drawn over the video where the picture stands still.
 // The wire format is described in saffron/web/protocol.py.
 
 const CODEC_IDS = ["h264", "vp9", "vp8", "av1", "mjpeg"];
+const KIND_VIDEO = 1;
+const KIND_TILE = 2;
+const KIND_VIDEO_DAMAGE = 3;
 const HEADER_SIZE = 24;
+const DAMAGE_SIZE = 8;
+const TILE_HEADER_SIZE = 18;
+const TILE_TYPES = ["image/png", "image/jpeg"];
 const FLAG_KEYFRAME = 1;
 const SESSION_ENDED = 4001;  // close code: this page's session ended (saffron/net/websocket.py)
 
@@ -10,10 +17,13 @@ const canvas = document.getElementById("screen");
 const ctx2d = canvas.getContext("2d", { alpha: false, desynchronized: true });
 const statusEl = document.getElementById("status");
 const params = new URLSearchParams(location.search);
+const wantSharp = params.get("sharp") !== "0";  // ?sharp=0: video only, no still tiles
 
 const stats = {
   framesDecoded: 0, fps: 0, codec: "", width: 0, height: 0,
   latencyMs: 0, bitrateKbps: 0, dropped: 0, backend: "", decodeErrors: 0,
+  stillTiles: 0, stillJpeg: 0, sharpTiles: 0,  // still tiles drawn (of them JPEG), sharp now
+  videoAt: 0, tileAt: 0,  // performance.now() of the last video frame and still tile drawn
 };
 window.saffronStats = stats;
 
@@ -103,14 +113,15 @@ function ensureDecoder(codec, width, height) {
   decoder = new VideoDecoder({
     output: (frame) => {
       sizeCanvas(frame.displayWidth, frame.displayHeight);
-      ctx2d.drawImage(frame, 0, 0);
       const meta = pending.get(frame.timestamp);
       pending.delete(frame.timestamp);
+      drawVideo(frame, meta ? meta.damage : null);
       frame.close();
       if (meta) { frameShown(meta.frame, meta.capture); clearStatusFor(meta.since); }
     },
     error: (e) => {
       stats.decodeErrors += 1;
+      sharpUndrawn(null);
       console.warn("decoder error", e);
       decoderKey = "";
     },
@@ -118,9 +129,152 @@ function ensureDecoder(codec, width, height) {
   decoder.configure({ codec: codecString(codec, width, height), codedWidth: width, codedHeight: height, optimizeForLatency: true });
 }
 
+// -- still tiles --------------------------------------------------------------
+// The picture is a grid of tiles (its size comes in "hello"). A tile the server sent
+// again at full quality is kept in `sharp.canvas` and drawn over every video frame
+// until a video frame sent after it (numbered above its `after`) changes it. Where
+// a tile was ever sharp, video is drawn only where its frames changed the picture,
+// so a blinking cursor does not blur the text beside it.
+
+const sharp = {
+  canvas: document.createElement("canvas"), ctx: null, tw: 128, th: 64,
+  w: 0, h: 0, cols: 0, rows: 0, count: 0,
+  after: new Float64Array(0),    // per tile: the frame number it is sharp after, or -1
+  kept: new Uint8Array(0),       // per tile: it holds sharp pixels outside later damage
+  undrawn: [],                   // damage of frames not drawn (null: unknown): drawn next
+  damaged: new Float64Array(0),  // per tile: the last frame number whose damage covered it
+};
+sharp.ctx = sharp.canvas.getContext("2d", { alpha: false });
+
+function sharpReset(width, height) {
+  sharp.w = width; sharp.h = height;
+  sharp.cols = Math.ceil(width / sharp.tw); sharp.rows = Math.ceil(height / sharp.th);
+  sharp.after = new Float64Array(sharp.cols * sharp.rows).fill(-1);
+  sharp.damaged = new Float64Array(sharp.cols * sharp.rows).fill(-1);
+  sharp.kept = new Uint8Array(sharp.cols * sharp.rows);
+  sharp.undrawn = [];
+  sharp.count = 0;
+  stats.sharpTiles = 0;
+  if (width && height) { sharp.canvas.width = width; sharp.canvas.height = height; }
+}
+
+// Video frame `frame` changed `damage` ([x, y, w, h]; null: anything): tiles sharp
+// from before it are lossy again.
+function sharpDamage(frame, damage) {
+  let c0 = 0, c1 = sharp.cols, r0 = 0, r1 = sharp.rows;
+  if (damage) {
+    const [x, y, w, h] = damage;
+    if (w <= 0 || h <= 0) return;
+    c0 = Math.floor(x / sharp.tw); c1 = Math.min(Math.ceil((x + w) / sharp.tw), sharp.cols);
+    r0 = Math.floor(y / sharp.th); r1 = Math.min(Math.ceil((y + h) / sharp.th), sharp.rows);
+  }
+  for (let r = r0; r < r1; r++) {
+    for (let c = c0; c < c1; c++) {
+      const i = r * sharp.cols + c;
+      if (sharp.damaged[i] < frame) sharp.damaged[i] = frame;
+      if (sharp.after[i] >= 0 && sharp.after[i] < frame) { sharp.after[i] = -1; sharp.count -= 1; }
+      if (!damage && sharp.after[i] < 0) sharp.kept[i] = 0;
+    }
+  }
+  stats.sharpTiles = sharp.count;
+}
+
+// A frame whose damage never reached the canvas (skipped, or its decode failed): the
+// next frame drawn draws that area too.
+function sharpUndrawn(damage) { sharp.undrawn.push(damage); }
+
+// A decoded video frame onto the canvas: everywhere no tile was ever sharp, and where
+// this frame (or one not drawn) changed the picture; then the sharp tiles over it.
+function drawVideo(image, damage) {
+  stats.videoAt = performance.now();
+  const extra = sharp.undrawn;
+  sharp.undrawn = [];
+  const fits = canvas.width === sharp.w && canvas.height === sharp.h;
+  if (!fits || damage === null || extra.includes(null) || !sharp.kept.includes(1)) {
+    if (fits && (damage === null || extra.includes(null))) {
+      for (let i = 0; i < sharp.kept.length; i++) if (sharp.after[i] < 0) sharp.kept[i] = 0;
+    }
+    ctx2d.drawImage(image, 0, 0);
+    sharpOverlay();
+    return;
+  }
+  ctx2d.save();
+  ctx2d.beginPath();
+  for (const d of [damage, ...extra]) ctx2d.rect(d[0], d[1], d[2], d[3]);
+  for (let r = 0; r < sharp.rows; r++) {
+    let c = 0;
+    while (c < sharp.cols) {
+      if (sharp.kept[r * sharp.cols + c]) { c += 1; continue; }
+      const c0 = c;
+      while (c < sharp.cols && !sharp.kept[r * sharp.cols + c]) c += 1;
+      ctx2d.rect(c0 * sharp.tw, r * sharp.th, (c - c0) * sharp.tw, sharp.th);
+    }
+  }
+  ctx2d.clip();
+  ctx2d.drawImage(image, 0, 0);
+  ctx2d.restore();
+  sharpOverlay();
+}
+
+// After a video frame is drawn: the sharp tiles over it again.
+function sharpOverlay() {
+  if (!sharp.count || canvas.width !== sharp.w || canvas.height !== sharp.h) return;
+  ctx2d.save();
+  ctx2d.beginPath();
+  for (let r = 0; r < sharp.rows; r++) {
+    let c = 0;
+    while (c < sharp.cols) {
+      if (sharp.after[r * sharp.cols + c] < 0) { c += 1; continue; }
+      const c0 = c;
+      while (c < sharp.cols && sharp.after[r * sharp.cols + c] >= 0) c += 1;
+      ctx2d.rect(c0 * sharp.tw, r * sharp.th, (c - c0) * sharp.tw, sharp.th);
+    }
+  }
+  ctx2d.clip();
+  ctx2d.drawImage(sharp.canvas, 0, 0);
+  ctx2d.restore();
+}
+
+async function onTile(buf) {
+  const view = new DataView(buf);
+  const type = TILE_TYPES[view.getUint8(1)];
+  const x = view.getUint16(2, true), y = view.getUint16(4, true);
+  const fw = view.getUint16(10, true), fh = view.getUint16(12, true);
+  const after = view.getUint32(14, true);
+  recent.push({ t: performance.now(), bytes: buf.byteLength, latency: null });
+  if (!type || fw !== sharp.w || fh !== sharp.h) return;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(new Blob([new Uint8Array(buf, TILE_HEADER_SIZE)], { type }),
+      { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  } catch (e) { stats.decodeErrors += 1; return; }
+  const i = Math.floor(y / sharp.th) * sharp.cols + Math.floor(x / sharp.tw);
+  // A new size or stream meanwhile, or a video frame sent after the tile changed it.
+  if (fw !== sharp.w || fh !== sharp.h || !(sharp.damaged[i] <= after)) { bitmap.close(); return; }
+  sharp.ctx.drawImage(bitmap, x, y);
+  if (canvas.width === fw && canvas.height === fh) ctx2d.drawImage(bitmap, x, y);
+  bitmap.close();
+  if (sharp.after[i] < 0) sharp.count += 1;
+  sharp.after[i] = after;
+  sharp.kept[i] = 1;
+  stats.stillTiles += 1;
+  stats.tileAt = performance.now();
+  if (type === "image/jpeg") stats.stillJpeg += 1;
+  stats.sharpTiles = sharp.count;
+}
+
+// -- video --------------------------------------------------------------------
+
 const pending = new Map();   // chunk timestamp -> {frame, capture}
 
-async function onVideo(buf) {
+function onBinary(buf) {
+  const kind = new DataView(buf).getUint8(0);
+  if (kind === KIND_VIDEO || kind === KIND_VIDEO_DAMAGE) onVideo(buf, kind);
+  else if (kind === KIND_TILE) onTile(buf);
+  else console.warn("unknown binary message kind", kind);
+}
+
+async function onVideo(buf, kind) {
   const view = new DataView(buf);
   const codec = CODEC_IDS[view.getUint8(1)];
   const key = (view.getUint8(2) & FLAG_KEYFRAME) !== 0;
@@ -128,30 +282,39 @@ async function onVideo(buf) {
   const height = view.getUint16(6, true);
   const frame = view.getUint32(8, true);
   const capture = Number(view.getBigUint64(12, true));
-  const data = new Uint8Array(buf, HEADER_SIZE);
+  let damage = null;
+  let start = HEADER_SIZE;
+  if (kind === KIND_VIDEO_DAMAGE) {
+    damage = [0, 2, 4, 6].map((o) => view.getUint16(HEADER_SIZE + o, true));
+    start += DAMAGE_SIZE;
+  }
+  const data = new Uint8Array(buf, start);
   recent.push({ t: performance.now(), bytes: buf.byteLength, latency: null });
   const since = statusSince;
+  if (width !== sharp.w || height !== sharp.h) sharpReset(width, height);
+  sharpDamage(frame, damage);  // now, in the order sent: a tile sent later may be decoded first
 
   if (codec === "mjpeg") {
     try {
       const bitmap = await createImageBitmap(new Blob([data], { type: "image/jpeg" }));
       sizeCanvas(bitmap.width, bitmap.height);
-      ctx2d.drawImage(bitmap, 0, 0);
+      drawVideo(bitmap, damage);
       bitmap.close();
       clearStatusFor(since);
-    } catch (e) { stats.decodeErrors += 1; }
+    } catch (e) { stats.decodeErrors += 1; sharpUndrawn(damage); }
     frameShown(frame, capture);
     return;
   }
   ensureDecoder(codec, width, height);
-  if (waitKey && !key) { send({ type: "ack", frame }); return; }
+  if (waitKey && !key) { sharpUndrawn(damage); send({ type: "ack", frame }); return; }
   waitKey = false;
-  pending.set(frame, { frame, capture, since });
+  pending.set(frame, { frame, capture, since, damage });
   try {
     decoder.decode(new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp: frame, data }));
   } catch (e) {
     stats.decodeErrors += 1;
     pending.delete(frame);
+    sharpUndrawn(damage);
     send({ type: "ack", frame });
     decoderKey = "";
   }
@@ -215,12 +378,17 @@ async function onText(text) {
       const codec = await chooseCodec(msg);
       if (!codec) { setStatus("This browser cannot decode any codec the server offers."); return; }
       stats.codec = codec;
+      if (msg.tile) { [sharp.tw, sharp.th] = msg.tile; }
+      sharpReset(0, 0);
       setStatus(msg.enabled ? "Waiting for the first frame…" : "Waiting for the VM…");
-      send({ type: "start", codec });
+      send({ type: "start", codec, sharp: wantSharp });
       break;
     }
     case "pong": onPong(msg); break;
-    case "stats": stats.dropped = msg.dropped; stats.backend = msg.backend; break;
+    case "stats":
+      stats.dropped = msg.dropped; stats.backend = msg.backend;
+      document.getElementById("s-backend").textContent = stats.backend || "–";
+      break;
     case "status": setStatus(msg.text); break;
     case "resize": break;  // frames carry their size; the decoder follows
     case "cursor": setCursor(msg); break;
@@ -230,7 +398,8 @@ async function onText(text) {
       if (!codec) { setStatus("This browser cannot decode any codec the server still offers."); return; }
       stats.codec = codec;
       decoderKey = "";
-      send({ type: "start", codec });
+      sharpReset(0, 0);
+      send({ type: "start", codec, sharp: wantSharp });
       break;
     }
     default: console.warn("unknown message", msg.type);
@@ -243,7 +412,7 @@ function connect() {
   ws.binaryType = "arraybuffer";
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") onText(ev.data);
-    else onVideo(ev.data);
+    else onBinary(ev.data);
   };
   ws.onopen = () => { ping(); };
   ws.onclose = (ev) => {
