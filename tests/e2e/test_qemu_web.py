@@ -185,7 +185,7 @@ def test_attach_mode_survives_a_qemu_restart(qemu: Qemu, browser: Any) -> None:
 SHARP_CODECS = ["h264", "vp8", "vp9", "av1", "mjpeg"]
 
 
-def test_seabios_text_is_sharp_in_the_browser(browser: Any, tmp_path: Path) -> None:
+def test_seabios_text_is_sharp_in_the_browser(qemu: Qemu, browser: Any, tmp_path: Path) -> None:
     """SeaBIOS's text screen, still: the page's canvas becomes QEMU's own screendump
     exactly (outside the blinking cursor), whatever the video codec; without the still
     tiles (``?sharp=0``) it stays lossy. Before/after PSNR in ARTIFACTS/sharp-seabios.json."""
@@ -198,7 +198,7 @@ def test_seabios_text_is_sharp_in_the_browser(browser: Any, tmp_path: Path) -> N
             return np.asarray(image.convert("RGB"))
 
     with run_saffron(
-        "qemu", "--fps", "30", "--", *QEMU, "-m", "64", "-name", "e2e-sharp",
+        "qemu", "--fps", "30", "--", *qemu.command(*BASE, "-m", "64", "-name", "e2e-sharp"),
         "-qmp", f"unix:{qmp},server=on,wait=off", timeout=60,
     ) as saffron:  # fmt: skip
         # Wait for SeaBIOS to give up booting: then only the cursor blinks.
