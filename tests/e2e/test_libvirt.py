@@ -160,7 +160,8 @@ def test_p2p_browser_and_spice_gtk_across_a_restart(
 
                 report = run_gtk_client(
                     spice,
-                    "--settle", "3", "--seconds", "1", "--still", "--quiet", "0",
+                    "--codec", "mjpeg", "--settle", "3", "--seconds", "1",
+                    "--still", "--quiet", "0",
                     "--cycles", "2", "--dump", str(dump), "--timeout", "170",
                     timeout=180,
                     on_phase={"still-1": restart},
