@@ -29,7 +29,13 @@ from saffron.bench.process import free_port, start_saffron
 from tests.e2e.test_qemu_web import canvas, stats, wait_for
 from tests.support.artifacts import ARTIFACTS, publish
 from tests.support.gtk import run_gtk_client
-from tests.support.libvirtd import QEMU_USER, defined_domain, guest_files, running_libvirtd
+from tests.support.libvirtd import (
+    CONF_PREFIX,
+    QEMU_USER,
+    defined_domain,
+    guest_files,
+    running_libvirtd,
+)
 from tests.support.process import run_saffron
 
 P2P = "<graphics type='dbus' p2p='yes'/>"
@@ -41,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def libvirtd() -> Iterator[bool]:
     """A running libvirtd (and virtlogd), stopped at the end if this session started it;
     True when it is ours (its read-only socket open to QEMU's user)."""
-    work = Path(tempfile.mkdtemp(prefix="saffron-libvirtd-"))
+    work = Path(tempfile.mkdtemp(prefix=CONF_PREFIX))
     try:
         with running_libvirtd(work) as ours:
             yield ours

@@ -32,6 +32,8 @@ URI = "qemu:///system"
 QEMU_USER = "libvirt-qemu"
 PACKAGES = "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
 LIBVIRTD_CONF = 'auth_unix_ro = "none"\n'
+CONF_PREFIX = "saffron-libvirtd-"
+"""The start of the directory the caller keeps libvirtd.conf in (tests/e2e/test_libvirt.py)."""
 
 
 def virsh(*args: str, check: bool = True, timeout: float = 60) -> str:
@@ -93,8 +95,8 @@ def _wait(test: object, timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def running_libvirtd(workdir: Path) -> Iterator[bool]:
-    """libvirtd and virtlogd running; yields whether this libvirtd is ours (started here,
-    with the read-only socket open to other users)."""
+    """libvirtd and virtlogd running; yields whether this libvirtd runs with our config
+    (the read-only socket open to other users): started here, or left by a killed run."""
     missing = [p for p in ("libvirtd", "virtlogd", "virsh") if shutil.which(p) is None]
     if missing:
         raise RuntimeError(f"no {', '.join(missing)}: apt-get install {PACKAGES}")
@@ -109,6 +111,9 @@ def running_libvirtd(workdir: Path) -> Iterator[bool]:
             subprocess.run(["virtlogd", "-d"], check=True)
             _wait(lambda: _alive(Path("/run/virtlogd.pid")), 10, "virtlogd")
             started.append(_alive(Path("/run/virtlogd.pid")) or 0)
+        pid = _alive(Path("/run/libvirtd.pid"))
+        if pid is not None and CONF_PREFIX in Path(f"/proc/{pid}/cmdline").read_text():
+            ours = True  # left running by an earlier session that was killed: same config
         if not _answers():
             conf = workdir / "libvirtd.conf"
             conf.write_text(LIBVIRTD_CONF)
