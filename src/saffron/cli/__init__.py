@@ -44,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dbus-address", help="qemu source: the D-Bus address of a running QEMU"
     )
     serve_parser.add_argument("--console", type=int, default=0, help="qemu source: console number")
+    serve_parser.add_argument(
+        "--libvirt",
+        metavar="DOMAIN",
+        help="show the VM libvirt runs as DOMAIN (its <graphics type='dbus'>), across restarts",
+    )
+    serve_parser.add_argument(
+        "--connect",
+        metavar="URI",
+        default="qemu:///system",
+        help="--libvirt: libvirt's connection URI (default qemu:///system)",
+    )
     add_serve_options(serve_parser)
 
     qemu_parser = sub.add_parser(

@@ -183,6 +183,8 @@ def _rotate_tokens(server: Server) -> None:
 def producer(opts: Options, args: argparse.Namespace, display: Display) -> Producer:
     """The producer ``--source`` names, drawing on ``display``."""
     w, h = opts.size
+    if getattr(args, "libvirt", None):
+        return libvirt_producer(args, display)
     if opts.source == "demo":
         from ..sources.demo import DemoSource
 
@@ -201,6 +203,19 @@ def producer(opts: Options, args: argparse.Namespace, display: Display) -> Produ
             display, dbus_address=args.dbus_address, console=args.console, reattach=True
         )
     raise StartupError(f"unknown source {opts.source}")
+
+
+def libvirt_producer(args: argparse.Namespace, display: Display) -> Producer:
+    """``--libvirt DOMAIN``: a VM libvirt runs, followed across its restarts."""
+    from ..sources.qemu import QemuError
+    from ..sources.qemu.libvirt import LibvirtSource
+
+    try:
+        source = LibvirtSource(display, args.libvirt, uri=args.connect, console=args.console)
+        log.info("%s", source.check())
+    except QemuError as exc:
+        raise StartupError(str(exc)) from None
+    return source
 
 
 def command(args: argparse.Namespace) -> int:

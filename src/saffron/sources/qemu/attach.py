@@ -8,6 +8,11 @@ changes hands it attaches anew). It reads the VM's name and UUID, registers a
 events, and follows the console's properties (size, absolute mouse). With
 ``reattach=True`` it keeps waiting for QEMU and registers again each time QEMU
 comes back. Starting QEMU is :mod:`.process`'s job, not this one's.
+
+Instead of a bus address it may be given a ``locate`` function, asked before every
+connection where QEMU's display is now: a bus address, or a :class:`Peer`, a
+peer-to-peer D-Bus connection straight to QEMU (libvirt's ``p2p='yes'``): there is no
+bus daemon on it, so no ``Hello``, no name owner, and losing it means QEMU is gone.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from jeepney.low_level import HeaderFields, MessageType
 from jeepney.wrappers import DBusAddress, new_method_call
 
 from ...display import Display
-from .dbus import Incoming, Waker, Wire, connect_bus
-from .errors import DBusError, NotThere, QemuError
+from .dbus import Incoming, Waker, Wire, connect_bus, connect_peer
+from .errors import DBusError, NotThere, QemuError, Refused
 from .input import InputCall, QemuInput
 from .interfaces import (
     BUS_NAME,
@@ -46,6 +51,20 @@ from .interfaces import (
 from .listener import ListenerStats, QemuListener
 
 log = logging.getLogger("saffron.qemu")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A peer-to-peer D-Bus connection to QEMU's display, not yet authenticated."""
+
+    sock: socket.socket
+    where: str
+    """What it is, for the log (e.g. "libvirt domain 'vm1' (p2p)")."""
+
+
+Locate = Callable[[], "str | Peer"]
+"""Where QEMU's display is now: a bus address or a :class:`Peer`; raises
+:class:`~.errors.NotThere` when it is not there yet, QemuError when it cannot be used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +107,24 @@ class QemuSource:
         self,
         display: Display,
         *,
-        dbus_address: str,
+        dbus_address: str = "",
+        locate: Locate | None = None,
         console: int = 0,
         reattach: bool = False,
         attach_timeout: float = 30.0,
         retry_interval: float = 0.5,
         map_interface: bool = True,
         process_exited: Callable[[], bool] | None = None,
+        refused_hint: str = "",
     ) -> None:
+        if not dbus_address and locate is None:
+            raise ValueError("QemuSource needs a bus address or a locate function")
         self.display = display
         self.address = dbus_address
+        """The bus (or peer connection) last connected to, for the log."""
+        self.locate = locate
+        self.refused_hint = refused_hint
+        """Said after "the bus refused us": what the user can do about it."""
         self.console = console
         self.reattach = reattach
         self.attach_timeout = attach_timeout
@@ -124,6 +151,8 @@ class QemuSource:
         """Called from the source's thread once it has closed for good."""
         self._listener: QemuListener | None = None
         self._bus: Wire | None = None
+        self._peer = False
+        """Whether ``_bus`` is a peer-to-peer connection to QEMU (no bus daemon)."""
         self._owner = ""
         """The unique name (":1.NN") that owned ``org.qemu`` when we attached, "" when
         detached. Every call goes to it, never to ``org.qemu``: on a shared bus another
@@ -158,6 +187,12 @@ class QemuSource:
         elif self._thread.ident is None:  # never started
             self._waker.close()
             self.closed.set()
+
+    def kick(self) -> None:
+        """Try to attach now rather than at the next retry (e.g. the VM just started);
+        from any thread."""
+        self._next_try = 0.0
+        self._wake()
 
     def wait_attached(self, timeout: float | None = None) -> bool:
         return self.attached.wait(timeout)
@@ -201,7 +236,7 @@ class QemuSource:
 
     def _main(self) -> None:
         deadline = time.monotonic() + self.attach_timeout
-        waiting_logged = False
+        waiting_logged = ""
         reason = "stopped"
         try:
             while not self._stopping:
@@ -220,7 +255,7 @@ class QemuSource:
                 elif self._listener is None and now >= self._next_try:
                     try:
                         self._attach()
-                        waiting_logged = False
+                        waiting_logged = ""
                     except QemuError as exc:
                         if self._stopping:
                             break
@@ -230,9 +265,13 @@ class QemuSource:
                             reason = f"could not attach to QEMU: {exc}"
                             log.debug("%s", reason)
                             break
-                        if not waiting_logged or not isinstance(exc, NotThere):
-                            log.info("waiting for QEMU on %s (%s)", self.address, exc)
-                            waiting_logged = True
+                        said = "not there" if isinstance(exc, NotThere) else str(exc)
+                        if said != waiting_logged:  # once per wait, or per new problem
+                            if isinstance(exc, Refused):
+                                log.error("%s%s", exc, self.refused_hint)
+                            else:
+                                log.info("waiting for QEMU on %s (%s)", self.address, exc)
+                            waiting_logged = said
                         self._next_try = now + self.retry_interval
                 if self._listener is not None and self._bus is not None:
                     timeout = None
@@ -294,6 +333,9 @@ class QemuSource:
             try:
                 self._dispatch(self._bus.recv())
             except (OSError, EOFError, QemuError) as exc:
+                if self._peer and self._listener is not None:
+                    # the connection was QEMU itself: it is gone
+                    return self._detach(f"lost the connection to QEMU: {exc}", owner_changed=False)
                 log.warning("lost the D-Bus connection to %s: %s", self.address, exc)
                 self._bus.close()
                 self._bus = None
@@ -315,6 +357,9 @@ class QemuSource:
         self._size_query = False
         if listener is not None:
             listener.close()  # QEMU forgets it (nothing to do when QEMU ended it)
+        if self._peer and self._bus is not None:
+            self._bus.close()  # a peer connection is one QEMU's: the next one gets a new one
+            self._bus = None
         if self._stopping:
             return "stopped"
         if owner_changed:
@@ -367,8 +412,18 @@ class QemuSource:
     def _ensure_bus(self) -> Wire:
         if self._bus is not None:
             return self._bus
+        target = self.locate() if self.locate is not None else self.address
+        if isinstance(target, Peer):
+            self.address = target.where
+            self._bus = connect_peer(target.sock, CALL_TIMEOUT)
+            self._peer = True
+            self._pending.clear()
+            log.debug("connected peer to peer to QEMU (%s)", target.where)
+            return self._bus
+        self.address = target
         wire, name = connect_bus(self.address, CALL_TIMEOUT)
         self._bus = wire
+        self._peer = False
         self._pending.clear()
         log.debug("on the bus %s as %s", self.address, name)
         rules = [
@@ -427,8 +482,12 @@ class QemuSource:
         nothing reaches a process that takes ``org.qemu`` later.
         """
         self._ensure_bus()
-        (bus_id,) = self._call(DBus().GetId())
-        owner = self._current_owner()
+        if self._peer:  # QEMU itself at the other end: no bus id, no name owner
+            bus_id, owner = "", BUS_NAME
+            self._name_owner = owner
+        else:
+            (bus_id,) = self._call(DBus().GetId())
+            owner = self._current_owner()
         if not owner:
             raise NotThere(f"no {BUS_NAME} on the bus yet")
         vm = self._get_all(owner, VM_PATH, IFACE_VM)
@@ -519,9 +578,10 @@ class QemuSource:
             else:
                 log.info("QEMU left the bus")
             return
-        if member != "PropertiesChanged" or msg.header.fields.get(HeaderFields.sender) != (
-            self._owner
-        ):
+        if member != "PropertiesChanged":
+            return
+        sender = msg.header.fields.get(HeaderFields.sender)
+        if not (sender == self._owner or (self._peer and sender is None and self._owner)):
             return
         iface, changed, _invalidated = msg.body()
         values = {str(k): v[1] for k, v in changed.items()}

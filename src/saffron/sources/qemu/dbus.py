@@ -32,7 +32,7 @@ from jeepney.low_level import (
 )
 
 from ...display import now_us
-from .errors import NotThere, QemuError
+from .errors import NotThere, QemuError, Refused
 
 log = logging.getLogger("saffron.qemu")
 
@@ -213,15 +213,37 @@ def error_reply(to: Incoming, name: str, text: str) -> Any:
     return Message(_new_header(MessageType.error, fields), (text,))
 
 
+def connect_peer(sock: socket.socket, timeout: float) -> Wire:
+    """Authenticate on a peer-to-peer D-Bus connection straight to QEMU (one libvirt's
+    ``virDomainOpenGraphicsFD`` handed over): no bus daemon, so no ``Hello``."""
+    sock.settimeout(timeout)
+    wire = Wire(sock)
+    try:
+        wire.authenticate()
+    except (OSError, EOFError, ValueError) as exc:
+        wire.close()
+        raise NotThere(f"QEMU's peer-to-peer D-Bus connection failed: {exc}") from exc
+    return wire
+
+
 def connect_bus(address: str, timeout: float) -> tuple[Wire, str]:
-    """Connect, authenticate and say Hello on a bus; returns the wire and our unique name."""
+    """Connect, authenticate and say Hello on a bus; returns the wire and our unique name.
+
+    Raises :class:`Refused` when a bus is listening but shuts us out before answering
+    Hello (a bus that takes only other users, such as libvirt's per-VM buses).
+    """
     errors: list[str] = []
     for path in get_connectable_addresses(address):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-            wire = Wire(sock)
+        except OSError as exc:
+            sock.close()
+            errors.append(f"{path.lstrip(chr(0))}: {exc}")
+            continue
+        wire = Wire(sock)
+        try:
             wire.authenticate()
             serial = wire.send(DBus().Hello())
             while True:
@@ -231,7 +253,13 @@ def connect_bus(address: str, timeout: float) -> tuple[Wire, str]:
                     if msg.header.message_type is MessageType.error:
                         raise QemuError(f"the bus refused Hello: {body}")
                     return wire, str(body[0])
+        except TimeoutError as exc:
+            sock.close()
+            errors.append(f"{path.lstrip(chr(0))}: no answer in {timeout:.0f} s ({exc})")
         except (OSError, EOFError, ValueError) as exc:
             sock.close()
-            errors.append(f"{path.lstrip(chr(0))}: {exc}")
+            log.debug("the bus %s shut us out: %s", address, exc)
+            raise Refused(
+                f"the bus {address} shut Saffron (uid {os.getuid()}) out at authentication"
+            ) from exc
     raise NotThere("cannot connect to the D-Bus bus (" + "; ".join(errors) + ")")

@@ -17,3 +17,8 @@ class DBusError(QemuError):
 
 class NotThere(QemuError):
     """QEMU (or its bus) is not there yet: worth trying again later."""
+
+
+class Refused(QemuError):
+    """The bus is there but refused to let us in (its EXTERNAL authentication takes
+    other users only): trying again as the same user will not help."""

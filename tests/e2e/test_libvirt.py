@@ -1,0 +1,293 @@
+"""VMs that libvirt runs: `saffron serve --libvirt DOMAIN`, against a real libvirtd.
+
+A libvirtd and a virtlogd are started for the session (tests/support/libvirtd.py);
+each test defines a domain booting the test guest with a D-Bus display, peer to peer
+(``p2p='yes'``, through ``virDomainOpenGraphicsFD``) or on the VM's own bus, and checks
+what Chromium and spice-gtk see across a ``virsh destroy`` + ``virsh start``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from saffron.bench import guest as build_guest
+from saffron.bench.guest import Guest
+from saffron.bench.process import free_port, start_saffron
+from tests.e2e.test_qemu_web import canvas, stats, wait_for
+from tests.support.artifacts import ARTIFACTS, publish
+from tests.support.gtk import run_gtk_client
+from tests.support.libvirtd import (
+    CONF_PREFIX,
+    QEMU_USER,
+    defined_domain,
+    guest_files,
+    running_libvirtd,
+)
+from tests.support.process import run_saffron
+
+P2P = "<graphics type='dbus' p2p='yes'/>"
+BUS = "<graphics type='dbus'/>"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[bool]:
+    """A running libvirtd (and virtlogd), stopped at the end if this session started it;
+    True when it is ours (its read-only socket open to QEMU's user)."""
+    work = Path(tempfile.mkdtemp(prefix=CONF_PREFIX))
+    try:
+        with running_libvirtd(work) as ours:
+            yield ours
+    except PermissionError as exc:
+        pytest.skip(str(exc))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    return build_guest.build_guest()
+
+
+@pytest.fixture(scope="module")
+def files(guest: Guest) -> Iterator[Path]:
+    where = guest_files(guest)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def guest_shown(page: Any) -> bool:
+    s = stats(page)
+    return bool(s["width"] == build_guest.WIDTH and s["height"] == build_guest.HEIGHT)
+
+
+def waits(page: Any) -> bool:
+    """The page says it waits for the VM ("Waiting for the VM…" when it opened with no
+    picture, "waiting for the VM" when the picture went)."""
+    return "waiting for the vm" in page.locator("#status").inner_text().lower()
+
+
+def band_moves(page: Any) -> None:
+    band = slice(0, build_guest.BAND_ROWS_MAX)
+    first = canvas(page, band).astype(int)
+    wait_for(
+        lambda: np.abs(canvas(page, band).astype(int) - first).mean() > 1,
+        20,
+        "the guest's band to move",
+    )
+
+
+def restart_and_time(page: Any, dom: Any) -> dict[str, float]:
+    """``virsh destroy``, the page says it waits, ``virsh start``: seconds from the start
+    to the first frame and to the guest's own 1024x768 picture, on the same page."""
+    dom.destroy()
+    try:
+        wait_for(
+            lambda: waits(page),
+            20,
+            "the page to say it waits for the VM",
+        )
+    except AssertionError as exc:
+        status = page.locator("#status").inner_text()
+        raise AssertionError(f"{exc}: the page says {status!r}, {stats(page)}") from None
+    before = stats(page)["framesDecoded"]
+    t0 = time.monotonic()
+    dom.start()
+    first = guest_at = 0.0
+    deadline = t0 + 90
+    while time.monotonic() < deadline:
+        s = stats(page)
+        if not first and s["framesDecoded"] > before:
+            first = time.monotonic() - t0
+        if first and guest_shown(page):
+            guest_at = time.monotonic() - t0
+            break
+        time.sleep(0.05)
+    assert guest_at, f"no picture back in 90 s after virsh start (first frame {first:.1f} s)"
+    assert page.locator("#status").inner_text() == ""
+    band_moves(page)  # the guest's init draws: it has booted
+    drawing = time.monotonic() - t0
+    return {
+        "first_frame_s": round(first, 2),
+        "guest_mode_s": round(guest_at, 2),
+        "guest_drawing_s": round(drawing, 2),
+    }
+
+
+def gtk_sees_the_guest(report: dict[str, Any], dump: Path) -> None:
+    assert (report.get("width"), report.get("height")) == (
+        build_guest.WIDTH,
+        build_guest.HEIGHT,
+    ), report
+    px = np.load(dump)
+    top = px[: build_guest.BAND_ROWS_MAX, :, :3].astype(int)
+    assert top.std() > 10, "spice-gtk's surface is not the guest's moving noise"
+
+
+def test_p2p_browser_and_spice_gtk_across_a_restart(
+    libvirtd: bool, browser: Any, guest: Guest, files: Path
+) -> None:
+    """p2p: Chromium and spice-gtk see the guest, keep their connections through
+    ``virsh destroy`` + ``virsh start`` (a new QEMU, a new openGraphicsFD) and see it
+    again; the time from ``virsh start`` to the picture is published."""
+    with defined_domain("saffron-test-p2p", guest, files, P2P) as dom:
+        spice = free_port()
+        with run_saffron(
+            "serve", "--libvirt", dom.name, "--spice", f"127.0.0.1:{spice}", "--fps", "30",
+            log_name="saffron-libvirt-p2p.log",
+        ) as saffron:  # fmt: skip
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            try:
+                page.goto(saffron.url + "?codec=mjpeg")
+                wait_for(lambda: guest_shown(page), 90, "the guest's screen in the browser")
+                band_moves(page)
+                assert page.title().startswith(dom.name)
+                page.screenshot(path=str(ARTIFACTS / "libvirt-guest-browser.png"))
+
+                dump = ARTIFACTS / "libvirt-p2p-gtk.npy"
+                seen: dict[str, Any] = {}
+
+                def restart() -> None:
+                    gtk_sees_the_guest({"width": 1024, "height": 768}, dump)
+                    seen.update(restart_and_time(page, dom))
+
+                report = run_gtk_client(
+                    spice,
+                    "--codec", "mjpeg", "--settle", "3", "--seconds", "1",
+                    "--still", "--quiet", "0",
+                    "--cycles", "2", "--dump", str(dump), "--timeout", "170",
+                    timeout=180,
+                    on_phase={"still-1": restart},
+                )  # fmt: skip
+                assert seen, f"spice-gtk never reached its first picture: {report}"
+                assert not report["errors"], report
+                gtk_sees_the_guest(report, dump)  # the same connection, after the restart
+                assert "attached to QEMU VM 'saffron-test-p2p'" in saffron.output()
+                assert saffron.output().count("attached to QEMU") >= 2
+                publish(
+                    "libvirt-restart",
+                    seen,
+                    f"libvirt p2p, virsh start -> in the browser: first frame "
+                    f"{seen['first_frame_s']} s, the guest's 1024x768 mode "
+                    f"{seen['guest_mode_s']} s, its init drawing {seen['guest_drawing_s']} s",
+                )
+            finally:
+                page.close()
+
+
+def test_bus_refuses_root_and_says_what_to_do(libvirtd: bool, guest: Guest, files: Path) -> None:
+    """Without p2p the VM's bus takes only QEMU's user: one line says so, and how to fix it."""
+    if os.geteuid() != 0:
+        pytest.skip("the refusal is of root")
+    with defined_domain("saffron-test-bus-root", guest, files, BUS) as dom:
+        assert dom.dbus_address().startswith("unix:path=/run/libvirt/qemu/dbus/")
+        with run_saffron("serve", "--libvirt", dom.name) as saffron:
+            wait_for(lambda: "shut Saffron" in saffron.output(), 30, "the refusal")
+            time.sleep(3)  # retries: still said once
+            out = saffron.output()
+            lines = [ln for ln in out.splitlines() if "shut Saffron" in ln]
+            assert len(lines) == 1, out
+            assert f"run Saffron as the domain's QEMU user, {QEMU_USER}" in lines[0]
+            assert P2P in lines[0]
+            assert saffron.proc.poll() is None
+
+
+def _python_for(user: str) -> tuple[str, str] | None:
+    """A Python that ``user`` may run with Saffron and its packages (this one may sit in
+    root's home): the interpreter and a PYTHONPATH."""
+    path = f"{ROOT / 'src'}:{sysconfig.get_paths()['purelib']}"
+    for python in (sys.executable, "/usr/bin/python3"):
+        done = subprocess.run(
+            ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", python, "-c",
+             "import saffron.cli, libvirt, numpy, av"],
+            env={**os.environ, "PYTHONPATH": path}, capture_output=True, cwd="/",
+        )  # fmt: skip
+        if done.returncode == 0:
+            return python, path
+    return None
+
+
+def test_bus_as_the_qemu_user_across_a_restart(
+    libvirtd: bool, browser: Any, guest: Guest, files: Path
+) -> None:
+    """Saffron run as libvirt-qemu attaches through the VM's bus, and through the new
+    bus (a new address) after ``virsh destroy`` + ``virsh start``."""
+    if not libvirtd:
+        pytest.skip("a libvirtd this session did not start may not let QEMU's user read")
+    found = _python_for(QEMU_USER)
+    if found is None:
+        pytest.skip(f"no Python here that {QEMU_USER} may run with Saffron's packages")
+    python, path = found
+    with defined_domain("saffron-test-bus", guest, files, BUS) as dom:
+        first_address = dom.dbus_address()
+        port = free_port()
+        argv = [
+            "setpriv", f"--reuid={QEMU_USER}", f"--regid={QEMU_USER}", "--init-groups",
+            python, "-m", "saffron.cli", "serve", "--libvirt", dom.name,
+            "--web", f"127.0.0.1:{port}", "--fps", "30",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": path, "HOME": "/tmp"}
+        log = ARTIFACTS / "saffron-libvirt-bus.log"
+        with start_saffron(argv, log, env=env, web_port=port) as saffron:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            try:
+                page.goto(saffron.url + "?codec=mjpeg")
+                wait_for(lambda: guest_shown(page), 90, "the guest's screen in the browser")
+                times = restart_and_time(page, dom)
+                assert dom.dbus_address() != first_address
+                assert "through its own bus" in saffron.output()
+                assert saffron.output().count("attached to QEMU") >= 2, saffron.output()
+                (ARTIFACTS / "libvirt-bus-restart.json").write_text(json.dumps(times))
+            finally:
+                page.close()
+
+
+def test_the_words_for_a_domain_that_cannot_be_shown(
+    libvirtd: bool, guest: Guest, files: Path
+) -> None:
+    """No such domain, or no D-Bus display: Saffron says so and exits 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "saffron.cli", "serve", "--libvirt", "saffron-test-none"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "there is no libvirt domain 'saffron-test-none' on qemu:///system" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    with defined_domain("saffron-test-nographics", guest, files, "", start=False) as dom:
+        done = subprocess.run(
+            [sys.executable, "-m", "saffron.cli", "serve", "--libvirt", dom.name],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert f"the libvirt domain '{dom.name}' has no D-Bus display" in done.stderr
+        assert P2P in done.stderr
+
+
+def test_a_domain_not_running_yet(libvirtd: bool, browser: Any, guest: Guest, files: Path) -> None:
+    """Not running: Saffron says so, the page waits, and the VM shows once started."""
+    with (
+        defined_domain("saffron-test-later", guest, files, P2P, start=False) as dom,
+        run_saffron("serve", "--libvirt", dom.name, "--fps", "30") as saffron,
+    ):
+        assert "is not running: waiting for it to start" in saffron.output()
+        page = browser.new_page()
+        try:
+            page.goto(saffron.url + "?codec=mjpeg")
+            wait_for(lambda: waits(page), 20, "the page to say it waits")
+            dom.start()
+            wait_for(lambda: guest_shown(page), 90, "the guest once started")
+        finally:
+            page.close()
