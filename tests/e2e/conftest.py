@@ -9,19 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from saffron.bench import qemus
+from saffron.bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from saffron.bench.qemus import Qemu
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 @pytest.fixture(scope="module")

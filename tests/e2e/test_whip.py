@@ -67,7 +67,7 @@ def browser(namespace: Namespace) -> Iterator[object]:
     are children of this thread); conftest's would be outside."""
     from playwright.sync_api import sync_playwright
 
-    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+    from saffron.bench.chromium import CHROMIUM, CHROMIUM_ARGS
 
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

@@ -43,6 +43,7 @@ from typing import Any
 
 from ..table import print_table
 from . import netns
+from .chromium import CHROMIUM, CHROMIUM_ARGS
 from .process import SaffronProcess, cpu_seconds, free_port, saffron_command, start_saffron
 
 JANUS = "/usr/bin/janus"
@@ -447,19 +448,6 @@ def wait_watching(page: Any, timeout: float = 60.0) -> dict[str, Any]:
 
 
 # -- the bench ------------------------------------------------------------------
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 
 def _cpu(p: SaffronProcess, seconds: float) -> float:
