@@ -162,6 +162,17 @@ def test_attach_mode_survives_a_qemu_restart(qemu: Qemu, browser: Any) -> None:
                     20,
                     "the page to say it waits",
                 )
+                # A page joining now is sent the VM's last picture (to it and, as a
+                # keyframe of the same stream, to the first page): that old picture
+                # must not clear either page's "waiting".
+                late = browser.new_page()
+                try:
+                    late.goto(saffron.url + "?codec=mjpeg")
+                    wait_for(lambda: stats(late)["framesDecoded"] > 0, 20, "the last picture")
+                    assert "waiting" in late.locator("#status").inner_text().lower()
+                finally:
+                    late.close()
+                assert "waiting for the VM" in page.locator("#status").inner_text()
                 before = stats(page)["framesDecoded"]
                 vm2 = start_qemu(
                     qemu.command(*BASE, "-m", "64", "-name", "second"), dbus_address=vm.address

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from ..broadcast import Broadcast
-from ..display import Cursor, Display
+from ..display import Cursor, Display, now_us
 from ..net.limits import (
     ConnectionLimits,
     peer_label,
@@ -139,6 +139,7 @@ class WebServer:
             "height": d.height,
             "fps": self.broadcast.fps,
             "enabled": d.enabled,
+            "now": now_us(),
             "viewOnly": viewer.view_only if viewer is not None else self.view_only,
             "tile": [TILE_W, TILE_H],
         }
@@ -333,7 +334,9 @@ class WebServer:
         pass  # the page draws the pointer where the user's mouse is
 
     def on_disable(self) -> None:
-        self._to_all({"type": "status", "text": "waiting for the VM"})
+        # "after": a frame captured before it (one still queued, or the last picture
+        # encoded again for a keyframe) must not clear it.
+        self._to_all({"type": "status", "text": "waiting for the VM", "after": now_us()})
 
     def _stream_failed(self, codec: str, reason: str, news: bool) -> None:
         """A codec's every encoder broke: its pages move to the next codec and keep watching."""

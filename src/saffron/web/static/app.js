@@ -37,12 +37,15 @@ let viewOnly = false;
 const recent = [];         // {t, bytes, latency} over the last second
 
 let statusSince = 0;        // bumped by each status: a frame received before it must not clear it
+let statusAfter = 0;        // server µs: a frame captured before it must not clear it either
 
-function setStatus(text) { statusEl.textContent = text; statusSince += 1; }
+function setStatus(text, after = 0) { statusEl.textContent = text; statusSince += 1; statusAfter = after; }
 
 // A frame shown: it clears the status only if it arrived after it (decoding is
-// asynchronous, so a frame received just before "waiting for the VM" finishes after).
-function clearStatusFor(since) { if (since === statusSince) setStatus(""); }
+// asynchronous, so a frame received just before "waiting for the VM" finishes after)
+// and was captured after it (the VM's last picture, still queued or encoded again for
+// a keyframe, is not the VM coming back).
+function clearStatusFor(since, capture) { if (since === statusSince && capture > statusAfter) setStatus(""); }
 
 function codecString(codec, width, height) {
   const px = width * height;
@@ -117,7 +120,7 @@ function ensureDecoder(codec, width, height) {
       pending.delete(frame.timestamp);
       drawVideo(frame, meta ? meta.damage : null);
       frame.close();
-      if (meta) { frameShown(meta.frame, meta.capture); clearStatusFor(meta.since); }
+      if (meta) { frameShown(meta.frame, meta.capture); clearStatusFor(meta.since, meta.capture); }
     },
     error: (e) => {
       stats.decodeErrors += 1;
@@ -300,7 +303,7 @@ async function onVideo(buf, kind) {
       sizeCanvas(bitmap.width, bitmap.height);
       drawVideo(bitmap, damage);
       bitmap.close();
-      clearStatusFor(since);
+      clearStatusFor(since, capture);
     } catch (e) { stats.decodeErrors += 1; sharpUndrawn(damage); }
     frameShown(frame, capture);
     return;
@@ -380,7 +383,7 @@ async function onText(text) {
       stats.codec = codec;
       if (msg.tile) { [sharp.tw, sharp.th] = msg.tile; }
       sharpReset(0, 0);
-      setStatus(msg.enabled ? "Waiting for the first frame…" : "Waiting for the VM…");
+      setStatus(msg.enabled ? "Waiting for the first frame…" : "Waiting for the VM…", msg.enabled ? 0 : msg.now);
       send({ type: "start", codec, sharp: wantSharp });
       break;
     }
@@ -389,7 +392,7 @@ async function onText(text) {
       stats.dropped = msg.dropped; stats.backend = msg.backend;
       document.getElementById("s-backend").textContent = stats.backend || "–";
       break;
-    case "status": setStatus(msg.text); break;
+    case "status": setStatus(msg.text, msg.after || 0); break;
     case "resize": break;  // frames carry their size; the decoder follows
     case "cursor": setCursor(msg); break;
     case "error": setStatus(msg.text); break;
