@@ -18,11 +18,13 @@ from . import memory
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
+from .net.forwarded import ForwardedRule
 from .net.guesses import GuessThrottle
 from .net.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
 from .net.origin import HostRule
 from .net.tls import Certificate, self_signed
 from .web.auth import WebAuth
+from .web.client import Site, client_of
 from .web.server import Handler, WebServer
 
 if TYPE_CHECKING:
@@ -75,6 +77,10 @@ class Options:
     publish_whip: str | None = None
     """A WHIP endpoint (a media server) to publish the picture to, view only (see whip/)."""
     whip_token: str | None = None
+    base_path: str = "/"
+    """The path the web page is served under (``/vm/NAME/`` behind a proxy), see web.client."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Peer addresses or networks whose X-Forwarded headers are believed (see net.forwarded)."""
 
 
 def default_codec(codecs: list[str], wanted: str) -> str:
@@ -146,6 +152,12 @@ class Server:
             password=opts.password is not None, allowed_hosts=opts.allowed_hosts, bound=bound
         )
         """Which Host and Origin browsers may bring, on the web port and SPICE's WebSocket."""
+        try:
+            proxies = ForwardedRule(opts.trusted_proxies)
+        except ValueError as exc:
+            raise StartupError(f"--trusted-proxy: {exc}") from None
+        self.site = Site(opts.base_path, proxies)
+        """Where the page is published, and which proxies say who their clients are."""
         self._trimmer: asyncio.Task[None] | None = None
 
     def resolve_certificate(self) -> Certificate | None:
@@ -232,7 +244,13 @@ class Server:
                 ssl_context=ssl_context,
                 limits=self.limits,
                 host_rule=self.host_rule,
+                site=self.site,
             )
+            if self.site.proxies and not opts.password:
+                log.warning(
+                    "trusting a proxy (--trusted-proxy) without a password: anyone the proxy "
+                    "lets in has the keyboard and mouse; set one with --password-file"
+                )
             try:
                 await self.web.start(*opts.web)
             except OSError as exc:
@@ -273,6 +291,7 @@ class Server:
             self.broadcast.close()
         self.limits.flush_log()  # refusals still being summed up, and its timer
         self.guesses.flush_log()
+        self.site.proxies.flush_log()
 
 
 SPICE_HTML5 = Path("/usr/share/spice-html5")
@@ -280,7 +299,13 @@ SPICE_HTML5 = Path("/usr/share/spice-html5")
 
 
 async def _spice_html5(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"] or "spice_auto.html"
+    """Debian's spice-html5 files. ``spice-html5/`` itself leads to its page told where
+    SPICE is: this port's ``spice`` under the page's own path prefix (``path`` is from the
+    root: spice_auto.html puts it after the host and port it was served from)."""
+    name = request.match_info["name"]
+    if not name:
+        spice = client_of(request).prefix[1:] + "spice"
+        raise web.HTTPFound(f"spice_auto.html?path={spice}")
     path = (SPICE_HTML5 / name).resolve()
     if not path.is_relative_to(SPICE_HTML5.resolve()) or not path.is_file():
         raise web.HTTPNotFound()

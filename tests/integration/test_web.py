@@ -119,7 +119,7 @@ async def test_a_still_picture_comes_again_as_exact_tiles(env: Env) -> None:
 async def test_page_and_health(env: Env) -> None:
     async with ClientSession() as s:
         async with s.get(env.url) as r:
-            assert r.status == 200 and "/static/app.js" in await r.text()
+            assert r.status == 200 and "static/app.js" in await r.text()
         async with s.get(env.url + "static/app.js") as r:
             assert r.status == 200 and "VideoDecoder" in await r.text()
         async with s.get(env.url + "static/../server.py") as r:

@@ -19,7 +19,8 @@ from aiohttp import ClientSession, CookieJar, WSServerHandshakeError
 from saffron.app import Options, StartupError, check_exposure
 from saffron.display import Display
 from saffron.net.tls import self_signed
-from saffron.web.auth import COOKIE, WebAuth
+from saffron.web.auth import WebAuth
+from saffron.web.client import COOKIE
 from tests.support.harness import RecordingInput, web_site
 from tests.support.process import run_saffron
 
@@ -55,7 +56,7 @@ async def test_password_form_and_session_cookie(
             assert COOKIE in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
             assert "Secure" not in cookie  # plain HTTP here; see the TLS test
         async with s.get(url) as r:
-            assert "/static/app.js" in await r.text()
+            assert "static/app.js" in await r.text()
         ws = await s.ws_connect(url + "ws")
         hello = json.loads((await ws.receive()).data)
         assert hello["viewOnly"] is False

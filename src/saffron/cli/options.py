@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..app import Options, StartupError
 from ..encoders.base import CODECS
+from ..net.forwarded import base_path, proxy_network
 from ..net.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 
 
@@ -47,6 +48,21 @@ def _size(text: str) -> tuple[int, int]:
 def _whip_url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+def _base_path(text: str) -> str:
+    try:
+        return base_path(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _proxy(text: str) -> str:
+    try:
+        proxy_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -186,6 +202,25 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         "(repeatable); without a password other names are refused (DNS rebinding)",
     )
     p.add_argument(
+        "--base-path",
+        type=_base_path,
+        default="/",
+        metavar="PATH",
+        help="serve the page (and its WebSocket, /spice and spice-html5) under PATH, e.g. "
+        "/vm/NAME/ behind a reverse proxy that passes paths unchanged (default /)",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        type=_proxy,
+        action="append",
+        default=[],
+        metavar="ADDR",
+        dest="trusted_proxies",
+        help="a reverse proxy's address or network (repeatable, e.g. 127.0.0.1 or 10.0.0.0/8): "
+        "only from it are X-Forwarded-For/-Proto/-Host/-Prefix believed, for the connection "
+        "limits per address, the sign-in throttle, the Host check and the Secure cookie",
+    )
+    p.add_argument(
         "--publish-whip",
         type=_whip_url,
         default=None,
@@ -250,4 +285,6 @@ def options(args: argparse.Namespace) -> Options:
         allowed_hosts=tuple(args.allowed_hosts),
         publish_whip=args.publish_whip,
         whip_token=args.whip_token or os.environ.get("SAFFRON_WHIP_TOKEN") or None,
+        base_path=args.base_path,
+        trusted_proxies=tuple(args.trusted_proxies),
     )

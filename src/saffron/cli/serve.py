@@ -122,7 +122,7 @@ def announce(opts: Options, server: Server | None = None) -> None:
         )
     if opts.web is not None:
         web = f"{_shown(opts.web[0])}:{opts.web[1]}"
-        base = f"{scheme}://{web}/"
+        base = f"{scheme}://{web}{opts.base_path}"
         print(f"Saffron: open {base} in a browser", flush=True)
         if server is not None and server.auth.enabled:
             links = _token_links(base, server)
@@ -143,9 +143,9 @@ def announce(opts: Options, server: Server | None = None) -> None:
             flush=True,
         )
     if opts.web is not None and SPICE_HTML5.is_dir() and (opts.spice or opts.spice_tls):
-        host, port = _shown(opts.web[0]), opts.web[1]
-        page = f"spice-html5/spice_auto.html?host={host}&port={port}&path=spice"
-        print(f"Saffron: or spice-html5 at {scheme}://{host}:{port}/{page}", flush=True)
+        host, port, base = _shown(opts.web[0]), opts.web[1], opts.base_path
+        page = f"spice-html5/spice_auto.html?host={host}&port={port}&path={base[1:]}spice"
+        print(f"Saffron: or spice-html5 at {scheme}://{host}:{port}{base}{page}", flush=True)
 
 
 def _token_links(base: str, server: Server) -> str:
@@ -173,7 +173,7 @@ def _rotate_tokens(server: Server) -> None:
     web = _bound(server.opts.web, server.web.addresses if server.web is not None else [])
     if web is not None:
         scheme = "https" if server.certificate is not None else "http"
-        base = f"{scheme}://{_shown(web[0])}:{web[1]}/"
+        base = f"{scheme}://{_shown(web[0])}:{web[1]}{server.opts.base_path}"
         print(f"Saffron: new links  {_token_links(base, server)}", flush=True)
 
 

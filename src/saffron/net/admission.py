@@ -15,6 +15,7 @@ import logging
 import ssl
 from typing import Any
 
+from .forwarded import ForwardedRule
 from .limits import AUTH_TIMEOUT_S, ConnectionLimits, Slot, abort_later, host_of, peer_label
 
 log = logging.getLogger("saffron.tls")
@@ -65,8 +66,13 @@ class AdmittedConnection(asyncio.Protocol):
         tls: ssl.SSLContext | None,
         what: str,
         handshakes: set[asyncio.Task[None]] | None = None,
+        proxies: ForwardedRule | None = None,
     ) -> None:
         self.limits = limits
+        self.proxies = proxies
+        """The trusted proxies, on a port whose protocol says whom they carry (the web's)."""
+        self.proxied = False
+        """The peer is a trusted proxy: :meth:`forwarded` moves the slot to its client."""
         self.tls = tls
         self.handshakes = handshakes
         """The port's handshakes under way, which its server cancels when it closes."""
@@ -89,12 +95,25 @@ class AdmittedConnection(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self.peer = peer_label(peername)
         self.address = host_of(peername)
-        self.slot = self.limits.admit(self.address, self.what, drop=self._cut)
+        self.proxied = self.proxies is not None and self.proxies.trusts(self.address)
+        self.slot = self.limits.admit(self.address, self.what, drop=self._cut, proxied=self.proxied)
         if self.slot is None:
             return False
         self._accepted = transport
         loop = asyncio.get_running_loop()
         self._auth_timer = loop.call_later(AUTH_TIMEOUT_S, self._not_authenticated)
+        return True
+
+    def forwarded(self, address: str, label: str) -> bool:
+        """A request on this connection came from a trusted proxy for ``address`` (its
+        X-Forwarded-For): count the connection as that address's from now on, and name it
+        ``label`` in the log. False (logged) if that address has its most connections open."""
+        if not self.proxied:
+            return True
+        if not self.limits.move(self.slot, address, self.what):
+            return False
+        self.address = address
+        self.peer = label
         return True
 
     def authenticated(self) -> None:
@@ -198,3 +217,14 @@ class AdmittedConnection(asyncio.Protocol):
             self._auth_timer.cancel()
             self._auth_timer = None
         self.limits.release(self.slot)
+
+
+def peer_of(transport: asyncio.BaseTransport | None) -> tuple[str, str]:
+    """The client of a connection: its IP address (what connections and guesses are
+    counted by) and its label for the log. Through a trusted proxy it is the proxy's
+    client, once a request has said whom (:meth:`AdmittedConnection.forwarded`)."""
+    guard = transport.get_protocol() if transport is not None else None
+    if isinstance(guard, AdmittedConnection):
+        return guard.address, guard.peer
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    return host_of(peername), peer_label(peername)

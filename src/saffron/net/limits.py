@@ -129,6 +129,9 @@ class Slot:
     """Closes the connection, when its slot goes to a newer one before it authenticated."""
     authenticated: bool = False
     released: bool = False
+    capped: bool = True
+    """Counted against the per-address cap: False while a trusted proxy's connection has
+    not said yet whom it carries (see :meth:`ConnectionLimits.move`)."""
 
 
 class Summary:
@@ -235,12 +238,21 @@ class ConnectionLimits:
         """Connections open from ``address`` (from its /64, for IPv6)."""
         return self._by_address.get(network_of(address), 0)
 
-    def admit(self, address: str, what: str, drop: Callable[[], None] | None = None) -> Slot | None:
+    def admit(
+        self,
+        address: str,
+        what: str,
+        drop: Callable[[], None] | None = None,
+        *,
+        proxied: bool = False,
+    ) -> Slot | None:
         """A slot for a new connection from ``address``, or None (logged) if over a cap.
 
         ``what`` names the front end in the log ("web", "SPICE"). The slot counts as
         unauthenticated until :meth:`authenticated`; when those are too many, the
         oldest of the address with the most is released and its ``drop`` called.
+        ``proxied``: ``address`` is a trusted proxy's, which carries many clients; the
+        per-address cap applies once :meth:`move` says whose the connection is.
         """
         address = network_of(address)
         if self.total >= self.max_connections:
@@ -250,25 +262,59 @@ class ConnectionLimits:
                 f"{self.total} connections are open, the most allowed (--max-connections)",
             )
             return None
-        count = self._by_address.get(address, 0)
-        if count >= self.max_per_address:
-            self._refuse(
-                address,
-                what,
-                f"{count} connections from that {'network' if '/' in address else 'address'} "
-                "are open, the most allowed (--max-per-address)",
-            )
+        if not proxied and self._over_cap(address, what):
             return None
         if self.unauthenticated >= self.max_unauthenticated:
             self._make_room()
-            count = self._by_address.get(address, 0)
-        slot = Slot(address, drop)
-        self._by_address[address] = count + 1
+        slot = Slot(address, drop, capped=not proxied)
+        if not proxied:
+            self._by_address[address] = self._by_address.get(address, 0) + 1
         self.total += 1
         self.peak = max(self.peak, self.total)
         self._waiting.setdefault(address, {})[slot] = None
         self.unauthenticated += 1
         return slot
+
+    def _over_cap(self, address: str, what: str) -> bool:
+        """Whether ``address`` (a network_of) has its most connections open (logged)."""
+        count = self._by_address.get(address, 0)
+        if count < self.max_per_address:
+            return False
+        self._refuse(
+            address,
+            what,
+            f"{count} connections from that {'network' if '/' in address else 'address'} "
+            "are open, the most allowed (--max-per-address)",
+        )
+        return True
+
+    def move(self, slot: Slot | None, address: str, what: str) -> bool:
+        """A trusted proxy's connection carries ``address``'s requests: count it there from
+        now on. False (logged, and the slot left where it was) if that address has its
+        most connections open already: the connection is to be refused."""
+        if slot is None or slot.released:
+            return True
+        address = network_of(address)
+        if slot.capped and slot.address == address:
+            return True
+        if self._over_cap(address, what):
+            return False
+        if slot.capped:
+            self._uncount(slot.address)
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        if not slot.authenticated:
+            self._stop_waiting(slot)
+            self._waiting.setdefault(address, {})[slot] = None
+            self.unauthenticated += 1
+        slot.address, slot.capped = address, True
+        return True
+
+    def _uncount(self, address: str) -> None:
+        left = self._by_address.get(address, 0) - 1
+        if left > 0:
+            self._by_address[address] = left
+        else:
+            self._by_address.pop(address, None)
 
     def _make_room(self) -> None:
         """Close the oldest unauthenticated connection of the address that has the most."""
@@ -307,11 +353,8 @@ class ConnectionLimits:
         if not slot.authenticated:
             self._stop_waiting(slot)
         self.total -= 1
-        left = self._by_address.get(slot.address, 0) - 1
-        if left > 0:
-            self._by_address[slot.address] = left
-        else:
-            self._by_address.pop(slot.address, None)
+        if slot.capped:
+            self._uncount(slot.address)
 
     def closing(self, slot: Slot | None, peer: str, reason: str) -> None:
         """A guard closes a connection: its TLS handshake failed or timed out, or it did not

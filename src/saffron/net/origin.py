@@ -25,10 +25,15 @@ This module only decides and explains; each front end says no in its own wire.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 LOCAL_NAMES = frozenset({"localhost"})
+
+PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+"""A Host header that is a plain name or address with an optional port: fit to be
+written into a policy or believed from a proxy (nothing that could add a directive)."""
 
 
 def hostname_of(host_header: str) -> str:

@@ -18,8 +18,7 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractStreamWriter
 
-from .admission import AdmittedConnection
-from .limits import peer_label
+from .admission import AdmittedConnection, peer_of
 
 log = logging.getLogger("saffron.web")
 
@@ -104,8 +103,7 @@ async def open_websocket(
 ) -> web.StreamResponse | None:
     """Answer a WebSocket handshake: None once it is open, else the response to return
     instead (the refusal is logged, naming the peer)."""
-    transport = request.transport
-    peer = peer_label(transport.get_extra_info("peername") if transport else None)
+    peer = peer_of(request.transport)[1]
     try:
         await ws.prepare(request)
     except web.HTTPException as exc:

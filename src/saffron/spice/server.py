@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
 from ..encoders.base import Packet
-from ..net.admission import AdmittedConnection
+from ..net.admission import AdmittedConnection, peer_of
 from ..net.guesses import GuessThrottle
-from ..net.limits import ConnectionLimits, peer_label
+from ..net.limits import ConnectionLimits
 from ..net.origin import HostRule
 from ..net.ratelimit import TooManyMessages
 from ..net.websocket import WebSocket, open_websocket
@@ -747,8 +747,7 @@ class SpiceServer:
         refused = await open_websocket(ws, request, "SPICE WebSocket")
         if refused is not None:
             return refused
-        transport = request.transport
-        peer = peer_label(transport.get_extra_info("peername")) if transport else "web client"
+        peer = peer_of(request.transport)[1]
         await serve_aiohttp_websocket(ws, self, peer=peer, secured=request.secure)
         return ws
 

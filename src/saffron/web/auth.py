@@ -25,12 +25,11 @@ from typing import Protocol
 from aiohttp import web
 
 from ..net.guesses import GuessThrottle
-from ..net.limits import host_of, peer_label
 from ..net.passwords import passwords_match
+from .client import client_of
 
 log = logging.getLogger("saffron.web")
 
-COOKIE = "saffron_session"
 MAX_SESSIONS = 1024
 """Full-control sessions kept at once; the oldest go first. Bounds memory whatever
 logins cost. View-only sessions are counted apart (``MAX_VIEW_SESSIONS``), so a
@@ -96,14 +95,16 @@ class WebAuth:
     def signed_in(self, request: web.Request) -> Session | None:
         """The session the request's cookie names, if it is valid (never one without a
         password: then there are no sessions to end)."""
-        key = request.cookies.get(COOKIE, "")
+        key = request.cookies.get(client_of(request).cookie, "")
         for sessions in self._sessions.values():
             found = sessions.get(key)
             if found is not None:
                 return found if found.expires >= time.time() else None
         return None
 
-    def _new_session(self, response: web.StreamResponse, view_only: bool, from_token: bool) -> None:
+    def _new_session(
+        self, request: web.Request, response: web.StreamResponse, view_only: bool, from_token: bool
+    ) -> None:
         key = secrets.token_urlsafe(32)
         expires = time.time() + SESSION_SECONDS
         session = Session(view_only, expires, from_token, key)
@@ -118,14 +119,15 @@ class WebAuth:
             oldest = next(iter(sessions.values()))
             self.end_session(oldest, "too many sessions were made after it")
         sessions[key] = session
-        response.set_cookie(
-            COOKIE,
+        client = client_of(request)
+        response.set_cookie(  # this Saffron's own (see web.client): its path, and its name
+            client.cookie,
             key,
             httponly=True,
             samesite="Strict",
-            secure=self.secure,
+            secure=self.secure or client.secure,
             max_age=SESSION_SECONDS,
-            path="/",
+            path=client.prefix,
         )
 
     def _drop_expired(self) -> None:
@@ -166,10 +168,11 @@ class WebAuth:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.enabled or request.path.startswith(OPEN_PATHS):
+        path = client_of(request).path or ""
+        if not self.enabled or path.startswith(OPEN_PATHS):
             return await handler(request)
         token = request.query.get("token")
-        if token is not None and request.path == "/":
+        if token is not None and path == "/":
             waiting = self._must_wait(request)
             if waiting is not None:
                 return waiting
@@ -180,8 +183,8 @@ class WebAuth:
                     request, "wrong token link", "That link is not valid (any more)."
                 )
             self.guesses.succeeded(address)
-            response = _see_other("/")
-            self._new_session(response, view_only=kind, from_token=True)
+            response = _see_other(PAGE)
+            self._new_session(request, response, view_only=kind, from_token=True)
             log.info(
                 "%s signed in with a %s link",
                 peer,
@@ -189,7 +192,7 @@ class WebAuth:
             )
             return response
         if self.session(request) is None:
-            if request.path == "/":
+            if path == "/":
                 return _login_page("")
             raise web.HTTPUnauthorized(text="sign in first\n")
         return await handler(request)
@@ -205,8 +208,8 @@ class WebAuth:
         address, peer = _who(request)
         if self.password is None or passwords_match(given.encode(), self.password):
             self.guesses.succeeded(address)
-            response = _see_other("/")
-            self._new_session(response, view_only=False, from_token=False)
+            response = _see_other(PAGE)
+            self._new_session(request, response, view_only=False, from_token=False)
             log.info("%s signed in with the password", peer)
             return response
         return self._refuse_login(request, "wrong password", "Wrong password.")
@@ -222,8 +225,9 @@ class WebAuth:
         if session is not None:
             self.end_session(session, "signed out")
             log.info("%s signed out", _who(request)[1])
-        response = _see_other("/")
-        response.del_cookie(COOKIE, path="/")
+        response = _see_other(PAGE)
+        client = client_of(request)
+        response.del_cookie(client.cookie, path=client.prefix)
         return response
 
     def _must_wait(self, request: web.Request) -> web.Response | None:
@@ -239,12 +243,15 @@ class WebAuth:
 
 
 def _who(request: web.Request) -> tuple[str, str]:
-    """The client's IP address (what guesses are counted by) and its label for the log."""
-    transport = request.transport
-    peername = transport.get_extra_info("peername") if transport is not None else None
-    if peername is None:
-        return request.remote or "unknown", request.remote or "unknown"
-    return host_of(peername), peer_label(peername)
+    """The client's IP address (what guesses are counted by) and its label for the log:
+    behind a trusted proxy, the proxy's client."""
+    client = client_of(request)
+    return client.address, client.peer
+
+
+PAGE = "./"
+"""Where a sign-in or sign-out sends the browser: the page, relative to the form's own
+address, so that it stays under whatever path a proxy publishes Saffron at."""
 
 
 def _see_other(location: str) -> web.Response:
@@ -259,9 +266,9 @@ def _login_page(error: str, status: int = 200) -> web.Response:
 LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in · Saffron</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="stylesheet" href="/static/login.css">
+<link rel="stylesheet" href="static/login.css">
 </head>
-<body><form method="post" action="/login">
+<body><form method="post" action="login">
 <div>Password for this display</div>
 <input type="password" name="password" autofocus autocomplete="current-password">
 <div><button type="submit">Sign in</button></div>

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ..net.admission import AdmittedConnection
+from ..net.forwarded import ForwardedRule
 from ..net.limits import HANDSHAKE_TIMEOUT_S, ConnectionLimits
 
 log = logging.getLogger("saffron.web")
@@ -65,8 +66,9 @@ class HttpGuard(AdmittedConnection):
         loop: Loop,
         tls: ssl.SSLContext | None = None,
         handshakes: set[asyncio.Task[None]] | None = None,
+        proxies: ForwardedRule | None = None,
     ) -> None:
-        super().__init__(limits, tls, "web", handshakes)
+        super().__init__(limits, tls, "web", handshakes, proxies)
         self.inner = inner
         self.loop = loop
         self._timer: asyncio.TimerHandle | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import ssl
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -21,14 +20,12 @@ from aiohttp import WSCloseCode, web
 
 from ..broadcast import Broadcast
 from ..display import Cursor, Display, now_us
-from ..net.limits import (
-    ConnectionLimits,
-    peer_label,
-)
-from ..net.origin import HostRule
+from ..net.limits import ConnectionLimits
+from ..net.origin import PLAIN_HOST, HostRule
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
 from ..still import TILE_H, TILE_W
-from .auth import COOKIE, WebAuth
+from .auth import WebAuth
+from .client import SITE, Site, client_of
 from .guard import HTTP_LOG, HttpGuard
 from .protocol import MAX_TEXT_MESSAGE
 from .viewer import WebViewer
@@ -61,9 +58,6 @@ page's mouse pointer is a ``data:`` image, hence ``img-src data:``; ``{sockets}`
 names ws:// and wss:// on the page's host for browsers whose ``'self'`` does not
 cover WebSockets."""
 
-_PLAIN_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-"""A Host header fit to be written into the policy (nothing that could add a directive)."""
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -84,8 +78,11 @@ class WebServer:
         ssl_context: ssl.SSLContext | None = None,
         limits: ConnectionLimits | None = None,
         host_rule: HostRule | None = None,
+        site: Site | None = None,
     ) -> None:
         self.display = display
+        self.site = site if site is not None else Site()
+        """Where the page is published (``--base-path``) and the proxies trusted."""
         self.limits = limits if limits is not None else ConnectionLimits()
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
@@ -102,20 +99,24 @@ class WebServer:
         self.host_rule = host_rule or HostRule(password=self.auth.enabled)
         """Which Host and Origin requests may bring (DNS rebinding, other web sites)."""
         self.ssl_context = ssl_context
-        self.app = web.Application(middlewares=[self._check_host, self.auth.middleware])
+        self.app = web.Application(
+            middlewares=[self._front, self._check_host, self.auth.middleware]
+        )
+        self.app[SITE] = self.site
         self.app[WEBSOCKET_OPENED] = self._websocket_opened
         self.app.on_response_prepare.append(self._answered)
         self.app.on_response_prepare.append(_security_headers)
-        self.app.router.add_route("*", "/login", self.auth.login)
-        self.app.router.add_post("/logout", self.auth.logout)
-        self.app.router.add_get("/", self._index)
-        self.app.router.add_get("/ws", self._websocket)
-        self.app.router.add_get("/metrics", self._metrics)
-        self.app.router.add_get("/healthz", self._healthz)
-        self.app.router.add_get("/favicon.ico", self._no_content)
-        self.app.router.add_get("/static/{name}", self._static)
+        route = self.site.route
+        self.app.router.add_route("*", route("/login"), self.auth.login)
+        self.app.router.add_post(route("/logout"), self.auth.logout)
+        self.app.router.add_get(route("/"), self._index)
+        self.app.router.add_get(route("/ws"), self._websocket)
+        self.app.router.add_get(route("/metrics"), self._metrics)
+        self.app.router.add_get(route("/healthz"), self._healthz)
+        self.app.router.add_get(route("/favicon.ico"), self._no_content)
+        self.app.router.add_get(route("/static/{name}"), self._static)
         for path, handler in (extra_routes or {}).items():
-            self.app.router.add_get(path, handler)
+            self.app.router.add_get(route(path), handler)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         display.add_listener(self)
@@ -152,9 +153,9 @@ class WebServer:
         handler = self._runner.server
         assert handler is not None
         limits, loop = self.limits, asyncio.get_running_loop()
-        tls, handshakes = self.ssl_context, self.handshakes
+        tls, handshakes, proxies = self.ssl_context, self.handshakes, self.site.proxies
         self._listener = await loop.create_server(
-            lambda: HttpGuard(handler(), limits, loop, tls, handshakes), host, port
+            lambda: HttpGuard(handler(), limits, loop, tls, handshakes, proxies), host, port
         )
 
     @property
@@ -189,26 +190,52 @@ class WebServer:
         transport = request.transport
         guard = transport.get_protocol() if transport is not None else None
         if isinstance(guard, HttpGuard):
-            given = response.cookies.get(COOKIE)
+            given = response.cookies.get(client_of(request).cookie)
             signed_in = self.auth.session(request) is not None or bool(given and given.value)
             guard.answered(isinstance(response, web.WebSocketResponse), signed_in)
 
     # -- routes ---------------------------------------------------------------
 
     @web.middleware
+    async def _front(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Only paths under ``--base-path`` are Saffron's. Through a trusted proxy, the
+        connection counts as its client's from now on (X-Forwarded-For): over that
+        address's cap the request is answered 503 and the connection closed."""
+        client = client_of(request)
+        if client.path is None:
+            base = self.site.base_path
+            if request.path == base[:-1]:  # the page's relative links need the slash
+                query = request.query_string
+                raise web.HTTPFound(base + ("?" + query if query else ""))
+            raise web.HTTPNotFound(text=f"not here: Saffron's page is at {base}\n")
+        transport = request.transport
+        guard = transport.get_protocol() if transport is not None else None
+        if isinstance(guard, HttpGuard) and not guard.forwarded(client.address, client.peer):
+            response = web.Response(
+                status=503,
+                text="Saffron has too many connections from your address; try again later.\n",
+                headers={"Retry-After": "10"},
+            )
+            response.force_close()
+            return response
+        return await handler(request)
+
+    @web.middleware
     async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse a Host Saffron does not answer to (DNS rebinding), and a foreign Origin on a
-        WebSocket or a form post: another site's page would act with the user's cookie."""
-        host = request.headers.get("Host")
+        WebSocket or a form post: another site's page would act with the user's cookie.
+        Behind a trusted proxy the Host is the one the browser gave the proxy."""
+        client = client_of(request)
+        host = client.host or None
         refusal = self.host_rule.host_refusal(host)
         if refusal is None and (
-            request.path in WEBSOCKET_PATHS or request.method not in SAFE_METHODS
+            client.path in WEBSOCKET_PATHS or request.method not in SAFE_METHODS
         ):
             refusal = self.host_rule.origin_refusal(request.headers.get("Origin"), host)
         if refusal is not None:
-            transport = request.transport
-            peer = peer_label(transport.get_extra_info("peername") if transport else None)
-            log.warning("refused %s %s from %s: %s", request.method, request.path, peer, refusal)
+            log.warning(
+                "refused %s %s from %s: %s", request.method, request.path, client.peer, refusal
+            )
             raise web.HTTPForbidden(text=f"refused: {refusal}\n")
         return await handler(request)
 
@@ -358,16 +385,17 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes form posts' Origin null
-    if request.path.startswith(FOREIGN_PAGES):
+    client = client_of(request)
+    if (client.path or "").startswith(FOREIGN_PAGES):
         headers["Content-Security-Policy"] = "frame-ancestors 'none'"
         return
-    host = request.headers.get("Host", "")
-    sockets = f" ws://{host} wss://{host}" if _PLAIN_HOST.fullmatch(host) else ""
+    host = client.host
+    sockets = f" ws://{host} wss://{host}" if PLAIN_HOST.fullmatch(host) else ""
     headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(sockets=sockets)
 
 
 SIGN_OUT = (
-    '<form id="signout" method="post" action="/logout">'
+    '<form id="signout" method="post" action="logout">'
     '<button type="submit" title="End this session">sign out</button></form>'
 )
 """The page's sign-out button, when there is a password to sign in with again."""

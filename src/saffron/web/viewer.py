@@ -29,10 +29,10 @@ from aiohttp import WSMsgType, web
 from ..broadcast import Broadcast, Stream
 from ..display import Button, Display, Frame, Rect
 from ..encoders.base import Packet
-from ..net.limits import host_of, peer_label
 from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..ratecontrol import RateEstimator
 from ..still import StillRegions, Tile
+from .client import client_of
 from .keys import scancode_for
 from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_tile, pack_video
 
@@ -92,8 +92,9 @@ class WebViewer:
         self.ws = ws
         self.transport = request.transport
         peername = self.transport.get_extra_info("peername") if self.transport else request.remote
-        self.label = f"web viewer {peer_label(peername)}"
-        self.host = host_of(peername)
+        client = client_of(request)
+        self.label = f"web viewer {client.peer}"
+        self.host = client.address
         self.port = peername[1] if isinstance(peername, tuple) and len(peername) > 1 else "?"
         self.codec = ""
         self.stream: Stream | None = None

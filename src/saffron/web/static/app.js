@@ -410,8 +410,11 @@ async function onText(text) {
 }
 
 function connect() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(`${scheme}//${location.host}/ws`);
+  // Relative to the page, so that it works under any path a proxy publishes it at.
+  const url = new URL("ws", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.search = "";
+  ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") onText(ev.data);
