@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -301,11 +302,12 @@ SPICE_HTML5 = Path("/usr/share/spice-html5")
 async def _spice_html5(request: web.Request) -> web.StreamResponse:
     """Debian's spice-html5 files. ``spice-html5/`` itself leads to its page told where
     SPICE is: this port's ``spice`` under the page's own path prefix (``path`` is from the
-    root: spice_auto.html puts it after the host and port it was served from)."""
+    root: spice_auto.html puts it after the host and port it was served from); the rest
+    of the query (``password=``) goes along."""
     name = request.match_info["name"]
     if not name:
-        spice = client_of(request).prefix[1:] + "spice"
-        raise web.HTTPFound(f"spice_auto.html?path={spice}")
+        query = {"path": client_of(request).prefix[1:] + "spice", **request.query}
+        raise web.HTTPFound("spice_auto.html?" + urlencode(query, safe="/"))
     path = (SPICE_HTML5 / name).resolve()
     if not path.is_relative_to(SPICE_HTML5.resolve()) or not path.is_file():
         raise web.HTTPNotFound()

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from saffron.bench.process import SaffronProcess, free_port, saffron_command, start_saffron
+from saffron.net.forwarded import base_path
 from tests.support.artifacts import ARTIFACTS
 
 
@@ -26,6 +27,8 @@ def run_saffron(
         argv[1:1] = ["--web", f"127.0.0.1:{port}"]  # after the subcommand, before any "--"
     log = ARTIFACTS / (log_name or f"saffron-{port}.log")
     kwargs.setdefault("web_port", port)
+    if "--base-path" in argv:
+        kwargs.setdefault("base_path", base_path(argv[argv.index("--base-path") + 1]))
     with start_saffron(
         saffron_command(*argv), log, ready=ready, timeout=timeout, **kwargs
     ) as saffron:

@@ -57,9 +57,10 @@ def wait_file(path: Path, text: str, timeout: float) -> None:
     raise StartError(f"timed out waiting for {text!r} in {path}")
 
 
-def metric(port: int, name: str) -> float:
-    """The sum of a metric's samples on the /metrics page of the web port."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+def metric(port: int, name: str, base_path: str = "/") -> float:
+    """The sum of a metric's samples on the metrics page of the web port (under its
+    ``--base-path``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{base_path}metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -101,6 +102,8 @@ class SaffronProcess:
     log: Path
     web_port: int | None = None
     spice_port: int | None = None
+    base_path: str = "/"
+    """Its ``--base-path``: where its page and metrics are."""
 
     @property
     def pid(self) -> int:
@@ -109,7 +112,7 @@ class SaffronProcess:
     @property
     def url(self) -> str:
         """The page's address."""
-        return f"http://127.0.0.1:{self.web_port}/"
+        return f"http://127.0.0.1:{self.web_port}{self.base_path}"
 
     def output(self) -> str:
         """What it printed and logged so far."""
@@ -119,7 +122,7 @@ class SaffronProcess:
         """The sum of a metric's samples on its /metrics page."""
         if self.web_port is None:
             raise ValueError("this Saffron serves no web page")
-        return metric(self.web_port, name)
+        return metric(self.web_port, name, self.base_path)
 
     def __enter__(self) -> SaffronProcess:
         return self
@@ -147,6 +150,7 @@ def start_saffron(
     env: Mapping[str, str] | None = None,
     web_port: int | None = None,
     spice_port: int | None = None,
+    base_path: str = "/",
 ) -> SaffronProcess:
     """Run ``argv`` (see :func:`saffron_command`) with its output in ``log``; return once
     the log shows ``ready`` (Saffron's announce line: it listens by then).
@@ -161,7 +165,7 @@ def start_saffron(
             stderr=subprocess.STDOUT,
             env={**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"},
         )
-    p = SaffronProcess(proc, log, web_port, spice_port)
+    p = SaffronProcess(proc, log, web_port, spice_port, base_path)
     deadline = time.monotonic() + timeout
     while ready not in p.output():
         if proc.poll() is not None:
