@@ -5,11 +5,14 @@ connection to its client."""
 from __future__ import annotations
 
 import logging
+import shlex
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from saffron.cli import build_parser
 from saffron.net.forwarded import NOTHING, Forwarded, ForwardedRule, base_path, proxy_network
 from saffron.net.limits import ConnectionLimits
 
@@ -197,3 +200,42 @@ def test_a_direct_connection_is_capped_by_its_own_address() -> None:
     assert limits.admit(PROXY, "web") and limits.admit(PROXY, "web")
     assert limits.admit(PROXY, "web") is None
     assert limits.admit(PROXY, "web", proxied=True) is not None
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def test_the_systemd_template_runs_a_valid_command_line() -> None:
+    """contrib/systemd/saffron@.service's ExecStart, with an instance's values filled in,
+    is a command line `saffron serve` takes, and serves under /vm/NAME/."""
+    unit = (Path(__file__).parents[2] / "contrib" / "systemd" / "saffron@.service").read_text()
+    joined = unit.replace("\\\n", " ")
+    exec_start = next(line for line in joined.splitlines() if line.startswith("ExecStart="))
+    filled = (
+        exec_start.removeprefix("ExecStart=")
+        .replace("${SAFFRON_WEB}", "127.0.0.1:8101")
+        .replace("$SAFFRON_ARGS", "")
+        .replace("%d", "/run/credentials/saffron@web1.service")
+        .replace("%i", "web1")
+    )
+    argv = shlex.split(filled)
+    assert argv[0].endswith("/saffron") and argv[1] == "serve"
+    args = build_parser().parse_args(argv[1:])
+    assert args.libvirt == "web1" and args.web == ("127.0.0.1", 8101)
+    assert args.base_path == "/vm/web1/" and args.trusted_proxies == ["127.0.0.1"]
+    assert "EnvironmentFile=/etc/saffron/%i.env" in unit
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--base-path", "/vm/a;b/", "not a path like /vm/NAME/"),
+        ("--trusted-proxy", "nginx.lan", "not an IP address or network"),
+    ],
+)
+def test_bad_proxy_options_are_refused_in_words(
+    option: str, value: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", option, value])
+    assert said in capsys.readouterr().err
