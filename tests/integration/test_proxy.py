@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlencode
@@ -240,3 +241,25 @@ def test_spice_html5_is_pointed_at_spice_under_the_prefix() -> None:
             assert status == 200 and "SpiceMainConn" in page
         finally:
             c.close()
+
+
+def test_malformed_forwarded_headers_from_a_trusted_proxy_are_ignored_not_fatal() -> None:
+    with saffron(web=("127.0.0.1", 0), trusted_proxies=("127.0.0.1",)) as s:
+        c = Client(s.web_port)
+        try:
+            for value in (
+                "unknown",
+                "10.0.0.1, <script>",
+                "\u00e9t\u00e9".encode().decode("latin-1"),
+            ):
+                status, _, health = c.request("GET", "/healthz", {"X-Forwarded-For": value})
+                assert status == 200 and json.loads(health)["ok"], value
+            status, _, _ = c.request("GET", "/healthz", {"X-Forwarded-Proto": "ftp"})
+            assert status == 200
+            assert s.limits.open_from("127.0.0.1") == 1, "counted as the proxy's own"
+        finally:
+            c.close()
+        s.server.site.proxies.flush_log()
+        warned = [t for t in s.records.texts(logging.WARNING) if "X-Forwarded" in t]
+        assert warned and "ignored X-Forwarded-For 'unknown' from proxy 127.0.0.1" in warned[0]
+        assert not s.records.errors()
