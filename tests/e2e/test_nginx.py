@@ -24,7 +24,9 @@ from tests.support.nginx import Nginx, nginx
 from tests.support.process import run_saffron
 
 FPS = 15  # two demos and Chromium on two cores; the demos are still anyway
-SIZES = {"a": (640, 360), "b": (480, 270)}
+SIZES = {"a": (640, 360), "b": (480, 270), "c": (320, 180)}
+"""a and b: still demos under --base-path; c: the pattern, without one, behind a location
+that strips /vm/c/ and says so in X-Forwarded-Prefix."""
 PASSWORD = "correct horse"
 
 
@@ -45,16 +47,17 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     with ExitStack() as stack:
         saffrons = {}
         for vm, (w, h) in SIZES.items():
+            source = ["--source", "pattern"] if vm == "c" else ["--still"]
+            base = [] if vm == "c" else ["--base-path", f"/vm/{vm}/"]
             saffrons[vm] = stack.enter_context(
                 run_saffron(
                     "serve",
-                    "--still",
+                    *source,
                     "--fps",
                     str(FPS),
                     "--size",
                     f"{w}x{h}",
-                    "--base-path",
-                    f"/vm/{vm}/",
+                    *base,
                     "--trusted-proxy",
                     "127.0.0.1",
                     "--password-file",
@@ -64,8 +67,9 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
                     log_name=f"saffron-proxied-{vm}.log",
                 )
             )
-        locations = {f"/vm/{vm}/": s.web_port or 0 for vm, s in saffrons.items()}
-        proxy = stack.enter_context(nginx(root / "nginx", locations))
+        ports = {f"/vm/{vm}/": s.web_port or 0 for vm, s in saffrons.items()}
+        stripped = {"/vm/c/": ports.pop("/vm/c/")}
+        proxy = stack.enter_context(nginx(root / "nginx", ports, stripped))
         yield Proxied(proxy, saffrons)
 
 
@@ -137,6 +141,22 @@ def test_two_vms_through_nginx_each_its_own_picture_sign_in_and_input(
         context.close()
 
 
+def test_a_saffron_behind_a_prefix_nginx_strips(browser: Any, proxied: Proxied) -> None:
+    """c runs without --base-path; nginx strips /vm/c/ and names it in X-Forwarded-Prefix:
+    the page's relative links and WebSocket work, and its cookie is on /vm/c/."""
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        page = context.new_page()
+        sign_in(page, proxied.url("c"))
+        assert page.url == proxied.url("c")
+        stats = wait_stats(page, "window.saffronStats.framesDecoded > 5")
+        assert (stats["width"], stats["height"]) == SIZES["c"]
+        cookies = {c["name"]: c["path"] for c in context.cookies()}
+        assert cookies == {"saffron_session_vm_c": "/vm/c/"}
+    finally:
+        context.close()
+
+
 def test_spice_html5_through_nginx(browser: Any, proxied: Proxied) -> None:
     """spice-html5 from a's web port, through nginx: ``spice-html5/`` leads to its page
     told to use ``vm/a/spice``, which nginx upgrades to a WebSocket like the page's."""
@@ -159,9 +179,10 @@ def test_spice_html5_through_nginx(browser: Any, proxied: Proxied) -> None:
 
 def test_nginx_config_is_the_readme_s() -> None:
     """The README shows users the location block the test runs nginx with."""
-    from tests.support.nginx import LOCATION, UPGRADE_MAP
+    from tests.support.nginx import LOCATION, STRIPPED, UPGRADE_MAP
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    shown = LOCATION.format(path="/vm/web1/", port=8101).replace("{{", "{").replace("}}", "}")
-    for line in (UPGRADE_MAP + shown).splitlines():
+    shown = LOCATION.format(path="/vm/web1/", port=8101)
+    stripped = STRIPPED.format(path="/vm/web1/", port=8101)
+    for line in (UPGRADE_MAP + shown + stripped).splitlines():
         assert line.strip() in readme, line

@@ -45,15 +45,24 @@ location {path} {{
 pass unchanged (no URI after the port), WebSockets are upgraded, and the proxy says
 who the client is and what scheme and host it used."""
 
+STRIPPED = LOCATION.replace("{port};", "{port}/;").replace(
+    "    proxy_read_timeout",
+    "    proxy_set_header X-Forwarded-Prefix {path};\n    proxy_read_timeout",
+)
+"""The other way: nginx strips the prefix (a ``/`` after the port) and names it in
+``X-Forwarded-Prefix``, for a Saffron run without ``--base-path``."""
 
-def config(root: Path, port: int, locations: Mapping[str, int]) -> str:
-    """nginx.conf for a proxy on 127.0.0.1:``port`` with one location per ``path: port``."""
+
+def config(root: Path, port: int, locations: Mapping[str, int], stripped: Mapping[str, int]) -> str:
+    """nginx.conf for a proxy on 127.0.0.1:``port`` with one location per ``path: port``
+    (``stripped``: the prefix stripped and named in X-Forwarded-Prefix)."""
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers would be nobody's
     temp = "\n".join(
         f"    {name}_temp_path {root / 'temp' / name};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     blocks = "".join(LOCATION.format(path=path, port=p) for path, p in locations.items())
+    blocks += "".join(STRIPPED.format(path=path, port=p) for path, p in stripped.items())
     indented = "".join(f"        {line}\n" if line else "\n" for line in blocks.splitlines())
     upgrade = "".join(f"    {line}\n" for line in UPGRADE_MAP.splitlines())
     return f"""{user}worker_processes 1;
@@ -92,8 +101,11 @@ class Nginx:
 
 
 @contextmanager
-def nginx(root: Path, locations: Mapping[str, int]) -> Iterator[Nginx]:
-    """nginx in front of Saffrons on ``locations`` (path → web port), until the block ends."""
+def nginx(
+    root: Path, locations: Mapping[str, int], stripped: Mapping[str, int] | None = None
+) -> Iterator[Nginx]:
+    """nginx in front of Saffrons on ``locations`` (path → web port; ``stripped``: see
+    :func:`config`), until the block ends."""
     if not Path(NGINX).exists():
         raise StartError("nginx is not installed (scripts/apt-packages.txt)")
     root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +113,7 @@ def nginx(root: Path, locations: Mapping[str, int]) -> Iterator[Nginx]:
         (root / "temp" / name).mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = root / "nginx.conf"
-    conf.write_text(config(root, port, locations))
+    conf.write_text(config(root, port, locations, stripped or {}))
     argv = [
         NGINX,
         "-p",
