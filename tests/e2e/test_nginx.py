@@ -80,11 +80,21 @@ def sign_in(page: Any, url: str) -> None:
     wait_stats(page, "window.saffronStats.framesDecoded >= 1")
 
 
+CHANGED = 2.0
+"""Mean difference per channel (of 255) that is a change of picture: a recolour of the
+demo moved it by 10 here, the other page's still picture by 0 (a late sharp refresh of a
+still picture would move it by well under one)."""
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
 def changed(page: Any, before: np.ndarray, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         page.wait_for_timeout(200)
-        if np.abs(read_canvas(page).astype(int) - before.astype(int)).mean() > 2:
+        if difference(read_canvas(page), before) > CHANGED:
             return True
     return False
 
@@ -126,7 +136,7 @@ def test_two_vms_through_nginx_each_its_own_picture_sign_in_and_input(
         a.locator("#screen").click()
         a.keyboard.press("KeyC")
         assert changed(a, still_a), "the key did not reach a"
-        assert np.array_equal(read_canvas(b), still_b), "a's key reached b"
+        assert difference(read_canvas(b), still_b) < CHANGED, "a's key reached b"
         b.bring_to_front()
         b.locator("#screen").click()
         b.keyboard.press("KeyC")
