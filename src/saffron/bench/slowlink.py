@@ -173,6 +173,7 @@ def run_mode(
         *("--source", "pattern", "--motion", "0.5", "--fps", str(fps), "--size", size),
         *("--bitrate", str(bitrate), "--codec", codec, *MODES[mode]),
         *("--web", f"127.0.0.1:{port}", "--spice", f"127.0.0.1:{spice_port}"),
+        *(["-vv"] if keep_log is not None else []),
     )
     if viewer_kind == "web":
         watch = [sys.executable, "-m", "saffron.bench.slowlink", "--viewer"]
@@ -200,6 +201,8 @@ def run_mode(
             if keep_log is not None:
                 keep_log.write_text(saffron.output())
         report = json.loads(out.stdout.strip().splitlines()[-1])
+        if keep_log is not None:
+            keep_log.with_suffix(".json").write_text(json.dumps(report))
         if "bytes" not in report:
             report["bytes"] = _lo_bytes(exec_ns) - before
         return summarize(viewer_kind, mode, report)
