@@ -62,6 +62,9 @@ WRITE_BUFFER_LIMIT = 512 * 1024
 """Bytes waiting in our socket buffer above which the viewer counts as behind:
 about 40 ms at 100 Mbit/s, and more than one large keyframe."""
 
+GRANT_S = 0.05
+"""How long a yes of ``writable`` holds while no frame has gone out (see there)."""
+
 QUEUE_TARGET_S = 0.02
 QUEUE_MIN_BYTES = 8 * 1024
 """Most bytes that may wait unsent (ours and the kernel's) when a new frame is taken:
@@ -151,6 +154,7 @@ class SpiceViewer:
         self._dropped_seen = 0
         self._blocked = False
         self._blocked_at = 0.0
+        self._granted_until = 0.0
         """When a frame was last refused: the producer waits for us, the picture may move."""
         self._waiting_key = True
         self._last_seq = 0
@@ -182,12 +186,14 @@ class SpiceViewer:
 
     def writable(self, slack: int = 0) -> bool:
         """False while the ACK window or the socket buffer is full. Any thread may ask."""
-        ok = (
-            self._open
-            and not self.conn.congested
-            and self.channel.window_open(slack)
-            and self.conn.buffered() <= self.queue_budget()
-        )
+        ok = self._open and not self.conn.congested and self.channel.window_open(slack)
+        if ok and time.monotonic() >= self._granted_until:
+            ok = self.conn.buffered() <= self.queue_budget()
+            if ok:
+                # The broadcast asks again as it takes the frame (and a frame in its
+                # pipeline makes no bytes yet): a yes holds until a frame goes out,
+                # or a refusal there would cost a keyframe.
+                self._granted_until = time.monotonic() + GRANT_S
         if not ok:
             self._blocked = True
             self._blocked_at = time.monotonic()
@@ -404,6 +410,7 @@ class SpiceViewer:
         if packet.codec == "h264":
             data += H264_FRAME_END
         stamp = self.channel.stream_frame(data, self.session.mm_now())
+        self._granted_until = 0.0
         self.frames += 1
         self.bytes += len(packet.data)
         if self._bands:  # motion again: stop the refresh; what it did not send stays lossy
@@ -483,6 +490,9 @@ class SpiceViewer:
             return
         idle = self._idle_time()
         waited = time.monotonic() - max(self._last_packet_at, self._blocked_at)
+        seat = self.stream.seats.get(self) if self.stream is not None else None
+        if seat is not None and seat.dropped != self._dropped_seen:
+            waited = 0.0  # the stream moves on without us (we wait for a keyframe): not still
         if waited < idle:
             self._refresh_timer = self.server.loop.call_later(idle - waited, self._refresh)
             return
