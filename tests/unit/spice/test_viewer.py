@@ -20,6 +20,7 @@ from saffron.broadcast import Seat
 from saffron.display import Display, Frame
 from saffron.display import Rect as Area
 from saffron.encoders.base import Packet
+from saffron.ratecontrol import START_KBPS
 from saffron.spice.damage import DamageLog
 from saffron.spice.protocol import wire as w
 from saffron.spice.protocol.display_channel import DisplayChannel
@@ -84,7 +85,7 @@ class FakeSession:
     def mm_now(self) -> int:
         return (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF or 1
 
-    def on_report(self, report: w.StreamReport) -> None:
+    def on_report(self, report: w.StreamReport, *, late_frames_dropped: bool = False) -> None:
         self.reports.append(report)
 
 
@@ -277,11 +278,19 @@ def test_reports_keep_numbers_and_cap_the_rate(loop: asyncio.AbstractEventLoop) 
     viewer.send_packet(packet(producer.present(1), "vp8"))
     stream = viewer.channel.stream
     assert stream is not None
+    assert viewer.rate_kbps() == START_KBPS  # a new viewer's estimate starts low
+    viewer.rate.target_kbps = 4000  # as if its ACKs had shown a fast link
     assert viewer.rate_kbps() == 4000
-    late = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 5, -40, 0xFFFFFFFF)
+    # Frames a little late are the spread of frame sizes the video delay follows...
+    slightly = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 5, -40, 0xFFFFFFFF)
+    for _ in range(3):
+        viewer.receive(w.frame(slightly, mini=True))
+    assert viewer.report_cap_kbps is None
+    # ...frames far behind it, again and again, cap the rate.
+    late = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 5, -100, 0xFFFFFFFF)
     for _ in range(2):
         viewer.receive(w.frame(late, mini=True))
-    assert viewer.last_report == late and viewer.session.reports == [late, late]  # type: ignore[attr-defined]
+    assert viewer.last_report == late and viewer.session.reports[-2:] == [late, late]  # type: ignore[attr-defined]
     assert viewer.rate_kbps() == 0.8 * 4000
     good = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 0, 20, 0xFFFFFFFF)
     for _ in range(30):
