@@ -179,6 +179,8 @@ def run(
 ) -> dict[str, Any]:
     """Every mode for every viewer over the same shaped link, one after the other."""
     rows = []
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
     with shaped_namespace(link_kbit) as ns:
         for kind in viewers:
             for mode in modes:
@@ -187,7 +189,8 @@ def run(
                     file=sys.stderr,
                     flush=True,
                 )
-                log = None if logs is None else logs / f"{kind}-{mode.replace(' ', '')}.log"
+                name = "".join(c for c in f"{kind}-{mode}" if c.isalnum() or c in "-+")
+                log = None if logs is None else logs / f"{name}.log"
                 row = run_mode(
                     ns, kind, mode, seconds, bitrate=bitrate, codec=codec, fps=fps, keep_log=log
                 )
