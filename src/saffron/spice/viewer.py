@@ -163,6 +163,8 @@ class SpiceViewer:
         self._lossy: list[Area] = []
         self._lossy_full = False
         self._last_packet_at = 0.0
+        """When the stream last brought a packet, sent or not (one dropped while waiting
+        for a keyframe also says the picture moves): the sharp refresh waits from here."""
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._bands: list[tuple[int, int, int, int]] = []
         self._band_frame: Frame | None = None
@@ -377,6 +379,7 @@ class SpiceViewer:
     def _send_packet(self, packet: Packet) -> None:
         if not self._open or packet.codec != self.codec:
             return
+        self._last_packet_at = time.monotonic()
         size = (packet.width, packet.height)
         if self.display.enabled and size != (self.display.width, self.display.height):
             # An old-size frame still in flight after a resize: never flip back to it.
@@ -417,7 +420,6 @@ class SpiceViewer:
             left = [Area(x, y, w, h) for x, y, w, h in self._bands]
             self._lossy = _merge([*self._lossy, *left])
             self._bands.clear()
-        self._last_packet_at = now
         self._arm_refresh()
         self._flush(video=True)
         for listener in self.server.frame_listeners:

@@ -257,6 +257,21 @@ def test_no_refresh_while_the_producer_draws_but_the_link_is_full(
     assert viewer.refreshes == 1
 
 
+def test_no_refresh_while_waiting_for_a_keyframe(loop: asyncio.AbstractEventLoop) -> None:
+    """Packets this viewer drops while it waits for a keyframe are motion all the same."""
+    viewer, conn, server = make_viewer(loop, GTK_DISPLAY, ["vp8"])
+    producer = Producer(server.display)
+    viewer.send_packet(packet(producer.present(1), "vp8"))
+    viewer._drop()  # say the link refused the next one: wait for a keyframe
+    viewer._last_packet_at -= 10
+    server.display.drawn_at -= 10
+    viewer.send_packet(packet(producer.present(2), "vp8", keyframe=False))  # dropped
+    server.display.drawn_at -= 10
+    viewer._refresh()
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert viewer.refreshes == 0 and conn.of(w.DrawCopy) == []
+
+
 def test_withheld_packets_make_the_next_frame_whole(loop: asyncio.AbstractEventLoop) -> None:
     viewer, conn, server = make_viewer(loop, GTK_DISPLAY, ["mjpeg"])
     producer = Producer(server.display)
