@@ -168,6 +168,12 @@ class Stream:
     def add(self, viewer: Viewer) -> None:
         self.seats[viewer] = Seat(viewer)
         self._viewers = tuple(self.seats)
+        if self.adapt and self.frames_encoded == 0:
+            # A new stream starts at what its viewers' links are thought to carry (their
+            # estimates start low, see ratecontrol), not at the maximum: its first
+            # keyframe must not take seconds on a slow link.
+            rates = [r for v in self._viewers if (r := v.rate_kbps()) is not None]
+            self.set_bitrate(choose_bitrate(rates, self.max_kbps))
         self.request_keyframe()
 
     def remove(self, viewer: Viewer) -> None:

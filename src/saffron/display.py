@@ -183,6 +183,11 @@ class Display:
         self.cursor: Cursor | None = None
         self.cursor_pos: tuple[int, int, bool] = (0, 0, False)
         self.last_frame: Frame | None = None
+        self.drawn_at = 0.0
+        """When the producer last changed the picture (monotonic seconds), taken or not:
+        the picture stands still only when this is old, not when a viewer whose link is
+        full was merely sent nothing. A producer that skips frames nobody takes leaves
+        it old meanwhile."""
         self._sinks: list[FrameSink] = []
         self._listeners: list[DisplayListener] = []
         self._seq = 0
@@ -248,6 +253,8 @@ class Display:
         if (w, h) != (self.width, self.height) or not self.enabled:
             self.scanout(w, h)
         rect = Rect(0, 0, w, h) if damage is None else damage.clip(w, h)
+        if not rect.empty:
+            self.drawn_at = time.monotonic()
         sinks = self._sinks
         ready = [s for s in sinks if s.ready]
         for s in sinks:

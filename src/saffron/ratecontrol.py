@@ -21,6 +21,13 @@ The rule (delay-based, in the spirit of WebRTC's GCC, much simplified):
   ``GROWTH`` per interval, up to the configured maximum.
 - in between: hold.
 
+It starts low (``START_KBPS``) rather than at the maximum, as TCP does: a first
+keyframe at the maximum rate would take seconds on a slow link, and every frame
+after it would wait behind it. Until the link first shows a queue, the target
+doubles each interval, but never beyond twice what was delivered (a stream that
+does not use its rate learns nothing about the link); on a fast link it reaches
+the maximum within a few seconds.
+
 Once settled the target saws between the backoff and the link rate, within
 about +-10%, and averages above 80% of the link. Frame rate needs no rule of
 its own: a viewer whose window is full is offered no frames, so its frame rate
@@ -39,6 +46,12 @@ CLEAR_MS = 15.0
 BACKOFF = 0.85
 GROWTH = 1.08
 MIN_KBPS = 150
+START_KBPS = 1500
+"""Where a new viewer's estimate starts (if the maximum is higher): a keyframe at
+this rate is a fraction of a second even on a 2 Mbit/s link."""
+IDLE_SPAN = 2 * INTERVAL
+"""A gap between acknowledgements longer than this is a pause (a still picture sends
+nothing), not a slow link: what arrives over it says nothing of the link's rate."""
 BASE_RTT_WINDOW = 10.0
 """Seconds over which the smallest round trip counts as the link's base."""
 
@@ -55,7 +68,9 @@ class RateEstimator:
 
     def __init__(self, max_kbps: int, clock: collections.abc.Callable[[], float] = time.monotonic):
         self.max_kbps = max_kbps
-        self.target_kbps = float(max_kbps)
+        self.target_kbps = float(min(max_kbps, START_KBPS))
+        self.starting = True
+        """Doubling until the first sign of a queue (see the module's docstring)."""
         self._clock = clock
         self._samples: collections.deque[Sample] = collections.deque()
         self._base: collections.deque[tuple[float, float]] = collections.deque()
@@ -78,6 +93,12 @@ class RateEstimator:
     def _update(self, now: float) -> None:
         span = now - self._last_update
         self._last_update = now
+        if span > IDLE_SPAN:
+            # Measuring across the pause would read a few bytes over seconds as the
+            # link's rate, and the first queue after it (a refresh) would cut the
+            # target to the floor: start measuring again from here instead.
+            self._samples.clear()
+            return
         recent = [s for s in self._samples if s.at > now - span]
         self._samples.clear()
         if not recent:
@@ -88,8 +109,14 @@ class RateEstimator:
         self.delivered_kbps = sum(s.size for s in recent) * 8 / 1000 / span
         if self.queue_ms > CONGESTED_MS and self.queue_ms >= previous * 0.9:
             self.target_kbps = min(self.target_kbps, self.delivered_kbps) * BACKOFF
+            self.starting = False
+        elif self.starting and self.queue_ms < CLEAR_MS:
+            grown = min(self.target_kbps * 2, self.delivered_kbps * 2)
+            self.target_kbps = max(self.target_kbps, grown)
         elif self.queue_ms < CLEAR_MS:
             self.target_kbps *= GROWTH
+        elif self.starting:
+            self.starting = False  # a queue is building: from here on, the careful rules
         self.target_kbps = min(max(self.target_kbps, MIN_KBPS), self.max_kbps)
 
 

@@ -7,7 +7,7 @@ from saffron.bench import slowlink
 
 
 def test_newest_wins_bounds_frame_age_where_a_fifo_grows() -> None:
-    result = slowlink.run(12, link_kbit=4000, bitrate=20000, codec="h264", fps=60)
+    result = slowlink.run(12, link_kbit=4000, bitrate=20000, codec="h264", fps=60, viewers=("web",))
     slowlink.print_table(result)
     rows = {r["mode"]: r for r in result["rows"]}
     shipped = rows["newest-wins + rate control"]

@@ -116,6 +116,38 @@ async def test_a_still_picture_comes_again_as_exact_tiles(env: Env) -> None:
         await ws.close()
 
 
+async def test_no_still_tiles_while_the_producer_draws_on(env: Env) -> None:
+    """A page that stops acknowledging (its link is full) is sent nothing more, and the
+    picture it has may look still; the producer draws on, so still tiles then would only
+    take the link from the video it waits for. Once the producer stops, they come."""
+    async with ClientSession() as s:
+        ws = await s.ws_connect(env.url + "ws")
+        assert json.loads((await ws.receive()).data)["type"] == "hello"
+        await ws.send_str(json.dumps({"type": "start", "codec": "mjpeg", "sharp": True}))
+        await asyncio.sleep(0.05)
+        kinds: list[int] = []
+
+        async def read(seconds: float) -> None:
+            end = asyncio.get_running_loop().time() + seconds
+            try:
+                while KIND_TILE not in kinds:
+                    left = end - asyncio.get_running_loop().time()
+                    msg = await asyncio.wait_for(ws.receive(), max(left, 0.001))
+                    if msg.type == WSMsgType.BINARY:
+                        kinds.append(msg.data[0])  # never acknowledged
+            except TimeoutError:
+                pass
+
+        reader = asyncio.create_task(read(5.0))
+        for i in range(60):  # two seconds of a moving picture
+            env.present(i)
+            await asyncio.sleep(1 / 30)
+        assert kinds and KIND_TILE not in kinds, kinds
+        await reader  # the picture stands still now: the tiles come
+        assert KIND_TILE in kinds
+        await ws.close()
+
+
 async def test_page_and_health(env: Env) -> None:
     async with ClientSession() as s:
         async with s.get(env.url) as r:

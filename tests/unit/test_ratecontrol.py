@@ -100,3 +100,20 @@ def test_stream_bitrate_choice() -> None:
     assert choose_bitrate([1000.0, 3000.0], 8000) == 3000
     assert choose_bitrate([90000.0], 8000) == 8000
     assert significant(1000, 1200) and not significant(1000, 1100)
+
+
+def test_a_pause_is_not_read_as_a_slow_link() -> None:
+    """A still picture sends nothing for seconds; the refresh after it queues briefly.
+    The rate measured across the pause (a few bytes over seconds) must not become the
+    target: it stays near what the link carried before."""
+    clock = Clock()
+    est = RateEstimator(20000, clock)
+    simulate(est, clock, 4000, 20)
+    settled = est.target_kbps
+    clock.t += 5.0  # nothing to send (within BASE_RTT_WINDOW: the base RTT is still known)
+    for i in range(3):  # the refresh: a large frame, queued
+        clock.t += 0.05
+        est.on_ack(150.0 + i * 20, 60_000)
+    assert est.target_kbps >= settled * BACKOFF, (settled, est.target_kbps)
+    targets = simulate(est, clock, 4000, 5)
+    assert min(targets) >= 4000 * 0.5, min(targets)

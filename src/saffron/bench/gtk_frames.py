@@ -3,7 +3,9 @@
 
 Counts the distinct pictures it shows (a hash of a sampled grid of the surface
 on every redraw), and, with --key, types a key and times until the test
-guest's key strip shows it: input to picture, through the whole server.
+guest's key strip shows it: input to picture, through the whole server. With
+--ages (for the ``pattern`` source) it reads the capture time off every picture
+it shows instead, from the moment it connects: frame ages, start included.
 Prints one JSON report.
 
 A script for the system python3 (spice-gtk's bindings), run by its path with
@@ -24,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from saffron.bench.spice_gtk import CODECS, Surface
+from saffron.sources.pattern import read_stamp
 
 gi.require_version("SpiceClientGLib", "2.0")
 from gi.repository import GLib, GObject, SpiceClientGLib  # noqa: E402
@@ -40,6 +43,7 @@ class Viewer:
         self.inputs: Any = None
         self.display: Any = None
         self.started: float | None = None
+        self.connected = 0.0
         self.pictures = 0
         self.redraws = 0
         self.last_hash = b""
@@ -47,6 +51,8 @@ class Viewer:
         self.key_delays: list[float] = []
         self.keys_left = args.keys
         self.expect = 0
+        self.ages: list[tuple[float, float]] = []  # (seconds since connecting, age ms)
+        self.last_stamp = -1
         GObject.Object.connect(self.session, "channel-new", self.on_channel)
 
     def on_channel(self, session: Any, channel: Any) -> None:
@@ -72,8 +78,15 @@ class Viewer:
     def pixels(self) -> npt.NDArray[np.uint8] | None:
         return None if self.surface is None else self.surface.pixels()
 
-    def on_invalidate(self, *_: Any) -> None:
+    def on_invalidate(self, _channel: Any, _x: int, y: int, *_: Any) -> None:
         px = self.pixels()
+        if self.args.ages and px is not None and self.started is not None and y <= 4:
+            stamp = read_stamp(px)
+            if stamp != self.last_stamp:
+                self.last_stamp = stamp
+                age = time.time_ns() / 1e6 - stamp / 1000
+                if 0 <= age < 600_000:  # a misread stamp is not a frame age
+                    self.ages.append((time.monotonic() - self.started, age))
         if px is None or self.started is None:
             return
         self.redraws += 1
@@ -98,6 +111,8 @@ class Viewer:
 
     def tick(self) -> bool:
         now = time.monotonic()
+        if self.started is None and self.args.ages:
+            self.started = self.connected  # the start counts: from connecting on
         if self.started is None and self.surface is not None:
             self.started = now + self.args.settle
             self.pictures = 0
@@ -123,6 +138,7 @@ class Viewer:
         return True
 
     def run(self) -> dict[str, Any]:
+        self.connected = time.monotonic()
         self.session.connect()
         GLib.timeout_add(20, self.tick)
         GLib.timeout_add(10, self.sample)
@@ -136,6 +152,8 @@ class Viewer:
             "redraws": self.redraws,
             "key_delays_ms": self.key_delays,
             "size": [self.surface.width, self.surface.height] if self.surface else None,
+            "samples": self.ages,
+            "seconds": measured,
         }
 
 
@@ -147,6 +165,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--keys", type=int, default=0)
     p.add_argument("--key-row", type=int, default=624)
+    p.add_argument("--ages", action="store_true", help="frame ages from the pattern's stamp")
     args = p.parse_args()
     print(json.dumps(Viewer(args).run()), flush=True)
 

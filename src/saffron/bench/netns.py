@@ -30,9 +30,12 @@ from contextlib import contextmanager
 CLONE_NEWNET = 0x40000000
 """setns(2)'s nstype for a network namespace."""
 
-TBF_LATENCY_MS = 50
-"""How long tbf may hold a packet before dropping it: a short queue, as a busy
-home uplink has, so the measured delay is Saffron's and not the shaper's."""
+TBF_LATENCY_MS = 100
+"""How long tbf may hold a packet before dropping it: the queue of a busy home
+uplink, so a sender that overfills it loses packets as it would there."""
+
+TBF_BURST = 32_000
+"""Bytes the shaper lets through at once after an idle moment (the issue's link)."""
 
 
 def missing() -> str | None:
@@ -113,12 +116,11 @@ def entered(name: str) -> Iterator[None]:
 def shaped_namespace(rate_kbit: int) -> Iterator[str]:
     """A fresh namespace whose loopback carries ``rate_kbit``; removed afterwards."""
     with namespace(lo_mtu=1500) as name:
-        burst = max(rate_kbit * 1000 // 8 // 100, 3000)  # 10 ms of data, at least two packets
         subprocess.run(
             [
                 *exec_in(name),
                 *("tc", "qdisc", "add", "dev", "lo", "root", "tbf"),
-                *("rate", f"{rate_kbit}kbit", "burst", str(burst)),
+                *("rate", f"{rate_kbit}kbit", "burst", str(TBF_BURST)),
                 *("latency", f"{TBF_LATENCY_MS}ms"),
             ],
             check=True,

@@ -1,10 +1,12 @@
-"""Latency on a slow link: newest-wins against a naive FIFO, in one run.
+"""Latency on a slow link: newest-wins against a naive FIFO, web and SPICE, in one run.
 
 Saffron (the ``pattern`` producer, whose frames carry their capture time in
 their top rows) and a measuring viewer run inside a network namespace of
-their own whose loopback is shaped with ``tc tbf`` to a few Mbit/s. The
-viewer decodes every frame with FFmpeg, reads the capture time back from the
-pixels and records the frame's age. Needs root (namespaces, tc).
+their own whose loopback is shaped with ``tc tbf`` to a few Mbit/s. The web
+viewer decodes every frame with FFmpeg, the SPICE one is spice-gtk
+(gtk_frames.py, reading the surface it draws); both read the capture time back
+from the pixels and record the frame's age, from the moment they connect, so
+the start counts. Needs root (namespaces, tc).
 
     saffron bench --full                 # the minute-long version, with the other tables
     python -m saffron.bench.slowlink     # just this
@@ -25,9 +27,12 @@ from typing import Any
 
 from .. import table
 from .clients import WebFrame, watch_web
-from .netns import exec_in, shaped_namespace
+from .netns import TBF_BURST, TBF_LATENCY_MS, exec_in, shaped_namespace
 from .process import saffron_command, start_saffron
+from .spice_gtk import SYSTEM_PYTHON, script_env
 from .stats import percentile
+
+GTK_FRAMES = Path(__file__).with_name("gtk_frames.py")
 
 
 async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
@@ -58,22 +63,28 @@ async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
     return {"samples": samples, "bytes": received, "seconds": time.monotonic() - start}
 
 
-def summarize(mode: str, report: dict[str, Any], windows: int = 6) -> dict[str, Any]:
+TREND_WINDOW_S = 10.0
+"""The p95 is also given per stretch of this many seconds: how it moves over the run."""
+
+
+def summarize(viewer: str, mode: str, report: dict[str, Any]) -> dict[str, Any]:
     samples = report["samples"]
     ages = [a for _, a in samples]
     span = report["seconds"]
+    windows = max(1, round(span / TREND_WINDOW_S))
     trend = []
     for i in range(windows):
         lo, hi = span * i / windows, span * (i + 1) / windows
         part = [a for t, a in samples if lo <= t < hi]
         trend.append(round(percentile(part, 95)) if part else None)
     return {
+        "viewer": viewer,
         "mode": mode,
         "frames_per_s": round(len(ages) / span, 1),
         "kbit_s": round(report["bytes"] * 8 / 1000 / span),
-        "age_p50_ms": round(percentile(ages, 50)),
-        "age_p95_ms": round(percentile(ages, 95)),
-        "age_p99_ms": round(percentile(ages, 99)),
+        "age_p50_ms": round(percentile(ages, 50)) if ages else None,
+        "age_p95_ms": round(percentile(ages, 95)) if ages else None,
+        "age_p99_ms": round(percentile(ages, 99)) if ages else None,
         "p95_trend_ms": trend,
     }
 
@@ -86,36 +97,73 @@ MODES = {
 """Saffron as it ships, its buffering alone, and the naive queue it replaces."""
 
 
+VIEWERS = ("web", "SPICE")
+"""The web page's viewer (FFmpeg, in Python) and spice-gtk."""
+
+
+def _lo_bytes(exec_ns: list[str]) -> int:
+    """Bytes the namespace's loopback carried so far (both directions: acks are tiny)."""
+    out = subprocess.run([*exec_ns, "cat", "/proc/net/dev"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        name, _, fields = line.partition(":")
+        if name.strip() == "lo":
+            return int(fields.split()[0])
+    return 0
+
+
 def run_mode(
-    namespace: str, mode: str, seconds: float, *, bitrate: int, codec: str, fps: int
+    namespace: str,
+    viewer_kind: str,
+    mode: str,
+    seconds: float,
+    *,
+    bitrate: int,
+    codec: str,
+    fps: int,
+    size: str = "1280x720",
+    keep_log: Path | None = None,
 ) -> dict[str, Any]:
     port = 18000 + os.getpid() % 1000  # the namespace is new: nothing else listens in it
+    spice_port = port + 1
     exec_ns = exec_in(namespace)
     serve = saffron_command(
         "serve",
-        *("--source", "pattern", "--motion", "0.5", "--fps", str(fps)),
+        *("--source", "pattern", "--motion", "0.5", "--fps", str(fps), "--size", size),
         *("--bitrate", str(bitrate), "--codec", codec, *MODES[mode]),
-        *("--web", f"127.0.0.1:{port}"),
+        *("--web", f"127.0.0.1:{port}", "--spice", f"127.0.0.1:{spice_port}"),
+        *(["-vv"] if keep_log is not None else []),
     )
-    watch = [
-        sys.executable,
-        "-m",
-        "saffron.bench.slowlink",
-        "--viewer",
-        f"http://127.0.0.1:{port}/",
-    ]
+    if viewer_kind == "web":
+        watch = [sys.executable, "-m", "saffron.bench.slowlink", "--viewer"]
+        watch += [f"http://127.0.0.1:{port}/", "--seconds", str(seconds), "--codec", codec]
+        env = None
+    else:
+        watch = [SYSTEM_PYTHON, str(GTK_FRAMES), "--port", str(spice_port), "--codec", codec]
+        watch += ["--seconds", str(seconds), "--ages"]
+        env = script_env()
     with (
         tempfile.TemporaryDirectory(prefix="saffron-slowlink-") as tmp,
-        start_saffron([*exec_ns, *serve], Path(tmp) / "saffron.log", web_port=port),
+        start_saffron([*exec_ns, *serve], Path(tmp) / "saffron.log", web_port=port) as saffron,
     ):
-        out = subprocess.run(
-            [*exec_ns, *watch, "--seconds", str(seconds), "--codec", codec],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        )
-        return summarize(mode, json.loads(out.stdout))
+        before = _lo_bytes(exec_ns)
+        try:
+            out = subprocess.run(
+                [*exec_ns, *watch],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+                check=True,
+                env=env,
+            )
+        finally:
+            if keep_log is not None:
+                keep_log.write_text(saffron.output())
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        if keep_log is not None:
+            keep_log.with_suffix(".json").write_text(json.dumps(report))
+        if "bytes" not in report:
+            report["bytes"] = _lo_bytes(exec_ns) - before
+        return summarize(viewer_kind, mode, report)
 
 
 def run(
@@ -125,17 +173,28 @@ def run(
     bitrate: int = 20000,
     codec: str = "h264",
     fps: int = 60,
+    viewers: tuple[str, ...] = VIEWERS,
+    modes: tuple[str, ...] = tuple(MODES),
+    logs: Path | None = None,
 ) -> dict[str, Any]:
-    """Both modes over the same shaped link, one after the other, in one run."""
+    """Every mode for every viewer over the same shaped link, one after the other."""
     rows = []
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
     with shaped_namespace(link_kbit) as ns:
-        for mode in MODES:
-            print(
-                f"slow link: {mode} buffering, {seconds:g} s over {link_kbit} kbit/s ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            rows.append(run_mode(ns, mode, seconds, bitrate=bitrate, codec=codec, fps=fps))
+        for kind in viewers:
+            for mode in modes:
+                print(
+                    f"slow link: {kind} viewer, {mode}, {seconds:g} s over {link_kbit} kbit/s ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                name = "".join(c for c in f"{kind}-{mode}" if c.isalnum() or c in "-+")
+                log = None if logs is None else logs / f"{name}.log"
+                row = run_mode(
+                    ns, kind, mode, seconds, bitrate=bitrate, codec=codec, fps=fps, keep_log=log
+                )
+                rows.append(row)
     return {
         "link_kbit_s": link_kbit,
         "content_bitrate_kbit_s": bitrate,
@@ -149,9 +208,11 @@ def run(
 def print_table(result: dict[str, Any]) -> None:
     table.print_table(
         result["rows"],
-        f"Slow link: {result['link_kbit_s']} kbit/s (tbf), pattern at {result['fps']} fps "
+        f"Slow link: {result['link_kbit_s']} kbit/s (tbf, burst {TBF_BURST // 1000} kB, "
+        f"latency {TBF_LATENCY_MS} ms), pattern 1280x720 at {result['fps']} fps "
         f"asking {result['content_bitrate_kbit_s']} kbit/s, {result['codec']}, "
-        f"{result['seconds']:g} s per mode; frame age = capture to decoded, from the pixels",
+        f"{result['seconds']:g} s per row from connecting; frame age = capture to shown "
+        f"(web: decoded), from the pixels; p95 per {TREND_WINDOW_S:g} s",
     )
 
 
@@ -161,12 +222,22 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--codec", default="h264")
     p.add_argument("--link", type=int, default=4000, help="link rate, kbit/s")
+    p.add_argument("--only", choices=VIEWERS, help="one viewer, not both")
+    p.add_argument("--mode", choices=list(MODES), action="append", help="(repeatable)")
     p.add_argument("--json")
+    p.add_argument("--logs", type=Path, help="keep each row's Saffron log in this folder")
     args = p.parse_args()
     if args.viewer:
         print(json.dumps(asyncio.run(viewer(args.viewer, args.seconds, args.codec))))
         return
-    result = run(args.seconds, link_kbit=args.link, codec=args.codec)
+    result = run(
+        args.seconds,
+        link_kbit=args.link,
+        codec=args.codec,
+        viewers=(args.only,) if args.only else VIEWERS,
+        modes=tuple(args.mode) if args.mode else tuple(MODES),
+        logs=args.logs,
+    )
     print_table(result)
     if args.json:
         with open(args.json, "w") as f:

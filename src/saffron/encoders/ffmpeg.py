@@ -34,6 +34,9 @@ class FFmpegProfile:
     options: dict[str, str] = field(default_factory=dict)
     hardware: bool = False
     pix_fmt: str = "yuv420p"
+    live_bitrate: bool = False
+    """A new bitrate near the one it was opened at is taken by the open encoder (no
+    keyframe): see ``LIVE_RANGE``."""
 
 
 PROFILES = [
@@ -47,6 +50,7 @@ PROFILES = [
         "h264",
         "libx264",
         {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"},
+        live_bitrate=True,
     ),
     FFmpegProfile(
         "vp9",
@@ -75,6 +79,13 @@ PROFILES = [
 ]
 
 
+LIVE_RANGE = (0.5, 1.2)
+"""An encoder that can (``live_bitrate``) takes a new bitrate between these shares
+of the one it was opened at without reopening. It is opened with its VBV ceiling
+(maxrate) at the top of the range, so a raise within it is honoured; the ceiling it
+keeps is then at most 2.4 times the new rate, and its buffer (``VBV_SECONDS``) that
+of the rate it was opened at."""
+
 VBV_SECONDS = 0.25
 """Rate-control buffer, in seconds of the target bitrate: no frame, keyframes
 included, may take more than this much link time, which bounds the latency a
@@ -87,7 +98,10 @@ class FFmpegEncoder(Encoder):
     A new bitrate reopens the context (with a keyframe): x264's live reconfig
     keeps the old VBV ceiling and libvpx and SVT-AV1 ignore a changed target,
     so reopening is the one way that works for all of them. Callers limit how
-    often they change it.
+    often they change it. The exception: x264 takes a target near the one it
+    was opened at in place (``LIVE_RANGE``), keeping the ceiling it was opened
+    with: rate control changes the rate every second or two on a slow link, where
+    each keyframe costs a fraction of a second of link time.
     """
 
     def __init__(
@@ -100,6 +114,8 @@ class FFmpegEncoder(Encoder):
         self.hardware = profile.hardware
         self._pts = 0
         self._reopen = False
+        self._opened_kbps = bitrate_kbps
+        self._live_kbps: int | None = None
         self._ctx: VideoCodecContext | None = self._open()
 
     def _open(self) -> VideoCodecContext:
@@ -111,13 +127,14 @@ class FFmpegEncoder(Encoder):
             ctx.time_base = Fraction(1, 1000)
             ctx.framerate = Fraction(self.fps)
             ctx.bit_rate = self.bitrate_kbps * 1000
+            self._opened_kbps = self.bitrate_kbps
             ctx.gop_size = max(self.fps * 10, 1)
             ctx.max_b_frames = 0
             ctx.thread_count = 2
             bits = self.bitrate_kbps * 1000
             ctx.options = {
                 **self.profile.options,
-                "maxrate": str(bits),
+                "maxrate": str(int(bits * (LIVE_RANGE[1] if self.profile.live_bitrate else 1))),
                 "bufsize": str(int(bits * VBV_SECONDS)),
             }
             ctx.open()
@@ -133,6 +150,12 @@ class FFmpegEncoder(Encoder):
         if kbps == self.bitrate_kbps:
             return
         super().set_bitrate(kbps)
+        ctx = self._ctx
+        opened = self._opened_kbps
+        low, high = LIVE_RANGE
+        if self.profile.live_bitrate and ctx is not None and opened * low <= kbps <= opened * high:
+            self._live_kbps = kbps  # set on the context by encode(), on the encoder's thread
+            return
         self._reopen = True
 
     def prepare(self, frame: Frame) -> VideoFrame:
@@ -155,8 +178,12 @@ class FFmpegEncoder(Encoder):
         ctx = self._ctx
         if self._reopen or ctx is None:
             self._reopen = False
+            self._live_kbps = None
             self._ctx = ctx = self._open()
             keyframe = True
+        live, self._live_kbps = self._live_kbps, None
+        if live is not None:
+            ctx.bit_rate = live * 1000
         yuv = prepared if self._fits(prepared) else self.prepare(frame)
         yuv.pts = self._pts
         self._pts += max(1000 // self.fps, 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import secrets
 import socket
@@ -86,6 +87,15 @@ holding its slot for the kernel's default of two hours."""
 WEBSOCKET_MAX_MESSAGE = 2 * MAX_CLIENT_MESSAGE_SIZE
 """Largest WebSocket message taken on the aiohttp path: spice-html5 sends one SPICE
 message per WebSocket message, and no client message is above 64 KiB."""
+
+NOTSENT_LOWAT = 16 * 1024
+"""TCP_NOTSENT_LOWAT: the kernel takes more bytes only while fewer than this are
+still unsent. Without it a socket's send buffer grows to megabytes, seconds of
+video on a slow link that nobody can take back; with it what waits stays in our
+buffer, where the viewer sees it (and stops taking frames, see viewer.py)."""
+
+SIOCOUTQNSD = 0x894B
+"""ioctl: bytes the kernel holds for a TCP socket that it has not sent yet."""
 
 WRITE_BUFFER_LOW = WRITE_BUFFER_LIMIT // 4
 """Below this the viewer counts as caught up again."""
@@ -390,6 +400,7 @@ class _TcpConnection(AdmittedConnection):
         self._head = b""
         self._request_tail = b""
         self.congested = False
+        self._fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -397,6 +408,7 @@ class _TcpConnection(AdmittedConnection):
             transport.abort()  # nothing was sent: no reason to linger
             return
         _keepalive(transport)
+        self._fd = _small_send_queue(transport)
         self.start(transport, LINK_TIMEOUT_S)
 
     def connected(self, transport: asyncio.Transport) -> None:
@@ -462,7 +474,11 @@ class _TcpConnection(AdmittedConnection):
         self._raw(data)
 
     def buffered(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport else 0
+        """Bytes written and not sent yet: in our buffer, and in the kernel's."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return 0
+        return transport.get_write_buffer_size() + _unsent(self._fd)
 
     def close(self) -> None:
         if self.ws is not None:
@@ -484,6 +500,28 @@ class _TcpConnection(AdmittedConnection):
         self.release()
         if self.conn is not None:
             self.conn.connection_lost()
+
+
+def _small_send_queue(transport: asyncio.Transport) -> int:
+    """Keep the kernel's unsent bytes small (``NOTSENT_LOWAT``); the socket's fd, or -1."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return -1
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    return int(sock.fileno())
+
+
+def _unsent(fd: int) -> int:
+    """What the kernel has not sent yet of what was written to TCP socket ``fd``. Any
+    thread may ask (the broadcast's producer does, through the viewer's ``writable``)."""
+    if fd < 0:
+        return 0
+    try:
+        buf = fcntl.ioctl(fd, SIOCOUTQNSD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(buf, "little", signed=True)
 
 
 def _keepalive(transport: asyncio.Transport) -> None:

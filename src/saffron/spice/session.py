@@ -4,8 +4,10 @@ A session starts with a main channel and has a random id; the client opens its
 other channels with that id. The session keeps the client's video clock: the
 client's multimedia time runs ``latency_ms`` behind Saffron's millisecond clock,
 frames are stamped with Saffron's clock when sent, so spice-gtk shows each frame
-about ``latency_ms`` after it was sent (spice-server uses 400 ms; Saffron starts
-at 20 and raises it only when reports say frames arrive late).
+about ``latency_ms`` after it was sent (spice-server uses 400 ms). Saffron starts
+at 20 ms and from then on follows the frames' measured trip (each stream report
+tells how early or late its last frame came): up at once when they come late,
+down as soon as they come early again.
 
 The handlers here see the server and their connection only through the ports
 of :mod:`saffron.spice.ports`: they know no socket, TLS or WebSocket, and not
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -48,8 +51,14 @@ INITIAL_LATENCY_MS = 20
 little jitter; every millisecond of it is added to what the user sees."""
 MAX_LATENCY_MS = 400
 """Never more than spice-server's fixed delay."""
-LATENCY_STEP_MS = 10
 LATENCY_MARGIN_MS = 10
+"""Added to the measured trip: jitter of a few ms must not make frames late."""
+LATENCY_HYSTERESIS_MS = 5
+"""Smaller changes of the delay are not worth a MULTI_MEDIA_TIME."""
+TRIP_WINDOW_S = 2.0
+"""Frame trips of the last this many seconds decide the delay."""
+LATENCY_CHANGE_INTERVAL_S = 0.5
+"""At most one change this often (raising it reschedules spice-gtk's queued frames)."""
 PING_INTERVAL_S = 10.0
 
 
@@ -81,7 +90,8 @@ class Session:
         self.cursor: CursorHandler | None = None
         self.closed = False
         self._last_latency_change = 0.0
-        self._slack: list[int] = []
+        self._trips: deque[tuple[float, int]] = deque()
+        """(when, ms): how long frames took from being stamped to reaching the client."""
 
     # -- the video clock ---------------------------------------------------------------
 
@@ -96,32 +106,37 @@ class Session:
             return
         self.latency_ms = ms
         self._last_latency_change = time.monotonic()
-        log.info("%s: video delay now %d ms (%s)", self.label, ms, why)
+        log.debug("%s: video delay now %d ms (%s)", self.label, ms, why)
         if self.main is not None:
             self.main.channel.set_mm_time(self.client_clock())
             self.main.conn.flush()
 
-    def on_report(self, report: StreamReport) -> None:
-        """Raise the delay quickly when frames come late, lower it slowly when they don't."""
+    def on_report(self, report: StreamReport, *, late_frames_dropped: bool = False) -> None:
+        """Follow the frames' trip time: the delay a client needs to show them on time.
+
+        A report's ``last_frame_delay`` is the delay minus its last frame's trip. The
+        delay becomes the trips of the last ``TRIP_WINDOW_S`` plus a margin: all of them
+        where a late frame is dropped (spice-gtk's MJPEG), their median where it is
+        shown at once anyway (its GStreamer codecs), so one slow keyframe does not hold
+        every frame after it back. Up at once, down as soon as frames are early.
+        """
         now = time.monotonic()
-        if report.num_drops > 0 or report.last_frame_delay < 0:
-            self._slack.clear()
-            if now - self._last_latency_change >= 1.0 and self.latency_ms < MAX_LATENCY_MS:
-                lateness = max(-report.last_frame_delay, 0)
-                ms = min(MAX_LATENCY_MS, self.latency_ms + lateness + LATENCY_STEP_MS)
-                self.set_latency(ms, "frames arrived late")
+        trip = self.latency_ms - report.last_frame_delay
+        self._trips.append((now, trip))
+        while self._trips and self._trips[0][0] < now - TRIP_WINDOW_S:
+            self._trips.popleft()
+        trips = sorted(t for _, t in self._trips)
+        needed = trips[-1] if late_frames_dropped else trips[(len(trips) - 1) // 2]
+        ms = min(MAX_LATENCY_MS, max(INITIAL_LATENCY_MS, needed + LATENCY_MARGIN_MS))
+        late = report.num_drops > 0 or report.last_frame_delay < 0
+        if abs(ms - self.latency_ms) <= LATENCY_HYSTERESIS_MS:
             return
-        self._slack.append(report.last_frame_delay)
-        if len(self._slack) >= 10:
-            spare = min(self._slack) - LATENCY_MARGIN_MS
-            self._slack.clear()
-            if (
-                self.latency_ms > INITIAL_LATENCY_MS
-                and spare > 5
-                and now - self._last_latency_change >= 5.0
-            ):
-                ms = max(INITIAL_LATENCY_MS, self.latency_ms - spare // 2)
-                self.set_latency(ms, "frames arrive in time again")
+        if ms > self.latency_ms and late_frames_dropped and late:
+            pass  # frames are being lost: no waiting
+        elif now - self._last_latency_change < LATENCY_CHANGE_INTERVAL_S:
+            return
+        why = "frames arrived late" if ms > self.latency_ms else "frames arrive early"
+        self.set_latency(ms, why)
 
     # -- channels ----------------------------------------------------------------------
 

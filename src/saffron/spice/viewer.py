@@ -62,9 +62,24 @@ WRITE_BUFFER_LIMIT = 512 * 1024
 """Bytes waiting in our socket buffer above which the viewer counts as behind:
 about 40 ms at 100 Mbit/s, and more than one large keyframe."""
 
+GRANT_S = 0.05
+"""How long a yes of ``writable`` holds while no frame has gone out (see there)."""
+
+QUEUE_TARGET_S = 0.02
+QUEUE_MIN_BYTES = 8 * 1024
+"""Most bytes that may wait unsent (ours and the kernel's) when a new frame is taken:
+what the link sends in 20 ms at this viewer's rate, at least 8 KiB. A frame then
+waits behind at most that much; newer frames are skipped before they are encoded,
+as for a full ACK window (which counts messages, not bytes: on a slow link 20
+messages are seconds of video)."""
+
 REFRESH_BAND_BYTES = 256 * 1024
-"""A sharp refresh is sent in DRAW_COPY bands of about this size, each only while
-the send buffer is nearly empty, so video can overtake the rest."""
+"""A sharp refresh is sent in DRAW_COPY bands of at most this size (and about what
+the link sends in 40 ms), each only while the send queue is within its budget, so
+video can overtake the rest."""
+
+PUMP_RETRY_S = 0.005
+"""How soon the pump looks again while the send queue is above its budget."""
 
 REFRESH_IDLE_S = 0.3
 """How long the picture must stand still (plus the video delay) before the sharp refresh."""
@@ -91,6 +106,11 @@ whole, so no picture is left without a message (measured: 35 -> 1.4 ms, 30 fps).
 
 MAX_CLIP_RECTS = 8
 """More changed rectangles than this are merged into their bounding box."""
+
+REPORT_LATE_MS = 60
+"""A report whose last frame came this much later than the video delay counts as
+late for the rate cap below: the delay follows the frames' median trip (see
+session.py), so smaller lateness is the ordinary spread of frame sizes."""
 
 REPORT_CAP_FLOOR_KBPS = 500
 REPORT_CAP_CUT = 0.8
@@ -133,6 +153,9 @@ class SpiceViewer:
         self._missed = True
         self._dropped_seen = 0
         self._blocked = False
+        self._blocked_at = 0.0
+        self._granted_until = 0.0
+        """When a frame was last refused: the producer waits for us, the picture may move."""
         self._waiting_key = True
         self._last_seq = 0
         self._history: deque[tuple[float, list[Area] | None]] = deque()
@@ -140,6 +163,8 @@ class SpiceViewer:
         self._lossy: list[Area] = []
         self._lossy_full = False
         self._last_packet_at = 0.0
+        """When the stream last brought a packet, sent or not (one dropped while waiting
+        for a keyframe also says the picture moves): the sharp refresh waits from here."""
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._bands: list[tuple[int, int, int, int]] = []
         self._band_frame: Frame | None = None
@@ -164,9 +189,22 @@ class SpiceViewer:
     def writable(self, slack: int = 0) -> bool:
         """False while the ACK window or the socket buffer is full. Any thread may ask."""
         ok = self._open and not self.conn.congested and self.channel.window_open(slack)
+        if ok and time.monotonic() >= self._granted_until:
+            ok = self.conn.buffered() <= self.queue_budget()
+            if ok:
+                # The broadcast asks again as it takes the frame (and a frame in its
+                # pipeline makes no bytes yet): a yes holds until a frame goes out,
+                # or a refusal there would cost a keyframe.
+                self._granted_until = time.monotonic() + GRANT_S
         if not ok:
             self._blocked = True
+            self._blocked_at = time.monotonic()
         return ok
+
+    def queue_budget(self) -> int:
+        """Unsent bytes below which this viewer takes another frame (``QUEUE_TARGET_S``)."""
+        rate = self.rate_kbps() or self.server.broadcast.bitrate_kbps
+        return max(QUEUE_MIN_BYTES, int(rate * 125 * QUEUE_TARGET_S))
 
     def rate_kbps(self) -> float | None:
         """What the ACKs say the link carries, capped if stream reports show late frames."""
@@ -313,15 +351,16 @@ class SpiceViewer:
         """A primary surface of this size, showing the last frame if it fits, else black."""
         self._bands.clear()
         self.channel.create_surface(width, height)
+        self.channel.fill(0, 0, width, height, 0)
+        self.channel.mark()
+        self._lossy, self._lossy_full = [], True
         frame = self.display.last_frame
         if frame is not None and (frame.width, frame.height) == (width, height):
-            # The whole picture at once: the client shows nothing before MARK anyway.
-            self._send_area(frame, 0, 0, width, height)
-            self._lossy, self._lossy_full = [], False
-        else:
-            self.channel.fill(0, 0, width, height, 0)
-            self._lossy, self._lossy_full = [], True
-        self.channel.mark()
+            # The last picture, losslessly, in bands that the first video frame stops
+            # (it paints the whole surface): on a LAN they are through before it comes;
+            # on a slow link megabytes of pixels would hold the video back for seconds.
+            self._start_bands(frame, [Area(0, 0, width, height)])
+            self.server.loop.call_soon(self._pump)
         self._missed = True
         self._history.clear()
         self._clip = None
@@ -340,6 +379,7 @@ class SpiceViewer:
     def _send_packet(self, packet: Packet) -> None:
         if not self._open or packet.codec != self.codec:
             return
+        self._last_packet_at = time.monotonic()
         size = (packet.width, packet.height)
         if self.display.enabled and size != (self.display.width, self.display.height):
             # An old-size frame still in flight after a resize: never flip back to it.
@@ -373,13 +413,13 @@ class SpiceViewer:
         if packet.codec == "h264":
             data += H264_FRAME_END
         stamp = self.channel.stream_frame(data, self.session.mm_now())
+        self._granted_until = 0.0
         self.frames += 1
         self.bytes += len(packet.data)
         if self._bands:  # motion again: stop the refresh; what it did not send stays lossy
             left = [Area(x, y, w, h) for x, y, w, h in self._bands]
             self._lossy = _merge([*self._lossy, *left])
             self._bands.clear()
-        self._last_packet_at = now
         self._arm_refresh()
         self._flush(video=True)
         for listener in self.server.frame_listeners:
@@ -451,7 +491,14 @@ class SpiceViewer:
         if not self._open or not (self._lossy or self._lossy_full):
             return
         idle = self._idle_time()
-        waited = time.monotonic() - self._last_packet_at
+        # Still means the producer drew nothing: a viewer whose link is full is sent no
+        # frames while the picture keeps moving, and a refresh then would only take the
+        # link from the video it is waiting for.
+        drawn_at = self.display.drawn_at
+        waited = time.monotonic() - max(self._last_packet_at, self._blocked_at, drawn_at)
+        seat = self.stream.seats.get(self) if self.stream is not None else None
+        if seat is not None and seat.dropped != self._dropped_seen:
+            waited = 0.0  # the stream moves on without us (we wait for a keyframe): not still
         if waited < idle:
             self._refresh_timer = self.server.loop.call_later(idle - waited, self._refresh)
             return
@@ -467,17 +514,7 @@ class SpiceViewer:
             self.channel.destroy_stream()
             self._waiting_key = True
             self._flush()
-        self._band_frame = frame
-        self._bands = []
-        for area in areas:
-            area = area.clip(width, height)
-            if area.empty:
-                continue
-            rows = max(1, REFRESH_BAND_BYTES // (area.width * 4))
-            for top in range(area.y, area.y + area.height, rows):
-                h = min(rows, area.y + area.height - top)
-                self._bands.append((area.x, top, area.width, h))
-        self._lossy, self._lossy_full = [], False
+        self._start_bands(frame, areas)
         self.refreshes += 1
         self.last_refresh = [(a.x, a.y, a.width, a.height) for a in areas]
         log.debug(
@@ -488,6 +525,21 @@ class SpiceViewer:
             sum(w * h * 4 for _, _, w, h in self._bands) // 1024,
         )
         self._pump()
+
+    def _start_bands(self, frame: Frame, areas: list[Area]) -> None:
+        """Queue ``areas`` of ``frame`` as DRAW_COPY bands for the pump; they count as sharp."""
+        self._band_frame = frame
+        self._bands = []
+        band_bytes = min(REFRESH_BAND_BYTES, max(QUEUE_MIN_BYTES, 2 * self.queue_budget()))
+        for area in areas:
+            area = area.clip(frame.width, frame.height)
+            if area.empty:
+                continue
+            rows = max(1, band_bytes // (area.width * 4))
+            for top in range(area.y, area.y + area.height, rows):
+                h = min(rows, area.y + area.height - top)
+                self._bands.append((area.x, top, area.width, h))
+        self._lossy, self._lossy_full = [], False
 
     def _pump(self) -> None:
         """Send refresh bands while the socket and the ACK window have room to spare.
@@ -500,12 +552,12 @@ class SpiceViewer:
         frame = self._band_frame
         while self._bands and frame is not None and self._open:
             window = self.channel.ack_window
-            if self.conn.buffered() > WRITE_BUFFER_LIMIT // 2 or (
+            if self.conn.buffered() > self.queue_budget() or (
                 window and self.channel.unacked >= window
             ):
                 if not self._pump_scheduled:
                     self._pump_scheduled = True
-                    self.server.loop.call_later(0.02, self._pump)
+                    self.server.loop.call_later(PUMP_RETRY_S, self._pump)
                 return
             x, y, w, h = self._bands.pop(0)
             self._send_area(frame, x, y, w, h)
@@ -518,9 +570,9 @@ class SpiceViewer:
     def _on_report(self, report: StreamReport) -> None:
         """Keep the numbers; late frames raise the video delay, then cap this viewer's rate."""
         self.last_report = report
-        late = report.num_drops > 0 or report.last_frame_delay < 0
+        late = report.last_frame_delay < -REPORT_LATE_MS
         if not self.full_redraw:  # spice-html5 keeps its own clock: moving ours does nothing
-            self.session.on_report(report)
+            self.session.on_report(report, late_frames_dropped=self.codec == "mjpeg")
         stream = self.stream
         if stream is None:
             return
@@ -528,12 +580,7 @@ class SpiceViewer:
         if late:
             self._clean_reports = 0
             self._late_reports += 1
-            mostly_late = report.num_drops * 2 >= max(report.num_frames, 1)
-            if (
-                mostly_late
-                and self._late_reports >= 2
-                and now - self._last_cut >= REPORT_CAP_INTERVAL_S
-            ):
+            if self._late_reports >= 2 and now - self._last_cut >= REPORT_CAP_INTERVAL_S:
                 cap = max(REPORT_CAP_FLOOR_KBPS, stream.bitrate_kbps * REPORT_CAP_CUT)
                 if self.report_cap_kbps is None or cap < self.report_cap_kbps:
                     log.info(

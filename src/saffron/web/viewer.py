@@ -344,6 +344,10 @@ class WebViewer:
         if frame is None or frame.seq != self._last_seq:
             self._arm_refresh()  # this page has not had the newest frame yet: still moving
             return
+        drawn = self.server.display.drawn_at + REFRESH_IDLE_S - now
+        if drawn > 0:  # the producer draws on while this page is sent nothing (link full)
+            self._arm_refresh(drawn)
+            return
         if (frame.width, frame.height) != (self.still.width, self.still.height):
             return
         gens = [self.still.take(c) for c in cells]

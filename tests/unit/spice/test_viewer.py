@@ -20,6 +20,7 @@ from saffron.broadcast import Seat
 from saffron.display import Display, Frame
 from saffron.display import Rect as Area
 from saffron.encoders.base import Packet
+from saffron.ratecontrol import START_KBPS
 from saffron.spice.damage import DamageLog
 from saffron.spice.protocol import wire as w
 from saffron.spice.protocol.display_channel import DisplayChannel
@@ -84,7 +85,7 @@ class FakeSession:
     def mm_now(self) -> int:
         return (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF or 1
 
-    def on_report(self, report: w.StreamReport) -> None:
+    def on_report(self, report: w.StreamReport, *, late_frames_dropped: bool = False) -> None:
         self.reports.append(report)
 
 
@@ -186,6 +187,7 @@ def packet(frame: Frame, codec: str, keyframe: bool = True) -> Packet:
 def still(viewer: SpiceViewer, loop: asyncio.AbstractEventLoop) -> None:
     """Pretend the picture stood still long enough, and run the refresh."""
     viewer._last_packet_at -= 10
+    viewer.display.drawn_at -= 10
     viewer._refresh()
     loop.run_until_complete(asyncio.sleep(0.1))  # any pump retries
 
@@ -237,6 +239,39 @@ def test_clip_follows_damage_and_refresh_covers_it(loop: asyncio.AbstractEventLo
     assert frame is not None and copies[0].image.data == frame.pixels[10:18].tobytes()
 
 
+def test_no_refresh_while_the_producer_draws_but_the_link_is_full(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A viewer whose link is full is sent nothing for a while, and the picture may look
+    still from its side; the producer kept drawing, so a sharp refresh (megabytes on a
+    slow link) would only delay the video it waits for."""
+    viewer, conn, server = make_viewer(loop, GTK_DISPLAY, ["mjpeg"])
+    producer = Producer(server.display)
+    viewer.send_packet(packet(producer.present(1), "mjpeg"))
+    viewer._last_packet_at -= 10  # nothing sent to it since
+    producer.present(2)  # but the producer draws on
+    viewer._refresh()
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert viewer.refreshes == 0 and conn.of(w.DrawCopy) == []
+    still(viewer, loop)  # and once it really stands still, the refresh comes
+    assert viewer.refreshes == 1
+
+
+def test_no_refresh_while_waiting_for_a_keyframe(loop: asyncio.AbstractEventLoop) -> None:
+    """Packets this viewer drops while it waits for a keyframe are motion all the same."""
+    viewer, conn, server = make_viewer(loop, GTK_DISPLAY, ["vp8"])
+    producer = Producer(server.display)
+    viewer.send_packet(packet(producer.present(1), "vp8"))
+    viewer._drop()  # say the link refused the next one: wait for a keyframe
+    viewer._last_packet_at -= 10
+    server.display.drawn_at -= 10
+    viewer.send_packet(packet(producer.present(2), "vp8", keyframe=False))  # dropped
+    server.display.drawn_at -= 10
+    viewer._refresh()
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert viewer.refreshes == 0 and conn.of(w.DrawCopy) == []
+
+
 def test_withheld_packets_make_the_next_frame_whole(loop: asyncio.AbstractEventLoop) -> None:
     viewer, conn, server = make_viewer(loop, GTK_DISPLAY, ["mjpeg"])
     producer = Producer(server.display)
@@ -277,11 +312,19 @@ def test_reports_keep_numbers_and_cap_the_rate(loop: asyncio.AbstractEventLoop) 
     viewer.send_packet(packet(producer.present(1), "vp8"))
     stream = viewer.channel.stream
     assert stream is not None
+    assert viewer.rate_kbps() == START_KBPS  # a new viewer's estimate starts low
+    viewer.rate.target_kbps = 4000  # as if its ACKs had shown a fast link
     assert viewer.rate_kbps() == 4000
-    late = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 5, -40, 0xFFFFFFFF)
+    # Frames a little late are the spread of frame sizes the video delay follows...
+    slightly = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 5, -40, 0xFFFFFFFF)
+    for _ in range(3):
+        viewer.receive(w.frame(slightly, mini=True))
+    assert viewer.report_cap_kbps is None
+    # ...frames far behind it, again and again, cap the rate.
+    late = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 5, -100, 0xFFFFFFFF)
     for _ in range(2):
         viewer.receive(w.frame(late, mini=True))
-    assert viewer.last_report == late and viewer.session.reports == [late, late]  # type: ignore[attr-defined]
+    assert viewer.last_report == late and viewer.session.reports[-2:] == [late, late]  # type: ignore[attr-defined]
     assert viewer.rate_kbps() == 0.8 * 4000
     good = w.StreamReport(stream.id, stream.unique_id, 1, 2, 5, 0, 20, 0xFFFFFFFF)
     for _ in range(30):
