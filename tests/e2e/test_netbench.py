@@ -17,7 +17,7 @@ def test_newest_wins_bounds_frame_age_where_a_fifo_grows() -> None:
     assert all(r["frames_per_s"] > 1 for r in rows.values())
     # The FIFO's backlog grows: its last stretch is older than its first.
     first, last = fifo["p95_trend_ms"][0], fifo["p95_trend_ms"][-1]
-    assert first is not None and last is not None and last > 2 * first
+    assert first is not None and last is not None and last > first
     # Side by side on the same link, newest-wins is far fresher than the queue.
     assert newest["age_p95_ms"] * 3 < fifo["age_p95_ms"]
     assert shipped["age_p95_ms"] * 3 < fifo["age_p95_ms"]

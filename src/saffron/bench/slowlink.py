@@ -64,14 +64,15 @@ async def viewer(url: str, seconds: float, codec: str) -> dict[str, Any]:
 
 
 TREND_WINDOW_S = 10.0
-"""The p95 is also given per stretch of this many seconds: how it moves over the run."""
+"""The p95 is also given per stretch of about this many seconds (at least two stretches,
+so a short run shows the direction too): how it moves over the run."""
 
 
 def summarize(viewer: str, mode: str, report: dict[str, Any]) -> dict[str, Any]:
     samples = report["samples"]
     ages = [a for _, a in samples]
     span = report["seconds"]
-    windows = max(1, round(span / TREND_WINDOW_S))
+    windows = max(2, round(span / TREND_WINDOW_S))
     trend = []
     for i in range(windows):
         lo, hi = span * i / windows, span * (i + 1) / windows
@@ -212,7 +213,7 @@ def print_table(result: dict[str, Any]) -> None:
         f"latency {TBF_LATENCY_MS} ms), pattern 1280x720 at {result['fps']} fps "
         f"asking {result['content_bitrate_kbit_s']} kbit/s, {result['codec']}, "
         f"{result['seconds']:g} s per row from connecting; frame age = capture to shown "
-        f"(web: decoded), from the pixels; p95 per {TREND_WINDOW_S:g} s",
+        f"(web: decoded), from the pixels; p95 per stretch of about {TREND_WINDOW_S:g} s",
     )
 
 
