@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import web
 
 from . import memory
+from .audio import AudioBroadcast
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
@@ -128,6 +129,7 @@ class Server:
         self.display = display
         self.producer = producer
         self.broadcast: Broadcast | None = None
+        self.audio: AudioBroadcast | None = None
         self.web: WebServer | None = None
         self.spice: SpiceServer | None = None
         self.whip: WhipPublisher | None = None
@@ -181,6 +183,8 @@ class Server:
             fifo=opts.buffering == "fifo",
             adapt=not opts.fixed_bitrate,
         )
+        self.audio = AudioBroadcast(loop)
+        self.display.audio = self.audio
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:
             raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
@@ -271,6 +275,8 @@ class Server:
             await asyncio.sleep(0.1)  # closed transports flush on the loop: let them
         if self.broadcast is not None:
             self.broadcast.close()
+        if self.audio is not None:
+            self.audio.close()
         self.limits.flush_log()  # refusals still being summed up, and its timer
         self.guesses.flush_log()
 
