@@ -205,6 +205,7 @@ class Server:
                 secure_channels=[ChannelType[n.upper()] for n in opts.spice_secure_channels],
                 host_rule=self.host_rule,
                 guesses=self.guesses,
+                audio=self.audio,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 from saffron.bench import guest as build_guest
+from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
 from saffron.display import PcmFormat, now_us
 from saffron.sources import qemu as Q
+from tests.support.gtk import run_gtk_client
+from tests.support.process import run_saffron
 from tests.support.qemu import new_display, wait_serial
 from tests.support.wait import wait_until
 
@@ -108,3 +111,31 @@ def test_the_guests_tone_reaches_the_sound_sink(vm: tuple) -> None:
     print(f"\n{fmt}: {hz:.1f} Hz; first chunk {first_ms:.0f} ms after the key was sent")
     assert wait_until(lambda: recorder.enabled[-1] is False, 10), "the tone did not stop"
     time.sleep(0.2)
+
+
+def boot(serial: Path) -> None:
+    deadline = time.monotonic() + 90
+    while "saffron-guest: ready" not in serial.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the guest did not boot"
+        time.sleep(0.3)
+
+
+def test_spice_gtk_plays_the_guests_tone(
+    qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path
+) -> None:
+    serial = tmp_path / "serial.log"
+    port = free_port()
+    vm = qemu.command(*BASE, "-m", "256", *guest_image.qemu_args(serial))
+    with run_saffron("qemu", "--audio", "--spice", f"127.0.0.1:{port}", "--", *vm):
+        boot(serial)
+        report = run_gtk_client(port, "--tone", "3", "--codec", "vp8", timeout=90)
+    assert report["errors"] == [], report
+    assert report.get("playback_start") == [1, 2, 48000], report  # S16, stereo, 48 kHz
+    audio = report["audio"]
+    assert audio["samples"] > 48000, audio  # over a second of sound decoded by spice-gtk
+    assert audio.get("peak_hz") == pytest.approx(build_guest.TONE_HZ, rel=0.03), audio
+    print(
+        f"\nQEMU {qemu.version}, spice-gtk: {audio['peak_hz']:.1f} Hz; after the key: picture"
+        f" {audio.get('picture_ms', -1):.0f} ms,"
+        f" first sound {audio.get('first_data_ms', -1):.0f} ms"
+    )
