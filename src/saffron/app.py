@@ -237,6 +237,7 @@ class Server:
                 ssl_context=ssl_context,
                 limits=self.limits,
                 host_rule=self.host_rule,
+                audio=self.audio,
             )
             try:
                 await self.web.start(*opts.web)
