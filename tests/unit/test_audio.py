@@ -87,7 +87,7 @@ def test_a_tone_arrives_as_10ms_opus_packets_with_capture_times(loop) -> None:
     assert 99 <= len(viewer.packets) <= 101
     stamps = [p.capture_us for p in viewer.packets]
     assert stamps[0] == pytest.approx(start_us, abs=FRAME_US)
-    assert all(b - a == FRAME_US for a, b in itertools.pairwise(stamps))
+    assert all(abs(b - a - FRAME_US) < 500 for a, b in itertools.pairwise(stamps))
     pcm = decode(viewer.packets).reshape(-1, 2)[:, 0].astype(float)
     assert len(pcm) == len(viewer.packets) * FRAME_SAMPLES
     assert peak_hz(pcm[4800:], RATE) == pytest.approx(440, rel=0.02)
@@ -107,6 +107,23 @@ def test_a_viewer_without_room_loses_packets_and_never_gets_them_late(loop) -> N
     slow.room = True
     play(audio, loop, tone(440, 0.1, 48000, 1), PcmFormat(rate=48000, channels=1))
     assert len(slow.packets) in (10, 11)  # only what was played after it had room again
+
+
+def test_stamps_follow_the_wall_clock_when_the_guest_plays_slower(loop) -> None:
+    """QEMU's audio timer slips under load: chunks come later than their length says, and
+    the packets' capture times must say so (the page and SPICE clients time sound by them)."""
+    audio = AudioBroadcast(loop)
+    viewer = FakeViewer()
+    audio.add_viewer(viewer)
+    fmt = PcmFormat(rate=44100, channels=2)
+    audio.pcm_start(1, fmt)
+    audio.pcm_enable(1, True)
+    chunk = tone(440, 1024 / 44100, 44100, 2).tobytes()  # QEMU's 1024 frames, 23 ms...
+    for i in range(100):
+        audio.pcm_write(1, chunk, 1_000_000 + (i + 1) * 50_000)  # ...every 50 ms
+    loop.run_until_complete(asyncio.sleep(0.01))
+    last = viewer.packets[-1]  # its first sample came at most 35 ms before the last chunk
+    assert last.capture_us == pytest.approx(6_000_000 - 25_000, abs=20_000)
 
 
 def test_nothing_is_encoded_without_listeners_and_a_late_viewer_hears_it_playing(loop) -> None:

@@ -55,10 +55,11 @@ LATENCY_MARGIN_MS = 10
 PING_INTERVAL_S = 10.0
 
 
-AUDIO_BUFFER_LIMIT = 16 * 1024
+AUDIO_BUFFER_LIMIT = 4 * 1024
 """Bytes of sound waiting in a playback connection beyond which packets are dropped:
-about 130 ms at 96 kbit/s. Sound is never queued behind a full link (its delay
-would grow without end); the client's decoder conceals the gap."""
+about 0.35 s of it (a 10 ms packet is about 110 bytes with its header at 80 kbit/s).
+Sound is never queued behind a full link (its delay would grow without end); the
+client's decoder conceals the gap."""
 
 
 def mm_clock() -> int:

@@ -568,6 +568,9 @@ class QemuSource:
         except DBusError:
             log.debug("QEMU has no D-Bus audio (no -audiodev dbus on its -display dbus)")
             return
+        except QemuError as exc:
+            log.warning("cannot ask QEMU about its sound: %s", exc)
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         audio = QemuAudioListener(self.display, ours, on_closed=self._audio_closed)
         audio.start()  # QEMU authenticates and reads our properties before answering
