@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from saffron.bench import guest as build_guest
+from saffron.bench import netns, slowsound
 from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
 from saffron.display import Frame, PcmFormat, now_us
@@ -24,9 +25,8 @@ from tests.support.process import run_saffron
 from tests.support.qemu import new_display, wait_serial
 from tests.support.wait import wait_until
 
-AUDIODEV = "snd0"
-BASE = ["-machine", f"q35,pcspk-audiodev={AUDIODEV}", "-accel", "tcg", "-nodefaults"]
-BASE += ["-device", "VGA", "-audiodev", f"dbus,id={AUDIODEV}"]
+BASE = ["-machine", slowsound.MACHINE, "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+BASE += slowsound.QEMU_AUDIO_ARGS
 """The PC speaker plays into a D-Bus audiodev (``-global isa-pcspk.audiodev`` is applied
 before QEMU 7.2 knows the audiodev; the machine property works on both versions)."""
 TONE_ON = 0x14
@@ -218,3 +218,21 @@ def test_the_page_plays_the_guests_tone_with_its_picture(
         f" {audio['videoMs']:.0f} ms; T's colour drawn {audio['stripAt'] - audio['heardAt']:.0f}"
         f" ms after its sound was heard (the guest paints it 60-70 ms after the tone); {summary}"
     )
+
+
+def test_sound_stays_fresh_on_a_full_slow_link(
+    qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path
+) -> None:
+    """4 Mbit/s, the video asking 20: sound packets are dropped rather than queued, so
+    their age does not grow (a FIFO's would, by seconds: see test_netbench)."""
+    problem = netns.missing()
+    assert problem is None, problem
+    serial = tmp_path / "serial.log"
+    argv = qemu.command(*BASE, "-m", "256", *guest_image.qemu_args(serial))
+    result = slowsound.run(argv, serial, seconds=12, link_kbit=4000, bitrate=20000)
+    print(f"\nQEMU {qemu.version}, sound over a full 4 Mbit/s link: {result}")
+    assert result["video_kbit_s"] > 2500, result  # the video does fill the link
+    assert result["packets"] > 500, result  # 10 ms each: most of the tone arrives
+    first, last = result["p95_trend_ms"][0], result["p95_trend_ms"][-1]
+    assert first is not None and last is not None, result
+    assert last < max(2 * first, 500), result  # no growing delay
