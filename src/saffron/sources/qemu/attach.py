@@ -564,12 +564,21 @@ class QemuSource:
         """Register an audio listener when QEMU plays sound over D-Bus; the picture does
         not depend on it, so a failure here is said and the display goes on."""
         try:
-            self._get_all(owner, AUDIO_PATH, IFACE_AUDIO)
+            props = self._get_all(owner, AUDIO_PATH, IFACE_AUDIO)
         except DBusError:
             log.debug("QEMU has no D-Bus audio (no -audiodev dbus on its -display dbus)")
             return
         except QemuError as exc:
             log.warning("cannot ask QEMU about its sound: %s", exc)
+            return
+        if self._peer and "Interfaces" not in props:
+            # QEMU before 8.1 (no Interfaces property yet) keys audio listeners by the
+            # caller's bus name, which a peer-to-peer connection has none of: 7.2 crashes.
+            log.warning(
+                "the guest's sound is not played: this QEMU (before 8.1) crashes when sound"
+                " is asked for over a peer-to-peer connection (libvirt's p2p='yes'); give"
+                " the display a bus (<graphics type='dbus'/> without p2p) to hear it"
+            )
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         audio = QemuAudioListener(self.display, ours, on_closed=self._audio_closed)
