@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from . import memory
+from .audio import AudioBroadcast
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
@@ -135,6 +136,7 @@ class Server:
         self.display = display
         self.producer = producer
         self.broadcast: Broadcast | None = None
+        self.audio: AudioBroadcast | None = None
         self.web: WebServer | None = None
         self.spice: SpiceServer | None = None
         self.whip: WhipPublisher | None = None
@@ -194,6 +196,8 @@ class Server:
             fifo=opts.buffering == "fifo",
             adapt=not opts.fixed_bitrate,
         )
+        self.audio = AudioBroadcast(loop)
+        self.display.audio = self.audio
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:
             raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
@@ -214,6 +218,7 @@ class Server:
                 secure_channels=[ChannelType[n.upper()] for n in opts.spice_secure_channels],
                 host_rule=self.host_rule,
                 guesses=self.guesses,
+                audio=self.audio,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -246,6 +251,7 @@ class Server:
                 limits=self.limits,
                 host_rule=self.host_rule,
                 site=self.site,
+                audio=self.audio,
             )
             if self.site.proxies and not opts.password:
                 log.warning(
@@ -290,6 +296,8 @@ class Server:
             await asyncio.sleep(0.1)  # closed transports flush on the loop: let them
         if self.broadcast is not None:
             self.broadcast.close()
+        if self.audio is not None:
+            self.audio.close()
         self.limits.flush_log()  # refusals still being summed up, and its timer
         self.guesses.flush_log()
         self.site.proxies.flush_log()

@@ -163,6 +163,55 @@ class DisplayListener(Protocol):
     def on_disable(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PcmFormat:
+    """How a producer's sound samples are laid out (QEMU's audio ``Init`` says it)."""
+
+    rate: int
+    channels: int
+    bits: int = 16
+    signed: bool = True
+    floating: bool = False
+    big_endian: bool = False
+
+    @property
+    def bytes_per_frame(self) -> int:
+        return self.channels * self.bits // 8
+
+
+class PcmSink(Protocol):
+    """What a producer's sound goes to: interleaved PCM with capture-time stamps.
+
+    ``stream`` tells apart a producer's voices (QEMU has one per sound device).
+    Calls come from the producer's thread and return at once. ``capture_us`` is the
+    :func:`now_us` time of the chunk's *last* sample, the clock video frames carry.
+    """
+
+    def pcm_start(self, stream: int, fmt: PcmFormat) -> None: ...
+
+    def pcm_enable(self, stream: int, enabled: bool) -> None: ...
+
+    def pcm_write(self, stream: int, data: bytes, capture_us: int) -> None: ...
+
+    def pcm_stop(self, stream: int) -> None: ...
+
+
+class NoAudio:
+    """The sound sink of a display nobody listens to."""
+
+    def pcm_start(self, stream: int, fmt: PcmFormat) -> None:
+        pass
+
+    def pcm_enable(self, stream: int, enabled: bool) -> None:
+        pass
+
+    def pcm_write(self, stream: int, data: bytes, capture_us: int) -> None:
+        pass
+
+    def pcm_stop(self, stream: int) -> None:
+        pass
+
+
 @dataclass
 class DisplayInfo:
     """What viewers are told about the producer."""
@@ -177,6 +226,8 @@ class Display:
     def __init__(self, info: DisplayInfo | None = None) -> None:
         self.info = info or DisplayInfo()
         self.input: InputHandler = NoInput()
+        self.audio: PcmSink = NoAudio()
+        """Where the producer's sound goes (the front ends' audio fan-out sets it)."""
         self.width = 0
         self.height = 0
         self.enabled = False

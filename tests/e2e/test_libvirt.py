@@ -291,3 +291,25 @@ def test_a_domain_not_running_yet(libvirtd: bool, browser: Any, guest: Guest, fi
             wait_for(lambda: guest_shown(page), 90, "the guest once started")
         finally:
             page.close()
+
+
+AUDIO_P2P = (
+    "<graphics type='dbus' p2p='yes'><audio id='1'/></graphics>"
+    "<audio id='1' type='dbus'/>"
+    "<sound model='ich9'><audio id='1'/></sound>"
+)
+"""libvirt 9.0's form of a D-Bus display with sound (the ``audio='1'`` attribute is refused)."""
+
+
+def test_p2p_sound_on_qemu_7_2_is_not_asked_for(libvirtd: bool, guest: Guest, files: Path) -> None:
+    """QEMU 7.2 (libvirt's) crashes when an audio listener registers over a peer-to-peer
+    connection (it keys listeners by a bus name that connection has none of): Saffron
+    leaves the sound alone there, says so, and the VM keeps running."""
+    with defined_domain("saffron-test-audio", guest, files, AUDIO_P2P) as dom, run_saffron(
+        "serve", "--libvirt", dom.name, log_name="saffron-libvirt-audio.log"
+    ) as saffron:  # fmt: skip
+        wait_for(lambda: "attached to QEMU" in saffron.output(), 60, "the attach")
+        time.sleep(2)
+        assert dom.running(), "the VM crashed"
+        assert "crashes when sound is asked for over a peer-to-peer" in saffron.output()
+        assert "QEMU's display is gone" not in saffron.output()

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession, WSMsgType
 
+from saffron.audio import AudioBroadcast, AudioPacket
 from saffron.broadcast import KEYFRAME_MIN_INTERVAL
-from saffron.display import Button, Rect
+from saffron.display import Button, PcmFormat, Rect, now_us
 from saffron.encoders.tiles import decode_tile
 from saffron.web.keys import scancode_for
 from saffron.web.protocol import (
@@ -24,6 +25,8 @@ from saffron.web.protocol import (
     KIND_VIDEO,
     KIND_VIDEO_DAMAGE,
     ProtocolError,
+    pack_audio,
+    unpack_audio,
     unpack_tile,
     unpack_video,
 )
@@ -401,3 +404,53 @@ async def test_a_broken_encoder_moves_the_page_to_the_next_codec() -> None:
             header, data = await next_video(ws)
             assert header.codec == "mjpeg" and data[:2] == b"\xff\xd8"
             await ws.close()
+
+
+async def test_a_page_gets_sound_only_after_it_turns_it_on() -> None:
+    loop = asyncio.get_running_loop()
+    audio = AudioBroadcast(loop)
+    async with web_site(codecs=["mjpeg"], default_codec="mjpeg", audio=audio) as site:
+        site.display.audio = audio
+        fmt = PcmFormat(rate=48000, channels=2)
+        audio.pcm_start(1, fmt)
+        audio.pcm_enable(1, True)
+        chunk = np.zeros((480 * 4, 2), "<i2").tobytes()  # 40 ms of silence
+
+        async def play(n: int) -> None:
+            for _ in range(n):
+                audio.pcm_write(1, chunk, now_us())
+                await asyncio.sleep(0.01)
+
+        async with ClientSession() as s:
+            ws = await s.ws_connect(site.url + "ws")
+            hello = json.loads((await ws.receive()).data)
+            assert hello["audio"] is True
+            await play(5)
+            with pytest.raises(TimeoutError):  # not turned on: nothing
+                await asyncio.wait_for(ws.receive(), 0.3)
+            await ws.send_str(json.dumps({"type": "audio", "on": True}))
+            await asyncio.sleep(0.05)
+            await play(5)
+            packets = []
+            while len(packets) < 20:
+                msg = await asyncio.wait_for(ws.receive(), 5)
+                if msg.type == WSMsgType.BINARY:
+                    packet, samples = unpack_audio(msg.data)
+                    assert samples == 480 and packet.data
+                    packets.append(packet)
+            seqs = [p.seq for p in packets]
+            assert seqs == sorted(seqs)
+            assert abs(packets[0].capture_us - now_us()) < 5_000_000
+            await ws.send_str(json.dumps({"type": "audio", "on": False}))
+            await asyncio.sleep(0.05)
+            assert not audio.seats
+            await ws.close()
+
+
+def test_audio_header_layout() -> None:
+    packet = AudioPacket(b"\xfc\x01", capture_us=0x0102030405060708, seq=9)
+    data = pack_audio(packet)
+    assert data[:16] == b"\x04\x00\xe0\x01\x09\0\0\0" + (0x0102030405060708).to_bytes(8, "little")
+    assert unpack_audio(data) == (packet, 480)
+    with pytest.raises(ProtocolError):
+        unpack_audio(data[:10])

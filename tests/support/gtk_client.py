@@ -8,7 +8,10 @@ so it can count the frames it showed and when it showed them. The surface grab a
 the stamp reader are Saffron's (saffron.bench.spice_gtk, saffron.sources.pattern),
 importable here through the environment saffron.bench.spice_gtk.script_env() gives.
 Optionally it asks for a codec, types keys and moves the mouse, and, once told on stdin that the
-producer stopped, waits for the picture to settle and dumps it.
+producer stopped, waits for the picture to settle and dumps it. With ``--tone`` it opens the
+playback channel, presses T (the test guest's tone key, which also paints the key strip), keeps
+the PCM spice-gtk decodes (its ``playback-data`` signal) and reports its strongest frequency and
+when sound and picture arrived.
 
 It prints JSON lines: ``{"phase": ...}`` progress lines, and a final report.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import sys
 import time
@@ -52,6 +56,12 @@ class Client:
             self.session.set_property("port", str(args.port))
         if args.password is not None:
             self.session.set_property("password", args.password)
+        if args.tone:
+            self.session.set_property("enable-audio", True)
+        self.pcm: list[bytes] = []
+        self.audio_first = None
+        self.tone_sent = None
+        self.strip_seen = None
         self.report: dict = {"events": [], "errors": []}
         self.main = None
         self.display = None
@@ -105,6 +115,10 @@ class Client:
             GObject.Object.connect(channel, "display-mark", self.on_mark)
         elif isinstance(channel, SpiceClientGLib.InputsChannel):
             self.inputs = channel
+        elif isinstance(channel, SpiceClientGLib.PlaybackChannel):
+            GObject.Object.connect(channel, "playback-start", self.on_playback_start)
+            GObject.Object.connect(channel, "playback-data", self.on_playback_data)
+            GObject.Object.connect(channel, "playback-stop", self.on_playback_stop)
         channel.connect()
 
     def on_channel_event(self, channel, event) -> None:
@@ -149,10 +163,60 @@ class Client:
     def pixels(self) -> np.ndarray | None:
         return None if self.surface is None else self.surface.pixels()
 
+    # -- sound ------------------------------------------------------------------------
+
+    def on_playback_start(self, channel, fmt, channels, rate) -> None:
+        self.report["playback_start"] = [fmt, channels, rate]
+
+    def on_playback_data(self, channel, data, size) -> None:
+        if self.tone_sent is None:
+            return
+        if self.audio_first is None:
+            self.audio_first = time.monotonic()
+        self.pcm.append(ctypes.string_at(data, size))
+
+    def on_playback_stop(self, channel) -> None:
+        self.report["playback_stops"] = self.report.get("playback_stops", 0) + 1
+
+    def tone_report(self) -> None:
+        pcm = np.frombuffer(b"".join(self.pcm), "<i2").reshape(-1, 2)[:, 0].astype(float)
+        rate = self.report.get("playback_start", [0, 0, 48000])[2]
+        audio: dict = {"samples": len(pcm), "packets": len(self.pcm)}
+        loud = np.flatnonzero(np.abs(pcm) > 2000)
+        if len(loud) > rate // 10:
+            part = pcm[loud[0] :]
+            part = part - part.mean()
+            spectrum = np.abs(np.fft.rfft(part * np.hanning(len(part))))
+            audio["peak_hz"] = float(np.argmax(spectrum[1:]) + 1) * rate / len(part)
+        if self.audio_first is not None:
+            audio["first_data_ms"] = (self.audio_first - self.tone_sent) * 1000
+        if self.strip_seen is not None:
+            audio["picture_ms"] = (self.strip_seen - self.tone_sent) * 1000
+        self.report["audio"] = audio
+
+    def tone_tick(self, now: float) -> None:
+        if self.tone_sent is None:
+            if self.inputs_ready and now - self.ready_at >= self.args.settle:
+                self.inputs.key_press_and_release(0x14)  # T: the guest's tone and its colour
+                self.tone_sent = now
+                emit({"phase": "tone-sent"})
+            return
+        if now - self.tone_sent >= self.args.tone:
+            self.inputs.key_press_and_release(0x15)  # Y: the tone stops
+            self.tone_report()
+            self.finish()
+
     def on_invalidate(self, channel, x, y, w, h) -> None:
         now = time.time()
         self.invalidates += 1
         self.last_invalidate = time.monotonic()
+        if self.tone_sent is not None and self.strip_seen is None:
+            px, row = self.pixels(), self.args.strip_row
+            if px is not None and px.shape[0] > row:
+                # T's colour (B=20, G=0x5A, R=0xA5, shifted by a lossy codec), the first key
+                b, g, r = (int(v) for v in px[row, 100, :3])
+                if b < 80 and abs(g - 0x5A) < 40 and abs(r - 0xA5) < 40:
+                    self.strip_seen = self.last_invalidate
         px = self.pixels()
         if px is None or y > 4:
             return
@@ -170,6 +234,9 @@ class Client:
         now = time.monotonic()
         if self.ready_at is None:
             return True
+        if self.args.tone:
+            self.tone_tick(now)
+            return not self.done
         if self.args.inputs and self.inputs_ready and "inputs_sent" not in self.report:
             self.send_inputs()
         if self.measure_from is None and now - self.ready_at >= self.args.settle:
@@ -243,6 +310,8 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=2.0, help="seconds without redraws")
     parser.add_argument("--dump", help="write the final surface here (.npy)")
     parser.add_argument("--cycles", type=int, default=1, help="still phases, each after stdin")
+    parser.add_argument("--tone", type=float, help="press T, keep the sound for SECONDS")
+    parser.add_argument("--strip-row", type=int, default=624, help="a row of the key strip")
     parser.add_argument("--timeout", type=float, default=50)
     args = parser.parse_args()
     report = Client(args).run()

@@ -50,3 +50,24 @@ def test_pixel_formats_become_bgrx() -> None:
     assert out is not None and out[0, 0, :3].tolist() == [0, 0, 255]
     assert out[0, 1, :3].tolist() == [0, 255, 0]
     assert px.pixels_to_bgrx(bytearray(8), 0, 2, 1, 8, 0x12345678) is None
+
+
+def test_audio_adds_a_dbus_audiodev_or_wires_the_one_given() -> None:
+    addr = "unix:path=/tmp/b.sock"
+    added = Q.with_dbus_display([QEMU, "-m", "64"], addr, audio=True)
+    assert added == [
+        QEMU,
+        "-m",
+        "64",
+        "-audiodev",
+        "dbus,id=saffron",
+        "-display",
+        "dbus,addr=unix:path=/tmp/b.sock,audiodev=saffron",
+    ]
+    given = [QEMU, "-audiodev", "pa,id=speakers", "-audiodev", "driver=dbus,id=snd0"]
+    wired = Q.with_dbus_display([*given, "-machine", "pcspk-audiodev=snd0"], addr, audio=True)
+    assert wired[-2:] == ["-display", "dbus,addr=unix:path=/tmp/b.sock,audiodev=snd0"]
+    assert wired.count("-audiodev") == 2
+    kept = Q.with_dbus_display([QEMU, "-display", "dbus,audiodev=mine"], addr, audio=True)
+    assert kept == [QEMU, "-display", "dbus,addr=unix:path=/tmp/b.sock,audiodev=mine"]
+    assert "-audiodev" not in Q.with_dbus_display([QEMU], addr)

@@ -18,6 +18,10 @@ The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
   B=evdev code & 0xff, G=0x5A, R=0xA5 (a viewer sees a key arrive as a colour
   that names it: Up, evdev 103, is B=0x67) and writes ``key CODE`` on the
   console line below it and on the serial port;
+* plays a tone of ``TONE_HZ`` on the PC speaker (the ``pcspkr`` driver's input
+  device) when ``TONE_ON_KEY`` (T) is pressed, just before it paints the key
+  strip, and stops it on ``TONE_OFF_KEY`` (Y): QEMU hears it when its
+  ``isa-pcspk`` has an audiodev;
 * prints ``saffron-guest: ready`` on the serial port once it waits for keys.
 
 The tests and ``saffron bench --full`` boot it under QEMU. Run it
@@ -58,6 +62,12 @@ KEY_MARK = (0x5A, 0xA5)
 """G and R of a key-strip pixel; B is the evdev key code."""
 BAND_ROWS_MAX = 544
 """The moving band stays above this row."""
+TONE_HZ = 440
+"""The PC speaker's tone (the PIT divides 1193182 Hz by 2711: 440.1 Hz)."""
+TONE_ON_KEY = 20
+"""evdev code of T: starts the tone, in the same instant as the key strip's colour."""
+TONE_OFF_KEY = 21
+"""evdev code of Y: stops it."""
 
 KERNEL_CMDLINE = (
     "console=ttyS0 quiet vga=0x344 logo.nologo vt.global_cursor_default=0 "
@@ -72,6 +82,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 log() { echo "saffron-guest: $*" > /dev/console; }
 insmod /lib/evdev.ko || log "evdev failed"
+insmod /lib/pcspkr.ko || log "pcspkr failed"
 fb=/dev/fb0
 i=0
 while [ ! -e $fb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
@@ -101,13 +112,22 @@ kbd=
 for d in /sys/class/input/event*; do
     case "$(cat $d/device/name)" in *eyboard*) kbd=/dev/input/${d##*/} ;; esac
 done
-log "keyboard $kbd"
+spk=
+for d in /sys/class/input/event*; do
+    case "$(cat $d/device/name)" in *peaker*) spk=/dev/input/${d##*/} ;; esac
+done
+log "keyboard $kbd speaker $spk"
+tone() {  # an input_event: zero time, EV_SND (0x12), SND_TONE (2), the frequency
+    [ -n "$spk" ] && printf "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\022\0\002\0$1" > $spk
+}
 exec 3<$kbd  # one open file for good: evdev drops what a closed reader had queued
 log ready
 while :; do
     set -- $(dd bs=24 count=1 <&3 2>/dev/null | od -An -tu2 -v)
     [ "$9" = 1 ] && [ "${11}" = 1 ] || continue
     code=${10}
+    [ "$code" = @TONEON@ ] && tone '@TONEBYTES@'
+    [ "$code" = @TONEOFF@ ] && tone '\0\0\0\0'
     log "key $code"
     px=$(printf "\\$(printf %03o $((code & 255)))\\132\\245")
     yes "$px" | head -c $((S * @KEYROWS@)) | dd of=$fb bs=$S seek=@KEYROW@ conv=notrunc 2>/dev/null
@@ -143,11 +163,19 @@ class Guest:
 
 
 def _init_text() -> str:
+    tone = "".join(f"\\{b:03o}" for b in TONE_HZ.to_bytes(4, "little"))
     return (
         INIT_SCRIPT.replace("@BANDMAX@", str(BAND_ROWS_MAX - 32))
+        .replace("@TONEON@", str(TONE_ON_KEY))
+        .replace("@TONEOFF@", str(TONE_OFF_KEY))
+        .replace("@TONEBYTES@", tone)
         .replace("@KEYROWS@", str(KEY_ROWS))
         .replace("@KEYROW@", str(KEY_ROW))
     )
+
+
+PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox")
+"""What the guest takes from the two packages."""
 
 
 def _run(argv: list[str], cwd: Path) -> str:
@@ -218,11 +246,12 @@ def _fetch_parts(parts: Path) -> None:
             {
                 f"/boot/vmlinuz-{version}": where / "vmlinuz",
                 "/kernel/drivers/input/evdev.ko": where / "evdev.ko",
+                "/kernel/drivers/input/misc/pcspkr.ko": where / "pcspkr.ko",
             },
         )
         bdeb = _download("busybox-static", where)
         _extract(bdeb, {"./bin/busybox": where / "busybox"})
-        for name in ("vmlinuz", "evdev.ko", "busybox"):
+        for name in PARTS:
             os.replace(where / name, parts / name)
         (parts / "kernel-package").write_text(kpkg + "\n")
 
@@ -272,6 +301,7 @@ def _pack(parts: Path, init: str) -> bytes:
     cpio.file("bin/busybox", (parts / "busybox").read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     cpio.file("lib/evdev.ko", (parts / "evdev.ko").read_bytes())
+    cpio.file("lib/pcspkr.ko", (parts / "pcspkr.ko").read_bytes())
     cpio.file("init", init.encode(), 0o755)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
@@ -280,10 +310,11 @@ def build_guest(cache: Path | None = None) -> Guest:
     """The guest's kernel and initramfs, built on first use and cached."""
     cache = cache or DEFAULT_CACHE
     parts = cache / "parts"
-    if not all((parts / n).exists() for n in ("vmlinuz", "evdev.ko", "busybox")):
+    if not all((parts / n).exists() for n in PARTS):
         _fetch_parts(parts)
     init = _init_text()
-    digest = hashlib.sha256(init.encode() + (parts / "evdev.ko").read_bytes()).hexdigest()[:12]
+    modules = (parts / "evdev.ko").read_bytes() + (parts / "pcspkr.ko").read_bytes()
+    digest = hashlib.sha256(init.encode() + modules).hexdigest()[:12]
     initramfs = cache / f"initramfs-{digest}.cpio.gz"
     if not initramfs.exists():
         for old in cache.glob("initramfs-*.cpio.gz"):

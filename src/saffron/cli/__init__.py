@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SIGNALS_HELP,
     )
     qemu_parser.add_argument("--console", type=int, default=0, help="console number")
+    qemu_parser.add_argument(
+        "--audio",
+        action="store_true",
+        help="play the guest's sound to the viewers: wires QEMU's -audiodev dbus (one is "
+        "added, id 'saffron', when the QEMU arguments define none) to its D-Bus display",
+    )
     qemu_parser.add_argument("qemu_argv", nargs=argparse.REMAINDER, help="the QEMU command line")
     add_serve_options(qemu_parser)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import asyncio
 
+    from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
     from ..display import Display
     from ..encoders.base import Packet
@@ -67,6 +68,11 @@ class ServerPort(Protocol):
     @property
     def broadcast(self) -> Broadcast:
         """The shared encoders a display channel viewer joins with its codec."""
+        ...
+
+    @property
+    def audio(self) -> AudioBroadcast | None:
+        """The producer's sound, encoded once, for playback channels (None: no sound)."""
         ...
 
     @property

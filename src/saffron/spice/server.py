@@ -49,6 +49,7 @@ from .protocol.display_channel import (
 from .protocol.inputs_channel import SERVER_INPUTS_CAPS, InputsChannel
 from .protocol.link import LinkEstablished, LinkFailed, LinkState, ServerLink, TicketKey
 from .protocol.main_channel import MainChannel
+from .protocol.playback_channel import PlaybackChannel
 from .protocol.websocket import WebSocketAdapter, looks_like_http
 from .protocol.wire import (
     MAX_CLIENT_MESSAGE_SIZE,
@@ -59,7 +60,7 @@ from .protocol.wire import (
     ProtocolError,
     make_caps,
 )
-from .session import CursorHandler, InputsHandler, MainHandler, Session
+from .session import CursorHandler, InputsHandler, MainHandler, PlaybackHandler, Session
 from .ticket_keys import KeyPool
 from .viewer import WRITE_BUFFER_LIMIT, SpiceViewer
 
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
+    from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
 
 log = logging.getLogger("saffron.spice")
@@ -116,6 +118,7 @@ OFFERED: dict[tuple[int, int], Caps] = {
     (ChannelType.DISPLAY, 0): SERVER_DISPLAY_CAPS,
     (ChannelType.INPUTS, 0): SERVER_INPUTS_CAPS,
     (ChannelType.CURSOR, 0): (),
+    (ChannelType.PLAYBACK, 0): (),
 }
 
 
@@ -374,7 +377,7 @@ class Connection:
                     mini_header=mini,
                     client_caps=caps,
                     session_id=session.id,
-                    channels=CHANNELS,
+                    channels=self.server.channels(),
                 ),
             )
             session.main = main
@@ -383,6 +386,9 @@ class Connection:
             return SpiceViewer(session, self, DisplayChannel(mini_header=mini, client_caps=caps))
         if kind == ChannelType.INPUTS:
             return InputsHandler(session, self, InputsChannel(mini_header=mini, client_caps=caps))
+        if kind == ChannelType.PLAYBACK:
+            channel = PlaybackChannel(mini_header=mini, client_caps=caps)
+            return PlaybackHandler(session, self, channel)
         cursor = CursorHandler(session, self, CursorChannel(mini_header=mini, client_caps=caps))
         session.cursor = cursor
         return cursor
@@ -668,9 +674,12 @@ class SpiceServer:
         secure_channels: Collection[int] = (),
         host_rule: HostRule | None = None,
         guesses: GuessThrottle | None = None,
+        audio: AudioBroadcast | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
+        self.audio = audio
+        """The producer's sound for playback channels; None: none is offered."""
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
@@ -710,6 +719,12 @@ class SpiceServer:
     def codecs(self) -> list[str]:
         """The offered codecs whose encoder still works, best first."""
         return self.broadcast.working(self.offered)
+
+    def channels(self) -> tuple[tuple[int, int], ...]:
+        """What a new session's main channel lists: playback too once the producer has sound."""
+        if self.audio is not None and self.audio.available:
+            return (*CHANNELS, (ChannelType.PLAYBACK, 0))
+        return CHANNELS
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -39,9 +39,11 @@ from .protocol.main_channel import (
     MouseModeChanged,
     MouseModeRefused,
 )
+from .protocol.playback_channel import PlaybackChannel
 from .protocol.wire import MouseMode, StreamReport
 
 if TYPE_CHECKING:
+    from ..audio import AudioPacket
     from ..display import Cursor
 
 log = logging.getLogger("saffron.spice")
@@ -62,9 +64,22 @@ LATENCY_CHANGE_INTERVAL_S = 0.5
 PING_INTERVAL_S = 10.0
 
 
+AUDIO_BUFFER_LIMIT = 4 * 1024
+"""Bytes of sound waiting in a playback connection beyond which packets are dropped:
+about 0.35 s of it (a 10 ms packet is about 110 bytes with its header at 80 kbit/s).
+Sound is never queued behind a full link (its delay would grow without end); the
+client's decoder conceals the gap."""
+
+
 def mm_clock() -> int:
     """Saffron's multimedia clock: monotonic milliseconds as a wrapping u32."""
     return (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
+
+
+def mm_of_capture(capture_us: int) -> int:
+    """The multimedia time of something captured at ``capture_us`` (display.now_us)."""
+    age_ms = max(time.time_ns() // 1000 - capture_us, 0) // 1000
+    return (mm_clock() - age_ms) & 0xFFFFFFFF
 
 
 def log_common(label: str, events: list[Event]) -> None:
@@ -310,3 +325,56 @@ class CursorHandler:
 
     def stop(self) -> None:
         pass
+
+
+class PlaybackHandler:
+    """A playback channel: the producer's sound from the audio fan-out, as it comes."""
+
+    def __init__(self, session: Session, conn: ConnectionPort, channel: PlaybackChannel) -> None:
+        self.session = session
+        self.conn = conn
+        self.channel = channel
+        self.label = f"{session.label} playback"
+        self.sent = 0
+
+    def start(self) -> None:
+        audio = self.session.server.audio
+        self.channel.start(self.session.mm_now())
+        self.conn.flush()
+        if not self.channel.opus:
+            log.info("%s: the client does not play Opus; it gets no sound", self.session.label)
+            return
+        if audio is not None:
+            audio.add_viewer(self)
+
+    # -- AudioViewer -----------------------------------------------------------------------
+
+    def audio_writable(self) -> bool:
+        return self.conn.buffered() < AUDIO_BUFFER_LIMIT and not self.conn.congested
+
+    def audio_playing(self, playing: bool) -> None:
+        if playing:
+            self.channel.play(self.session.mm_now())
+        else:
+            self.channel.stop()
+        self.conn.flush()
+
+    def send_audio(self, packet: AudioPacket) -> None:
+        if not self.channel.playing:
+            self.channel.play(mm_of_capture(packet.capture_us))
+        self.channel.data(mm_of_capture(packet.capture_us), packet.data)
+        self.sent += 1
+        self.conn.flush()
+
+    # -- Handler -----------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        log_common(self.label, self.channel.receive_data(data))
+
+    def on_drain(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        audio = self.session.server.audio
+        if audio is not None:
+            audio.remove_viewer(self)

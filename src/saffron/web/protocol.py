@@ -30,6 +30,15 @@ JPEG file, a part of the picture at full quality to draw over the video:
     u32 after     the last video frame number sent before it: video frames up to
                   it do not paint over it, later ones' damage does
 
+A sound packet (kind 4, only to a page that turned its sound on) is
+``AUDIO_HEADER`` followed by one Opus packet (10 ms of 48 kHz stereo):
+
+    u8  kind      4 = sound
+    u8  codec     0 = Opus
+    u16 samples   per channel (480)
+    u32 seq       packet number (a gap: packets dropped)
+    u64 capture   capture time of its first sample, microseconds, server clock
+
 Everything else travels as JSON text messages; see ``static/app.js`` for the
 page's side.
 """
@@ -39,6 +48,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..audio import FRAME_SAMPLES, AudioPacket
 from ..display import Rect
 from ..encoders.base import Packet
 from ..encoders.tiles import TileFormat
@@ -49,6 +59,9 @@ TILE_HEADER = struct.Struct("<BBHHHHHHI")
 KIND_VIDEO = 1
 KIND_TILE = 2
 KIND_VIDEO_DAMAGE = 3
+KIND_AUDIO = 4
+AUDIO_HEADER = struct.Struct("<BBHIQ")
+AUDIO_OPUS = 0
 FLAG_KEYFRAME = 1
 CODEC_IDS = ("h264", "vp9", "vp8", "av1", "mjpeg")
 
@@ -146,3 +159,21 @@ def unpack_tile(message: bytes) -> tuple[TileHeader, bytes]:
         raise ProtocolError(f"not a tile: kind {kind}, format {fmt}")
     header = TileHeader(TileFormat(fmt), Rect(x, y, w, h), fw, fh, after)
     return header, message[TILE_HEADER.size :]
+
+
+def pack_audio(packet: AudioPacket) -> bytes:
+    """A sound message: its header, then the Opus packet."""
+    header = AUDIO_HEADER.pack(
+        KIND_AUDIO, AUDIO_OPUS, FRAME_SAMPLES, packet.seq & 0xFFFFFFFF, packet.capture_us
+    )
+    return header + packet.data
+
+
+def unpack_audio(message: bytes) -> tuple[AudioPacket, int]:
+    """A sound message's packet and its samples per channel, for Python viewers (tests)."""
+    if len(message) < AUDIO_HEADER.size:
+        raise ProtocolError(f"sound message of {len(message)} bytes is shorter than its header")
+    kind, codec, samples, seq, capture = AUDIO_HEADER.unpack_from(message)
+    if kind != KIND_AUDIO or codec != AUDIO_OPUS:
+        raise ProtocolError(f"not a sound message: kind {kind}, codec {codec}")
+    return AudioPacket(bytes(message[AUDIO_HEADER.size :]), capture, seq), samples

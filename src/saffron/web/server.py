@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from ..audio import AudioBroadcast
 from ..broadcast import Broadcast
 from ..display import Cursor, Display, now_us
 from ..net.limits import ConnectionLimits
@@ -79,10 +80,13 @@ class WebServer:
         limits: ConnectionLimits | None = None,
         host_rule: HostRule | None = None,
         site: Site | None = None,
+        audio: AudioBroadcast | None = None,
     ) -> None:
         self.display = display
         self.site = site if site is not None else Site()
         """Where the page is published (``--base-path``) and the proxies trusted."""
+        self.audio = audio
+        """The producer's sound for pages that turn it on; None: no sound."""
         self.limits = limits if limits is not None else ConnectionLimits()
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
@@ -143,6 +147,7 @@ class WebServer:
             "now": now_us(),
             "viewOnly": viewer.view_only if viewer is not None else self.view_only,
             "tile": [TILE_W, TILE_H],
+            "audio": self.audio is not None and self.audio.available,
         }
 
     async def start(self, host: str, port: int) -> None:

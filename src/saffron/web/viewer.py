@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSMsgType, web
 
+from ..audio import AudioBroadcast, AudioPacket
 from ..broadcast import Broadcast, Stream
 from ..display import Button, Display, Frame, Rect
 from ..encoders.base import Packet
@@ -34,7 +35,7 @@ from ..ratecontrol import RateEstimator
 from ..still import StillRegions, Tile
 from .client import client_of
 from .keys import scancode_for
-from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_tile, pack_video
+from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_audio, pack_tile, pack_video
 
 log = logging.getLogger("saffron.web")
 
@@ -63,6 +64,10 @@ TILE_BUFFER_BYTES = 16 * 1024
 TILE_BURST_S = 0.05
 """Still tiles are paced at the page's rate with a burst of this many seconds of it."""
 
+AUDIO_BUFFER_BYTES = 64 * 1024
+"""A sound packet is dropped, never queued, while this much waits in the socket's buffer
+(video and tiles included): sound that waited behind a full link would come ever later."""
+
 MAX_PENDING_MESSAGES = 256
 """JSON messages queued for a page that is not reading them (pongs it asked for,
 cursor shapes): past this the page is closed rather than let memory grow."""
@@ -73,6 +78,7 @@ class PageServer(Protocol):
 
     display: Display
     broadcast: Broadcast
+    audio: AudioBroadcast | None
     view_only: bool
 
     @property
@@ -101,8 +107,8 @@ class WebViewer:
         self.closed = False
         self._next = 0
         self._acked = -1
-        self._queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
-        """Messages for the send loop: (data, whether it is a still tile)."""
+        self._queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+        """Messages for the send loop: (data, "video", "tile" or "audio")."""
         self._videos_queued = 0
         self._tile_bytes_queued = 0
         self._sent: dict[int, tuple[int, float, int]] = {}
@@ -134,6 +140,10 @@ class WebViewer:
         self.tiles_sent = 0
         self.tile_bytes = 0
         self.refreshes = 0
+        self.listening = False
+        """The page turned its sound on (it is one of the sound's viewers)."""
+        self.audio_sent = 0
+        self.audio_bytes = 0
 
     # -- Viewer ---------------------------------------------------------------
 
@@ -176,7 +186,24 @@ class WebViewer:
 
     def _put_video(self, data: bytes) -> None:
         self._videos_queued += 1
-        self._queue.put_nowait((data, False))
+        self._queue.put_nowait((data, "video"))
+
+    # -- AudioViewer --------------------------------------------------------------
+
+    def audio_writable(self) -> bool:
+        if self.closed:
+            return False
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + self._tile_bytes_queued < AUDIO_BUFFER_BYTES
+
+    def send_audio(self, packet: AudioPacket) -> None:
+        self.audio_sent += 1
+        self.audio_bytes += len(packet.data)
+        self._queue.put_nowait((pack_audio(packet), "audio"))
+
+    def audio_playing(self, playing: bool) -> None:
+        self.notify({"type": "audio", "playing": playing})
 
     # -- the connection -------------------------------------------------------
 
@@ -210,18 +237,20 @@ class WebViewer:
             for task in list(self._tasks):
                 task.cancel()
             self.server.broadcast.leave(self)
+            if self.server.audio is not None:
+                self.server.audio.remove_viewer(self)
 
     async def _send_loop(self) -> None:
         while True:
-            data, tile = await self._queue.get()
+            data, kind = await self._queue.get()
             try:
                 await self.ws.send_bytes(data)
             except (ConnectionError, RuntimeError):
                 self.closed = True
                 return
-            if tile:
+            if kind == "tile":
                 self._tile_bytes_queued -= len(data)
-            else:
+            elif kind == "video":
                 self._videos_queued -= 1
             if self._tiles and self._pump_timer is None:
                 self._pump()
@@ -426,7 +455,7 @@ class WebViewer:
             size = (self.still.width, self.still.height)
             data = pack_tile(tile.fmt, tile.rect, size, self._next - 1) + tile.data
             self._tile_bytes_queued += len(data)
-            self._queue.put_nowait((data, True))
+            self._queue.put_nowait((data, "tile"))
             self.tiles_sent += 1
             self.tile_bytes += len(tile.data)
 
@@ -448,6 +477,18 @@ class WebViewer:
         self._acked = frame
         if was_full and self.writable():
             self.server.broadcast.viewer_ready(self)
+
+    def _on_audio(self, msg: dict[str, Any]) -> None:
+        """The page turned its sound on (a user's click: browsers want one) or off."""
+        on, audio = bool(msg["on"]), self.server.audio
+        if audio is None or on == self.listening:
+            return
+        self.listening = on
+        if on:
+            audio.add_viewer(self)
+            log.info("web viewer %s listens to the sound (port %s)", self.host, self.port)
+        else:
+            audio.remove_viewer(self)
 
     def _on_ping(self, msg: dict[str, Any]) -> None:
         self.notify({"type": "pong", "t0": float(msg["t0"]), "server": time.time() * 1000})
@@ -484,6 +525,7 @@ class WebViewer:
         "start": _on_start,
         "ack": _on_ack,
         "ping": _on_ping,
+        "audio": _on_audio,
         "stats": _on_page_stats,
         "key": _on_key,
         "pointer": _on_pointer,

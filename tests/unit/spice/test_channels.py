@@ -39,6 +39,7 @@ from saffron.spice.protocol.main_channel import (
     MouseModeChanged,
     MouseModeRefused,
 )
+from saffron.spice.protocol.playback_channel import PlaybackChannel
 from saffron.spice.protocol.websocket import WebSocketAdapter, looks_like_http
 
 GTK_DISPLAY = (0x6FBF,)
@@ -313,6 +314,59 @@ def test_cursor_channel() -> None:
     )
 
 
+# -- playback -----------------------------------------------------------------------------
+
+OPUS_CLIENT = w.make_caps([w.PlaybackCap.OPUS, w.PlaybackCap.VOLUME])
+
+
+def test_playback_messages_have_spice_protos_layout() -> None:
+    # spice.proto: data {u32 time; u8 data[]} = 101; mode {u32 time; u16 mode; data[]};
+    # start {u32 channels; u16 format; u32 frequency; u32 time}; Empty stop. Packed.
+    assert w.PlaybackData(0x01020304, b"op").pack() == b"\x04\x03\x02\x01op"
+    assert w.PlaybackMode(7, w.AudioDataMode.OPUS).pack() == b"\x07\0\0\0\x03\0"
+    start = w.PlaybackStart(2, w.AudioFormat.S16, 48000, 9).pack()
+    assert start == b"\x02\0\0\0" + b"\x01\0" + (48000).to_bytes(4, "little") + b"\x09\0\0\0"
+    assert (w.PlaybackData.TYPE, w.PlaybackMode.TYPE, w.PlaybackStart.TYPE) == (101, 102, 103)
+    assert (w.PlaybackStop.TYPE, w.PlaybackStop().pack()) == (104, b"")
+    ch = PlaybackChannel(mini_header=True, client_caps=OPUS_CLIENT)
+    ch.start(5)
+    ch.play(6)
+    ch.data(7, b"\xfc\xff")
+    ch.stop()
+    out = ch.data_to_send()
+    # mini header: u16 type, u32 size
+    assert out[:6] == b"\x66\0" + b"\x06\0\0\0" and out[6:12] == b"\x05\0\0\0\x03\0"
+    assert out[12:18] == b"\x67\0" + b"\x0e\0\0\0"
+    assert out[32:38] == b"\x65\0" + b"\x06\0\0\0" and out[38:44] == b"\x07\0\0\0\xfc\xff"
+    assert out[44:] == b"\x68\0\0\0\0\0"
+
+
+def test_playback_sends_opus_in_order_and_nothing_to_a_client_without_opus() -> None:
+    ch = PlaybackChannel(mini_header=True, client_caps=OPUS_CLIENT)
+    ch.data(1, b"x")  # before START: nothing
+    ch.start(100)
+    ch.play(100)
+    ch.play(120)  # already playing
+    assert ch.data(130, b"a") == 130
+    assert ch.data(125, b"b") == 130  # never lower than the one before
+    assert ch.data(0xFFFFFFF0 + 200, b"c") == (0xFFFFFFF0 + 200) & 0xFFFFFFFF  # wraps forward
+    ch.stop()
+    ch.stop()
+    assert sent(ch) == [
+        w.PlaybackMode(100, w.AudioDataMode.OPUS),
+        w.PlaybackStart(2, w.AudioFormat.S16, 48000, 100),
+        w.PlaybackData(130, b"a"),
+        w.PlaybackData(130, b"b"),
+        w.PlaybackData(0xB8, b"c"),
+        w.PlaybackStop(),
+    ]
+    plain = PlaybackChannel(mini_header=True, client_caps=w.make_caps([w.PlaybackCap.VOLUME]))
+    plain.start(1)
+    plain.play(1)
+    plain.data(2, b"a")
+    assert not plain.opus and sent(plain) == []
+
+
 # -- fuzz: every channel, random bytes -----------------------------------------------------
 
 MACHINES: list[Callable[[], Channel]] = [
@@ -320,6 +374,7 @@ MACHINES: list[Callable[[], Channel]] = [
     lambda: DisplayChannel(mini_header=True, client_caps=GTK_DISPLAY),
     lambda: InputsChannel(mini_header=False),
     lambda: CursorChannel(mini_header=True),
+    lambda: PlaybackChannel(mini_header=True, client_caps=OPUS_CLIENT),
 ]
 
 

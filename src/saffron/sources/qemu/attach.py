@@ -34,12 +34,15 @@ from jeepney.low_level import HeaderFields, MessageType
 from jeepney.wrappers import DBusAddress, new_method_call
 
 from ...display import Display
+from .audio import QemuAudioListener
 from .dbus import Incoming, Waker, Wire, connect_bus, connect_peer
 from .errors import DBusError, NotThere, QemuError, Refused
 from .input import InputCall, QemuInput
 from .interfaces import (
+    AUDIO_PATH,
     BUS_NAME,
     CALL_TIMEOUT,
+    IFACE_AUDIO,
     IFACE_CONSOLE,
     IFACE_MOUSE,
     IFACE_PROPERTIES,
@@ -150,6 +153,8 @@ class QemuSource:
         self.on_closed: Callable[[str], None] | None = None
         """Called from the source's thread once it has closed for good."""
         self._listener: QemuListener | None = None
+        self._audio: QemuAudioListener | None = None
+        """The guest's sound, when QEMU has a D-Bus audiodev (``org.qemu.Display1.Audio``)."""
         self._bus: Wire | None = None
         self._peer = False
         """Whether ``_bus`` is a peer-to-peer connection to QEMU (no bus daemon)."""
@@ -209,6 +214,10 @@ class QemuSource:
     @property
     def listener(self) -> QemuListener | None:
         return self._listener
+
+    @property
+    def audio(self) -> QemuAudioListener | None:
+        return self._audio
 
     @property
     def frames(self) -> int:
@@ -291,6 +300,7 @@ class QemuSource:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        self._drop_audio()
         if self._bus is not None:
             self._bus.close()
             self._bus = None
@@ -357,6 +367,7 @@ class QemuSource:
         self._size_query = False
         if listener is not None:
             listener.close()  # QEMU forgets it (nothing to do when QEMU ended it)
+        self._drop_audio()
         if self._peer and self._bus is not None:
             self._bus.close()  # a peer connection is one QEMU's: the next one gets a new one
             self._bus = None
@@ -539,6 +550,7 @@ class QemuSource:
         with contextlib.suppress(ValueError, TypeError):
             self.display.info.uuid = uuid.UUID(str(vm.get("UUID", ""))).bytes
         self.attached.set()
+        self._attach_audio(owner)
         log.info(
             "attached to QEMU%s: console %d (%s, %dx%d), %s mouse",
             f" VM '{self.vm_name}'" if self.vm_name else "",
@@ -547,6 +559,53 @@ class QemuSource:
             *self.console_size,
             "absolute" if self.mouse_absolute else "relative",
         )
+
+    def _attach_audio(self, owner: str) -> None:
+        """Register an audio listener when QEMU plays sound over D-Bus; the picture does
+        not depend on it, so a failure here is said and the display goes on."""
+        try:
+            props = self._get_all(owner, AUDIO_PATH, IFACE_AUDIO)
+        except DBusError:
+            log.debug("QEMU has no D-Bus audio (no -audiodev dbus on its -display dbus)")
+            return
+        except QemuError as exc:
+            log.warning("cannot ask QEMU about its sound: %s", exc)
+            return
+        if self._peer and "Interfaces" not in props:
+            # QEMU before 8.1 (no Interfaces property yet) keys audio listeners by the
+            # caller's bus name, which a peer-to-peer connection has none of: 7.2 crashes.
+            log.warning(
+                "the guest's sound is not played: this QEMU (before 8.1) crashes when sound"
+                " is asked for over a peer-to-peer connection (libvirt's p2p='yes'); give"
+                " the display a bus (<graphics type='dbus'/> without p2p) to hear it"
+            )
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        audio = QemuAudioListener(self.display, ours, on_closed=self._audio_closed)
+        audio.start()  # QEMU authenticates and reads our properties before answering
+        addr = DBusAddress(AUDIO_PATH, owner, IFACE_AUDIO)
+        try:
+            serial = self._ensure_bus().send(
+                new_method_call(addr, "RegisterOutListener", "h", (theirs,))
+            )
+            theirs.close()
+            self._wait_reply(serial, REGISTER_TIMEOUT)
+        except QemuError as exc:
+            theirs.close()
+            audio.close()
+            log.warning("cannot listen to the guest's sound: %s", exc)
+            return
+        self._audio = audio
+        log.info("listening to the guest's sound")
+
+    def _audio_closed(self, audio: QemuAudioListener, reason: str) -> None:
+        if audio is self._audio and reason != "closing":
+            log.debug("the audio connection ended: %s", reason)
+
+    def _drop_audio(self) -> None:
+        audio, self._audio = self._audio, None
+        if audio is not None:
+            audio.close()
 
     def _dispatch(self, msg: Incoming) -> None:
         """A bus message that is not the answer being waited for."""

@@ -82,12 +82,45 @@ def _end_process(process: subprocess.Popen[Any], timeout: float) -> None:
             process.wait()
 
 
-def with_dbus_display(qemu_argv: Sequence[str], dbus_address: str) -> list[str]:
+AUDIODEV_ID = "saffron"
+"""The id of the ``-audiodev dbus`` that ``--audio`` adds when QEMU's arguments have none
+(a sound card names it: ``-device AC97,audiodev=saffron``)."""
+
+
+def dbus_audiodev(qemu_argv: Sequence[str]) -> str | None:
+    """The id of the first ``-audiodev dbus,id=…`` in QEMU's arguments, or None."""
+    args = list(qemu_argv)
+    for i, arg in enumerate(args):
+        flag = "-" + arg.lstrip("-")
+        value = None
+        if flag == "-audiodev" and i + 1 < len(args):
+            value = args[i + 1]
+        elif flag.startswith("-audiodev="):
+            value = flag.split("=", 1)[1]
+        if value is None:
+            continue
+        parts = value.split(",")
+        kind = parts[0]
+        opts = dict(p.partition("=")[::2] for p in parts[1:])
+        if kind.startswith("driver="):  # -audiodev driver=dbus,id=X
+            kind = kind.split("=", 1)[1]
+        elif "driver" in opts:
+            kind = opts["driver"]
+        if kind == "dbus" and opts.get("id"):
+            return opts["id"]
+    return None
+
+
+def with_dbus_display(
+    qemu_argv: Sequence[str], dbus_address: str, *, audio: bool = False
+) -> list[str]:
     """QEMU's command line with ``-display dbus,addr=...`` in place of any other display.
 
     Options of a ``-display dbus,...`` already there (``gl=on``, ``rendernode=``)
     are kept; ``-nographic`` and ``-daemonize`` are dropped (the first conflicts
-    with a display, the second would hide QEMU from us).
+    with a display, the second would hide QEMU from us). With ``audio`` the display
+    carries the guest's sound: the ``dbus`` audiodev the arguments define, else one
+    added with the id :data:`AUDIODEV_ID`.
     """
     if not qemu_argv:
         raise ValueError("no QEMU command")
@@ -123,6 +156,12 @@ def with_dbus_display(qemu_argv: Sequence[str], dbus_address: str) -> list[str]:
             kept += [o for o in opts.split(",") if o and not o.startswith(("addr=", "p2p="))]
         else:
             log.info("replacing QEMU's -display %s with the D-Bus display", value)
+    if audio and not any(o.startswith("audiodev=") for o in kept):
+        audiodev = dbus_audiodev(qemu_argv)
+        if audiodev is None:
+            audiodev = AUDIODEV_ID
+            out += ["-audiodev", f"dbus,id={audiodev}"]
+        kept.append(f"audiodev={audiodev}")
     addr = dbus_address.replace(",", ",,")  # QEMU's option syntax doubles commas
     out += ["-display", ",".join(["dbus", f"addr={addr}", *kept])]
     return out
@@ -181,6 +220,7 @@ def start_qemu(
     stderr: int | IO[Any] | None = None,
     env: dict[str, str] | None = None,
     die_with_us: bool = True,
+    audio: bool = False,
 ) -> QemuProcess:
     """Run QEMU with its display on D-Bus.
 
@@ -204,7 +244,7 @@ def start_qemu(
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         dbus_address = bus.address
-    argv = with_dbus_display(qemu_argv, dbus_address)
+    argv = with_dbus_display(qemu_argv, dbus_address, audio=audio)
     log.info("starting %s", shlex.join(argv))
     try:
         process = subprocess.Popen(

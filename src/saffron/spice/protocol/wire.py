@@ -122,6 +122,25 @@ class InputsCap(enum.IntEnum):
     KEY_SCANCODE = 0
 
 
+class PlaybackCap(enum.IntEnum):
+    CELT_0_5_1 = 0
+    VOLUME = 1
+    LATENCY = 2
+    OPUS = 3
+
+
+class AudioDataMode(enum.IntEnum):
+    INVALID = 0
+    RAW = 1
+    CELT_0_5_1 = 2
+    OPUS = 3
+
+
+class AudioFormat(enum.IntEnum):
+    INVALID = 0
+    S16 = 1
+
+
 class VideoCodec(enum.IntEnum):
     MJPEG = 1
     VP8 = 2
@@ -311,6 +330,14 @@ MSG_CURSOR_HIDE = 105
 MSG_CURSOR_TRAIL = 106
 MSG_CURSOR_INVAL_ONE = 107
 MSG_CURSOR_INVAL_ALL = 108
+
+MSG_PLAYBACK_DATA = 101
+MSG_PLAYBACK_MODE = 102
+MSG_PLAYBACK_START = 103
+MSG_PLAYBACK_STOP = 104
+MSG_PLAYBACK_VOLUME = 105
+MSG_PLAYBACK_MUTE = 106
+MSG_PLAYBACK_LATENCY = 107
 
 # -- capabilities -----------------------------------------------------------------
 
@@ -1449,6 +1476,61 @@ class CursorInvalAll(_Empty):
     TYPE = MSG_CURSOR_INVAL_ALL
 
 
+# -- playback channel -------------------------------------------------------------------
+# spice.proto's PlaybackChannel; like every SPICE message, packed with no padding.
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackData(Message):
+    """One encoded packet (one Opus packet in OPUS mode), stamped on the multimedia clock."""
+
+    TYPE = MSG_PLAYBACK_DATA
+    time: int
+    data: bytes
+
+    def pack(self) -> bytes:
+        return struct.pack("<I", self.time) + self.data
+
+    @classmethod
+    def unpack(cls, body: bytes) -> Self:
+        _need(body, 4, "PLAYBACK_DATA")
+        return cls(struct.unpack_from("<I", body)[0], bytes(body[4:]))
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackMode(Message):
+    """How DATA is encoded from now on (an AudioDataMode); ``data`` is unused (empty)."""
+
+    TYPE = MSG_PLAYBACK_MODE
+    time: int
+    mode: int
+    data: bytes = b""
+
+    def pack(self) -> bytes:
+        return struct.pack("<IH", self.time, self.mode) + self.data
+
+    @classmethod
+    def unpack(cls, body: bytes) -> Self:
+        _need(body, 6, "PLAYBACK_MODE")
+        time, mode = struct.unpack_from("<IH", body)
+        return cls(time, mode, bytes(body[6:]))
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackStart(_Fixed):
+    TYPE = MSG_PLAYBACK_START
+    FMT = _fixed("IHII")
+    channels: int
+    format: int
+    frequency: int
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackStop(_Empty):
+    TYPE = MSG_PLAYBACK_STOP
+
+
 # -- dispatch tables ------------------------------------------------------------------
 
 _COMMON_CLIENT: tuple[type[Message], ...] = (
@@ -1496,6 +1578,7 @@ CLIENT_MESSAGES: dict[int, dict[int, type[Message]]] = {
         MouseRelease,
     ),
     ChannelType.CURSOR: _table(*_COMMON_CLIENT),
+    ChannelType.PLAYBACK: _table(*_COMMON_CLIENT),
 }
 """Client -> server messages Saffron understands, per channel type."""
 
@@ -1523,6 +1606,9 @@ SERVER_MESSAGES: dict[int, dict[int, type[Message]]] = {
     ChannelType.INPUTS: _table(*_COMMON_SERVER, InputsInit, InputsKeyModifiers, MouseMotionAck),
     ChannelType.CURSOR: _table(
         *_COMMON_SERVER, CursorInit, CursorReset, CursorSet, CursorMove, CursorHide, CursorInvalAll
+    ),
+    ChannelType.PLAYBACK: _table(
+        *_COMMON_SERVER, PlaybackData, PlaybackMode, PlaybackStart, PlaybackStop
     ),
 }
 """Server -> client messages Saffron sends, per channel type (test clients read them)."""

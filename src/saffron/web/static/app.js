@@ -1,11 +1,20 @@
 // Saffron's viewer page: WebCodecs into a canvas, input back, live statistics,
-// and still tiles at full quality drawn over the video where the picture stands still.
+// and still tiles at full quality drawn over the video where the picture stands still;
+// the VM's sound (Opus, WebCodecs AudioDecoder, Web Audio) once the user turns it on.
 // The wire format is described in saffron/web/protocol.py.
 
 const CODEC_IDS = ["h264", "vp9", "vp8", "av1", "mjpeg"];
 const KIND_VIDEO = 1;
 const KIND_TILE = 2;
 const KIND_VIDEO_DAMAGE = 3;
+const KIND_AUDIO = 4;
+const AUDIO_HEADER_SIZE = 16;
+const AUDIO_LEAD_S = 0.03;    // a packet plays at least this long after it is decoded: jitter room
+const AUDIO_SYNC_MAX_S = 0.5; // sound waits for the picture (same capture clock) up to this long
+const AUDIO_DELAY_FALL_S = 0.0002;  // per 10 ms packet: the delay falls by 20 ms a second
+const AUDIO_SLACK_S = 0.04;   // schedule drift tolerated before sound is cut or a gap inserted:
+                              // a packet that would play this much later than its time is
+                              // dropped, so the delay never grows (the server never queues either)
 const HEADER_SIZE = 24;
 const DAMAGE_SIZE = 8;
 const TILE_HEADER_SIZE = 18;
@@ -274,6 +283,7 @@ function onBinary(buf) {
   const kind = new DataView(buf).getUint8(0);
   if (kind === KIND_VIDEO || kind === KIND_VIDEO_DAMAGE) onVideo(buf, kind);
   else if (kind === KIND_TILE) onTile(buf);
+  else if (kind === KIND_AUDIO) onAudio(buf);
   else console.warn("unknown binary message kind", kind);
 }
 
@@ -342,6 +352,7 @@ function updateStats() {
   document.getElementById("s-latency").textContent = `${stats.latencyMs} ms`;
   document.getElementById("s-dropped").textContent = stats.dropped;
   document.getElementById("s-backend").textContent = stats.backend || "–";
+  document.getElementById("s-sound").textContent = sound.on ? `${Math.round(sound.playMs)} ms` : "–";
   send({ type: "stats", fps: stats.fps, latencyMs: stats.latencyMs, bitrateKbps: stats.bitrateKbps, framesDecoded: stats.framesDecoded });
 }
 setInterval(updateStats, 1000);
@@ -385,9 +396,12 @@ async function onText(text) {
       sharpReset(0, 0);
       setStatus(msg.enabled ? "Waiting for the first frame…" : "Waiting for the VM…", msg.enabled ? 0 : msg.now);
       send({ type: "start", codec, sharp: wantSharp });
+      soundButton.hidden = !msg.audio;
+      if (sound.on) send({ type: "audio", on: true });  // a reconnection: still listening
       break;
     }
     case "pong": onPong(msg); break;
+    case "audio": if (msg.playing) sound.next = 0; break;  // a new start: no old schedule
     case "stats":
       stats.dropped = msg.dropped; stats.backend = msg.backend;
       document.getElementById("s-backend").textContent = stats.backend || "–";
@@ -472,6 +486,107 @@ for (const kind of ["keydown", "keyup"]) {
     send({ type: "key", code: ev.code, down: kind === "keydown" });
     ev.preventDefault();
   });
+}
+
+// -- sound ----------------------------------------------------------------------
+// Off until the user turns it on (browsers let a page play sound only after a gesture);
+// then the server sends Opus packets, decoded by WebCodecs and scheduled back to back
+// in an AudioContext, each at its capture time plus the picture's delay, so that sound
+// and picture captured together are heard and seen together. Packets that would play
+// too late are dropped, not queued.
+
+const soundButton = document.getElementById("sound");
+const sound = {
+  on: false, ctx: null, decoder: null, next: 0,
+  packets: 0, decoded: 0, dropped: 0, lastSeq: -1, lost: 0,
+  loudAt: 0, loudCapture: 0,  // performance.now() and capture µs of the first loud packet
+  loudHeardAt: 0,             // performance.now() when it comes out of the speakers
+  arrivalMs: 0, playMs: 0,    // capture to decoded, and to heard (scheduled + output), smoothed
+  delayS: 0,                  // the capture-to-heard delay aimed at: the picture's, smoothed
+  tap: null,                  // an array to collect channel 0 in (tests set it)
+};
+window.saffronAudio = sound;
+
+function soundOn() {
+  if (!sound.ctx) sound.ctx = new AudioContext({ sampleRate: 48000, latencyHint: "interactive" });
+  sound.ctx.resume();
+  sound.decoder = new AudioDecoder({ output: playAudio, error: () => { sound.dropped += 1; } });
+  sound.decoder.configure({ codec: "opus", sampleRate: 48000, numberOfChannels: 2 });
+  sound.next = 0;
+  sound.on = true;
+  send({ type: "audio", on: true });
+}
+
+function soundOff() {
+  sound.on = false;
+  send({ type: "audio", on: false });
+  if (sound.decoder && sound.decoder.state !== "closed") sound.decoder.close();
+  sound.decoder = null;
+  if (sound.ctx) sound.ctx.suspend();
+}
+
+soundButton.addEventListener("click", () => {
+  if (sound.on) soundOff(); else soundOn();
+  soundButton.textContent = sound.on ? "sound on" : "sound off";
+  soundButton.classList.toggle("on", sound.on);
+  canvas.focus();
+});
+
+function onAudio(buf) {
+  if (!sound.on || !sound.decoder || sound.decoder.state !== "configured") return;
+  const dv = new DataView(buf);
+  const seq = dv.getUint32(4, true);
+  if (sound.lastSeq >= 0 && seq > sound.lastSeq + 1) sound.lost += seq - sound.lastSeq - 1;
+  sound.lastSeq = seq;
+  sound.packets += 1;
+  const capture = Number(dv.getBigUint64(8, true));
+  sound.decoder.decode(new EncodedAudioChunk({
+    type: "key", timestamp: capture, data: new Uint8Array(buf, AUDIO_HEADER_SIZE),
+  }));
+}
+
+function playAudio(data) {
+  const ctx = sound.ctx;
+  const n = data.numberOfFrames;
+  const buffer = ctx.createBuffer(data.numberOfChannels, n, data.sampleRate);
+  const plane = new Float32Array(n);
+  for (let ch = 0; ch < data.numberOfChannels; ch++) {
+    data.copyTo(plane, { planeIndex: ch, format: "f32-planar" });
+    buffer.copyToChannel(plane, ch);
+    if (ch === 0) {
+      if (sound.tap) sound.tap.push(...plane);
+      if (!sound.loudAt && plane.some((v) => Math.abs(v) > 0.1)) {
+        sound.loudAt = performance.now();
+        sound.loudCapture = data.timestamp;
+      }
+    }
+  }
+  const arrival = localNow() + clockOffset - data.timestamp / 1000;
+  data.close();
+  sound.decoded += 1;
+  // Heard at capture + the picture's delay (frames captured with it are shown then), but
+  // never sooner than the jitter room allows nor later than AUDIO_SYNC_MAX_S.
+  const output = ctx.outputLatency || ctx.baseLatency || 0;
+  const arrivalS = arrival / 1000;
+  // The delay aimed at rises at once (a gap in the sound) and falls slowly (a packet dropped
+  // now and then), so a picture whose delay jumps about does not chop the sound up.
+  const floor = arrivalS + AUDIO_LEAD_S + output;
+  const wanted = Math.max(Math.min(stats.latencyMs / 1000, AUDIO_SYNC_MAX_S), floor);
+  if (wanted > sound.delayS) sound.delayS = wanted;
+  else sound.delayS = Math.max(wanted, sound.delayS - AUDIO_DELAY_FALL_S);
+  const now = ctx.currentTime;
+  const due = Math.max(now + sound.delayS - arrivalS - output, now + 0.005);
+  if (sound.next > due + AUDIO_SLACK_S) { sound.dropped += 1; return; }  // behind: catch up
+  if (sound.next < due - AUDIO_SLACK_S) sound.next = due;  // a gap (or the start): resync
+  const play = arrival + (sound.next - now + output) * 1000;
+  if (sound.loudAt && !sound.loudHeardAt) sound.loudHeardAt = performance.now() + play - arrival;
+  sound.arrivalMs = sound.arrivalMs ? 0.9 * sound.arrivalMs + 0.1 * arrival : arrival;
+  sound.playMs = sound.playMs ? 0.9 * sound.playMs + 0.1 * play : play;
+  const source = ctx.createBufferSource();
+  source.buffer = buffer;
+  source.connect(ctx.destination);
+  source.start(sound.next);
+  sound.next += buffer.duration;
 }
 
 document.getElementById("stats-toggle").addEventListener("click", () => {
