@@ -1,0 +1,136 @@
+"""The guest follows the viewer's window: a page with "resize guest" on, resized, makes
+QEMU's virtio-vga guest change mode (its serial console says the new preferred mode) and
+the canvas get pictures of the new size; with plain VGA, which cannot, the page says so
+and scales. QEMU 7.2 and 10.0, Chromium. The time from a resize to the first picture of
+the new size is measured (not asserted) and published."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from saffron.bench import guest as build_guest
+from saffron.bench.qemus import Qemu
+from tests.support.artifacts import ARTIFACTS, publish
+from tests.support.process import run_saffron
+
+VIRTIO = [
+    "-machine",
+    "q35",
+    "-accel",
+    "tcg",
+    "-nodefaults",
+    "-device",
+    f"virtio-vga,xres={build_guest.VIRTIO_XRES},yres={build_guest.VIRTIO_YRES}",
+]
+VGA = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+SIZES = [(800, 600), (1024, 640), (1280, 800), (960, 720)]
+"""Viewports to resize to (multiples of 8: what the guest's modes are made of)."""
+
+
+def stats(page: Any) -> dict[str, Any]:
+    return dict(page.evaluate("window.saffronStats"))
+
+
+def wait_for(test: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if test():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def modes(serial: Path) -> list[str]:
+    return re.findall(r"saffron-guest: mode (\d+x\d+)", serial.read_text(errors="replace"))
+
+
+WATCH = """([w, h]) => {
+    window.__resized = null;
+    const t0 = performance.now();
+    const look = () => {
+        const s = window.saffronStats;
+        if (s.width === w && s.height === h) window.__resized = performance.now() - t0;
+        else requestAnimationFrame(look);
+    };
+    requestAnimationFrame(look);
+}"""
+"""Times, in the page, from now to the first picture of w x h drawn."""
+
+
+def test_the_guest_follows_the_browser_window(qemu: Qemu, browser: Any, tmp_path: Path) -> None:
+    guest = build_guest.build_guest()
+    serial = tmp_path / "serial.log"
+    with run_saffron(
+        "qemu",
+        "--fps",
+        "30",
+        "--",
+        *qemu.command(*VIRTIO, "-m", "256", *guest.qemu_args(serial)),
+        timeout=60,
+    ) as saffron:
+        wait_for(lambda: "saffron-guest: ready" in serial.read_text(), 90, "the guest to boot")
+        first = (build_guest.VIRTIO_XRES, build_guest.VIRTIO_YRES)
+        assert modes(serial)[:1] == [f"{first[0]}x{first[1]}"]
+        page = browser.new_page(viewport={"width": 1120, "height": 704})
+        try:
+            page.goto(saffron.url + "?codec=mjpeg")
+            wait_for(lambda: stats(page)["width"] == first[0], 30, "the guest's first screen")
+            # "resize guest" off: the guest keeps its size, the canvas is scaled
+            time.sleep(1)
+            assert modes(serial) == [f"{first[0]}x{first[1]}"]
+            page.locator("#resize-guest").check()
+            wait_for(lambda: "1120x704" in modes(serial), 30, "the guest's mode to follow")
+            wait_for(lambda: stats(page)["width"] == 1120, 30, "the canvas to follow")
+            assert stats(page)["height"] == 704
+            times = []
+            for w, h in SIZES:
+                page.evaluate(WATCH, [w, h])
+                page.set_viewport_size({"width": w, "height": h})
+                wait_for(lambda: page.evaluate("window.__resized") is not None, 30, f"{w}x{h}")
+                times.append(float(page.evaluate("window.__resized")))
+                # the guest's console prints its mode ten times a second: it may come after
+                mode = f"{w}x{h}"
+                wait_for(lambda m=mode: modes(serial)[-1:] == [m], 10, f"the guest's {mode}")
+                assert stats(page)["resizable"] == "yes"
+            page.screenshot(path=str(ARTIFACTS / f"{qemu.id}-guest-resized.png"))
+        finally:
+            page.close()
+        log = saffron.output()
+    assert "cannot follow" not in log
+    median = statistics.median(times)
+    publish(
+        f"guest-resize-browser-{qemu.id}",
+        {"resize_to_picture_ms": [round(t) for t in times], "median_ms": round(median)},
+        f"QEMU {qemu.version}, virtio-vga, Chromium: window resize -> picture of the new size, "
+        f"median {median:.0f} ms over {len(times)} ({', '.join(f'{t:.0f}' for t in times)})",
+    )
+
+
+def test_plain_vga_cannot_resize_so_the_page_scales(qemu: Qemu, browser: Any) -> None:
+    """SeaBIOS's text screen on VGA: SetUIInfo is refused, the log says why once, the
+    page says so and the picture keeps its size (scaled to the window)."""
+    with run_saffron(
+        "qemu", "--fps", "30", "--", *qemu.command(*VGA, "-m", "64"), timeout=60
+    ) as saffron:
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
+        try:
+            page.goto(saffron.url + "?codec=mjpeg&resize=1")
+            wait_for(lambda: stats(page)["width"] == 720, 60, "the SeaBIOS text screen")
+            wait_for(lambda: stats(page)["resizable"] == "no", 10, "the page to hear it")
+            assert "cannot" in page.locator("#resize-note").inner_text()
+            for w, h in [(900, 600), (1100, 800)]:
+                page.set_viewport_size({"width": w, "height": h})
+                time.sleep(1)
+            s = stats(page)
+            assert (s["width"], s["height"]) == (720, 400)
+            box = page.locator("#screen").bounding_box()
+            assert box is not None and round(box["width"]) == 1100  # scaled to the window
+        finally:
+            page.close()
+        log = saffron.output()
+    assert log.count("cannot follow the viewers' windows") == 1, log
+    assert "SetUIInfo is not supported" in log
