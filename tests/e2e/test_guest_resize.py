@@ -6,8 +6,11 @@ the new size is measured (not asserted) and published."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,8 @@ from typing import Any
 from saffron.bench import guest as build_guest
 from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
+from saffron.bench.spice_gtk import SYSTEM_PYTHON
+from tests.e2e.spice.test_remote_viewer import xvfb
 from tests.support.artifacts import ARTIFACTS, publish
 from tests.support.gtk import run_gtk_client
 from tests.support.process import run_saffron
@@ -29,6 +34,7 @@ VIRTIO = [
     f"virtio-vga,xres={build_guest.VIRTIO_XRES},yres={build_guest.VIRTIO_YRES}",
 ]
 VGA = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
+XRESIZE = Path(__file__).resolve().parent.parent / "support" / "xresize.py"
 SIZES = [(800, 600), (1024, 640), (1280, 800), (960, 720)]
 """Viewports to resize to (multiples of 8: what the guest's modes are made of)."""
 
@@ -167,4 +173,69 @@ def test_the_guest_follows_spice_gtk(qemu: Qemu, tmp_path: Path) -> None:
         {"resize_to_surface_ms": [round(t) for t in times], "median_ms": round(median)},
         f"QEMU {qemu.version}, virtio-vga, spice-gtk: window size -> surface of the new size, "
         f"median {median:.0f} ms over {len(times)} (spice-gtk itself waits 1 s before it sends)",
+    )
+
+
+def test_the_guest_follows_remote_viewer(qemu: Qemu, tmp_path: Path) -> None:
+    """remote-viewer (virt-viewer 11) under Xvfb, its window resized as a window manager
+    would: the guest's mode becomes the size of its display area (the window less its
+    menu and toolbar). Measured: resize -> the guest's new mode on its serial console,
+    spice-gtk's own second of waiting included."""
+    missing = [t for t in ("remote-viewer", "Xvfb", "xwininfo") if shutil.which(t) is None]
+    assert not missing, f"not installed: {', '.join(missing)} (scripts/apt-packages.txt)"
+    guest = build_guest.build_guest()
+    serial = tmp_path / "serial.log"
+    port = free_port()
+    vm = qemu.command(*VIRTIO, "-m", "256", *guest.qemu_args(serial))
+    times = []
+    with (
+        run_saffron("qemu", "--spice", f"127.0.0.1:{port}", "--fps", "30", "--", *vm),
+        xvfb() as display,
+    ):
+        wait_for(lambda: "saffron-guest: ready" in serial.read_text(), 90, "the guest to boot")
+        env = {**os.environ, "DISPLAY": display}
+        viewer = subprocess.Popen(
+            ["remote-viewer", f"spice://127.0.0.1:{port}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            window = ""
+
+            def found() -> bool:
+                nonlocal window
+                tree = subprocess.run(
+                    ["xwininfo", "-root", "-tree", "-display", display],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                match = re.search(r"(0x[0-9a-f]+) \"QEMU [^\"]*\": \(\"remote-viewer\"", tree)
+                window = match.group(1) if match else ""
+                return bool(window)
+
+            wait_for(found, 30, "remote-viewer's window")
+            time.sleep(2)  # connected and drawn
+            for w, h in [(800, 650), (1000, 720)]:
+                seen = len(modes(serial))
+                began = time.monotonic()
+                subprocess.run([SYSTEM_PYTHON, str(XRESIZE), window, str(w), str(h)], env=env)
+                wait_for(lambda n=seen: len(modes(serial)) > n, 20, f"a mode for {w}x{h}")
+                times.append((time.monotonic() - began) * 1000)
+                mw, mh = (int(v) for v in modes(serial)[-1].split("x"))
+                # the display area: the window less borders, menu and toolbar
+                assert w - 40 <= mw <= w and h - 160 <= mh <= h, (w, h, mw, mh)
+            time.sleep(1)  # the new picture drawn, for a person to look at
+            png = ARTIFACTS / f"{qemu.id}-remote-viewer-resized.png"
+            shot = ["import", "-window", "root", "-display", display, str(png)]
+            subprocess.run(shot, check=False)
+        finally:
+            viewer.terminate()
+            viewer.wait(10)
+    median = statistics.median(times)
+    publish(
+        f"guest-resize-remote-viewer-{qemu.id}",
+        {"resize_to_guest_mode_ms": [round(t) for t in times], "median_ms": round(median)},
+        f"QEMU {qemu.version}, virtio-vga, remote-viewer: window resized -> the guest's new "
+        f"mode, median {median:.0f} ms over {len(times)} (spice-gtk waits about 1 s itself)",
     )

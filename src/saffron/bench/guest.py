@@ -24,8 +24,11 @@ The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
   ``/dev/fb0``, and prints ``saffron-guest: mode WxH`` on the serial port whenever
   the connector's preferred mode changes (the first line of
   ``/sys/class/drm/card0-Virtual-1/modes``: what the host's ``SetUIInfo`` asked
-  for). The kernel's fbdev emulation then shows that mode when it fits the
-  framebuffer it made at boot (see :data:`VIRTIO_XRES`), so the picture follows too.
+  for), and on the screen in the console's text. The kernel's fbdev emulation then
+  shows that mode when it fits the framebuffer it made at boot (see
+  :data:`VIRTIO_XRES`), so the picture follows too. Linux 6.1's fbdev emulation does
+  not pass on what ``dd`` writes into ``/dev/fb0`` there (the console's text it does),
+  so on virtio-gpu the band and the key strip stay black.
 
 The tests and ``saffron bench --full`` boot it under QEMU. Run it
 (``python -m saffron.bench.guest``) to build (or find) the guest and print the
@@ -95,7 +98,10 @@ if grep -qx @VIRTIOGPU@ /sys/bus/pci/devices/*/device 2>/dev/null; then
         while :; do
             for c in /sys/class/drm/card*-Virtual-1; do
                 m=$(head -n 1 $c/modes 2>/dev/null)
-                [ -n "$m" ] && [ "$m" != "$last" ] && { log "mode $m"; last=$m; }
+                [ -n "$m" ] && [ "$m" != "$last" ] && {
+                    log "mode $m"; last=$m
+                    printf '\033[2;2Hsaffron-guest: mode %-12s' "$m" > /dev/tty1
+                }
             done
             usleep 100000
         done
