@@ -212,6 +212,44 @@ class NoAudio:
         pass
 
 
+MIN_GUEST_WIDTH, MIN_GUEST_HEIGHT = 320, 200
+"""The smallest screen a viewer may ask the guest for: below it a desktop is unusable
+and some drivers refuse the mode."""
+MAX_GUEST_WIDTH, MAX_GUEST_HEIGHT = 4096, 2304
+"""The largest: what the encoders take at a usable rate (H.264 level 5.1 is 4096x2304)
+and what a hostile page may make the guest allocate."""
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRequest:
+    """A viewer's window, which the guest's screen should follow (SPICE's monitors config,
+    a page's viewport): pixels, and millimetres when the viewer knows them (0 otherwise)."""
+
+    width: int
+    height: int
+    width_mm: int = 0
+    height_mm: int = 0
+
+    def clamped(self) -> SizeRequest:
+        """Within MIN_GUEST_* and MAX_GUEST_*, millimetres within 16 bits (what QEMU takes)."""
+        return SizeRequest(
+            min(max(int(self.width), MIN_GUEST_WIDTH), MAX_GUEST_WIDTH),
+            min(max(int(self.height), MIN_GUEST_HEIGHT), MAX_GUEST_HEIGHT),
+            min(max(int(self.width_mm), 0), 0xFFFF),
+            min(max(int(self.height_mm), 0), 0xFFFF),
+        )
+
+
+class Resizable(enum.Enum):
+    """Whether the producer's screen can follow a viewer's window."""
+
+    UNKNOWN = "unknown"
+    """Nobody asked yet, or the producer has not answered."""
+    YES = "yes"
+    NO = "no"
+    """It cannot (e.g. QEMU's plain VGA): viewers scale the picture instead."""
+
+
 @dataclass
 class DisplayInfo:
     """What viewers are told about the producer."""
@@ -244,6 +282,10 @@ class Display:
         self._seq = 0
         self._lock = threading.Lock()
         self.refresh_hook: Callable[[], None] | None = None
+        self.resize_hook: Callable[[SizeRequest], None] | None = None
+        """Set by a producer whose screen can follow a viewer's window (QEMU's SetUIInfo)."""
+        self.resizable = Resizable.UNKNOWN
+        """What the producer said the last time it was asked; NO when it has no resize_hook."""
 
     # -- wiring (front ends, pipelines) ----------------------------------------
 
@@ -270,6 +312,19 @@ class Display:
         hook = self.refresh_hook
         if hook is not None:
             hook()
+
+    def request_size(self, request: SizeRequest) -> None:
+        """A viewer's window is this size: ask the producer to make its screen so.
+
+        Returns at once; the size is clamped to sane limits here, and the producer
+        debounces (it gets every request, from every viewer, the newest wins). A
+        producer that cannot resize leaves ``resizable`` at NO and the viewers scale.
+        """
+        hook = self.resize_hook
+        if hook is None:
+            self.resizable = Resizable.NO
+            return
+        hook(request.clamped())
 
     @property
     def wants_frame(self) -> bool:

@@ -36,11 +36,12 @@ from jeepney.low_level import (
     Parser,
 )
 
-from saffron.display import Display, Rect
+from saffron.display import Display, Rect, Resizable, SizeRequest
 from saffron.sources import qemu as Q
 from saffron.sources.qemu import interfaces as names
 from saffron.sources.qemu import pixels as px
 from saffron.sources.qemu.listener import QemuListener
+from saffron.sources.qemu.uiinfo import MIN_INTERVAL_S, UNSUPPORTED_ERROR
 from tests.support.qemu import Sink, new_display
 from tests.support.wait import wait_until
 
@@ -287,7 +288,9 @@ class BusQemu:
         (f"{names.ROOT}/Console_0", names.IFACE_MOUSE): {"IsAbsolute": ("b", True)},
     }
 
-    def __init__(self, address: str, flags: int) -> None:
+    def __init__(self, address: str, flags: int, resizable: bool = True) -> None:
+        self.resizable = resizable
+        """Whether SetUIInfo works (virtio-vga) or is refused as QEMU refuses it (VGA)."""
         self.conn = open_dbus_connection(bus=address, enable_fds=True)
         self.name = str(self.conn.unique_name)
         self.calls: list[BusCall] = []
@@ -347,6 +350,10 @@ class BusQemu:
             return new_method_return(msg)
         elif iface in (names.IFACE_KEYBOARD, names.IFACE_MOUSE):
             return new_method_return(msg)
+        elif iface == names.IFACE_CONSOLE and member == "SetUIInfo":
+            if self.resizable:
+                return new_method_return(msg)
+            return new_error(msg, UNSUPPORTED_ERROR, "s", ("SetUIInfo is not supported",))
         return new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", "s", (member,))
 
 
@@ -467,4 +474,59 @@ def test_a_restarted_bus_is_not_trusted_by_name(tmp_path: Path) -> None:
             sock.close()
         if second is not None:
             second.close()
+        bus.stop()
+
+
+def test_a_flood_of_sizes_makes_one_set_ui_info(tmp_path: Path) -> None:
+    """A page sending a new size every millisecond for a second: QEMU is asked once, for
+    the last size, once it stood still; a size asked again is not sent again."""
+    display, _sink, _events = new_display()
+    bus = Q.DBusDaemon(tmp_path)
+    qemu = BusQemu(bus.address, ALLOW_REPLACEMENT)
+    source = Q.open_qemu_source(display, dbus_address=bus.address)
+    try:
+        assert source.wait_attached(10)
+        began = time.monotonic()
+        n = 0
+        while time.monotonic() - began < 1.0:
+            n += 1
+            display.request_size(SizeRequest(800 + n % 300, 600))
+            time.sleep(0.001)
+        last = (0, 0, 0, 0, 800 + n % 300, 600)
+        assert wait_until(lambda: "SetUIInfo" in qemu.members(), 5)
+        time.sleep(2 * MIN_INTERVAL_S)
+        display.request_size(SizeRequest(800 + n % 300, 600))  # the same again
+        time.sleep(2 * MIN_INTERVAL_S)
+        calls = [c.body for c in qemu.calls if c.member == "SetUIInfo"]
+        assert calls == [last], f"{len(calls)} SetUIInfo calls for {n} requests"
+        assert display.resizable is Resizable.YES
+        assert source.size_requests_sent == 1
+    finally:
+        source.stop()
+        qemu.close()
+        bus.stop()
+
+
+def test_a_device_that_cannot_resize_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QEMU's answer for plain VGA: the display says NO, the log says why once, and no
+    more calls are made for later sizes."""
+    display, _sink, _events = new_display()
+    bus = Q.DBusDaemon(tmp_path)
+    qemu = BusQemu(bus.address, ALLOW_REPLACEMENT, resizable=False)
+    source = Q.open_qemu_source(display, dbus_address=bus.address)
+    try:
+        assert source.wait_attached(10)
+        display.request_size(SizeRequest(800, 600))
+        assert wait_until(lambda: display.resizable is Resizable.NO, 5)
+        for width in (900, 1000):
+            display.request_size(SizeRequest(width, 600))
+            time.sleep(2 * MIN_INTERVAL_S)
+        assert qemu.members().count("SetUIInfo") == 1
+        said = [r for r in caplog.records if "cannot follow the viewers' windows" in r.message]
+        assert len(said) == 1 and "SetUIInfo is not supported" in said[0].message
+    finally:
+        source.stop()
+        qemu.close()
         bus.stop()

@@ -16,7 +16,15 @@ from aiohttp import ClientSession, WSMsgType
 
 from saffron.audio import AudioBroadcast, AudioPacket
 from saffron.broadcast import KEYFRAME_MIN_INTERVAL
-from saffron.display import Button, PcmFormat, Rect, now_us
+from saffron.display import (
+    MAX_GUEST_WIDTH,
+    MIN_GUEST_HEIGHT,
+    Button,
+    PcmFormat,
+    Rect,
+    SizeRequest,
+    now_us,
+)
 from saffron.encoders.tiles import decode_tile
 from saffron.web.keys import scancode_for
 from saffron.web.protocol import (
@@ -219,9 +227,44 @@ async def test_input_reaches_the_producer(env: Env) -> None:
         await ws.close()
 
 
+async def test_a_viewport_asks_the_producer_for_a_screen_of_its_size(env: Env) -> None:
+    """ "resize guest" on: the page's window size reaches the producer, clamped; the page
+    hears with its statistics whether the producer can; a view-only page cannot ask."""
+    asked: list[SizeRequest] = []
+    env.display.resize_hook = asked.append
+    async with ClientSession() as s:
+        ws = await start(s, env)
+        await ws.send_str(json.dumps({"type": "viewport", "width": 1280, "height": 720}))
+        await ws.send_str(json.dumps({"type": "viewport", "width": 99999, "height": 7}))
+        for _ in range(100):
+            if len(asked) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert asked == [SizeRequest(1280, 720), SizeRequest(MAX_GUEST_WIDTH, MIN_GUEST_HEIGHT)]
+        env.display.resize_hook = None
+        await ws.send_str(json.dumps({"type": "viewport", "width": 800, "height": 600}))
+        while True:  # a producer without a hook cannot: the next statistics say so
+            msg = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+            if msg.get("type") == "stats" and msg["resizable"] == "no":
+                break
+        await ws.close()
+    env.display.resize_hook = asked.append
+    env.server.view_only = True
+    async with ClientSession() as s:
+        ws = await start(s, env)
+        await ws.send_str(json.dumps({"type": "viewport", "width": 640, "height": 480}))
+        await ws.send_str(json.dumps({"type": "ping", "t0": 1}))
+        while json.loads((await asyncio.wait_for(ws.receive(), 5)).data)["type"] != "pong":
+            pass  # the viewport was read before the ping
+        assert len(asked) == 2
+        await ws.close()
+
+
 @pytest.mark.parametrize(
     "bad",
     [
+        '{"type": "viewport", "width": -5, "height": 600}',
+        '{"type": "viewport", "width": "wide"}',
         "not json",
         "[1, 2]",
         '{"type": "launch-missiles"}',

@@ -11,7 +11,10 @@ Optionally it asks for a codec, types keys and moves the mouse, and, once told o
 producer stopped, waits for the picture to settle and dumps it. With ``--tone`` it opens the
 playback channel, presses T (the test guest's tone key, which also paints the key strip), keeps
 the PCM spice-gtk decodes (its ``playback-data`` signal) and reports its strongest frequency and
-when sound and picture arrived.
+when sound and picture arrived. With ``--resize`` it makes the calls spice-gtk's widget makes
+when its window is resized with "resize-guest" on (the guest's agent, which Saffron stands in
+for, gets a monitors config a second later) and reports how long each size took to come back as
+the primary surface.
 
 It prints JSON lines: ``{"phase": ...}`` progress lines, and a final report.
 """
@@ -79,6 +82,9 @@ class Client:
         self.still = False
         self.cycle = 0
         self.done = False
+        self.sizes = [tuple(int(v) for v in s.split("x")) for s in args.resize.split(",") if s]
+        self.asked_at: float | None = None
+        self.report["resized"] = []
         GObject.Object.connect(self.session, "channel-new", self.on_channel_new)
 
     # -- plumbing -----------------------------------------------------------------
@@ -148,6 +154,12 @@ class Client:
 
     def on_primary_create(self, channel, fmt, width, height, stride, shmid, imgdata) -> None:
         self.surface = Surface(imgdata, width, height, stride)
+        if self.asked_at is not None and self.sizes and (width, height) == self.sizes[0]:
+            took = (time.monotonic() - self.asked_at) * 1000
+            self.report["resized"].append([width, height, took])
+            emit({"phase": f"resized-{width}x{height}"})
+            self.sizes.pop(0)
+            self.asked_at = None
         self.report["width"], self.report["height"] = width, height
         self.report["format"] = fmt
 
@@ -239,6 +251,8 @@ class Client:
             return not self.done
         if self.args.inputs and self.inputs_ready and "inputs_sent" not in self.report:
             self.send_inputs()
+        if self.args.resize:
+            return self.resize_next()
         if self.measure_from is None and now - self.ready_at >= self.args.settle:
             self.measure_from = now
             emit({"phase": "measuring"})
@@ -270,6 +284,19 @@ class Client:
                 return False
             emit({"phase": f"still-{self.cycle}"})
             GLib.io_add_watch(sys.stdin, GLib.IO_IN | GLib.IO_HUP, self.on_stdin)
+        return True
+
+    def resize_next(self) -> bool:
+        """As spice-widget.c's recalc_geometry and update_ready do with resize-guest on."""
+        if not self.sizes:
+            self.finish()
+            return False
+        if self.asked_at is None and self.main.get_property("agent-connected"):
+            width, height = self.sizes[0]
+            self.main.update_display_enabled(0, True, False)
+            self.main.update_display(0, 0, 0, width, height, True)
+            self.asked_at = time.monotonic()
+            emit({"phase": f"asked-{width}x{height}"})
         return True
 
     def on_stdin(self, source, condition) -> bool:
@@ -312,6 +339,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=1, help="still phases, each after stdin")
     parser.add_argument("--tone", type=float, help="press T, keep the sound for SECONDS")
     parser.add_argument("--strip-row", type=int, default=624, help="a row of the key strip")
+    parser.add_argument("--resize", default="", help="window sizes to ask for: WxH,WxH...")
     parser.add_argument("--timeout", type=float, default=50)
     args = parser.parse_args()
     report = Client(args).run()

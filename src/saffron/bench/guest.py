@@ -22,7 +22,17 @@ The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
   device) when ``TONE_ON_KEY`` (T) is pressed, just before it paints the key
   strip, and stops it on ``TONE_OFF_KEY`` (Y): QEMU hears it when its
   ``isa-pcspk`` has an audiodev;
-* prints ``saffron-guest: ready`` on the serial port once it waits for keys.
+* prints ``saffron-guest: ready`` on the serial port once it waits for keys;
+* with a virtio-gpu display (``-device virtio-vga``) loads its DRM driver (the
+  modules in :data:`VIRTIO_GPU_MODULES`, with what they depend on) before it opens
+  ``/dev/fb0``, and prints ``saffron-guest: mode WxH`` on the serial port whenever
+  the connector's preferred mode changes (the first line of
+  ``/sys/class/drm/card0-Virtual-1/modes``: what the host's ``SetUIInfo`` asked
+  for), and on the screen in the console's text. The kernel's fbdev emulation then
+  shows that mode when it fits the framebuffer it made at boot (see
+  :data:`VIRTIO_XRES`), so the picture follows too. Linux 6.1's fbdev emulation does
+  not pass on what ``dd`` writes into ``/dev/fb0`` there (the console's text it does),
+  so on virtio-gpu the band and the key strip stay black.
 
 The tests and ``saffron bench --full`` boot it under QEMU. Run it
 (``python -m saffron.bench.guest``) to build (or find) the guest and print the
@@ -69,6 +79,15 @@ TONE_ON_KEY = 20
 TONE_OFF_KEY = 21
 """evdev code of Y: stops it."""
 
+VIRTIO_GPU_MODULES = ("virtio_pci", "virtio_gpu")
+"""Loaded (with their dependencies, in order) when the guest has a virtio-gpu device."""
+VIRTIO_GPU_PCI_ID = "0x1050"
+"""virtio-gpu's PCI device id (vendor 0x1af4), as /sys/bus/pci/devices/*/device says it."""
+VIRTIO_XRES, VIRTIO_YRES = 1600, 1200
+"""The first size to give a virtio-vga (``xres``/``yres``): the kernel's fbdev makes its
+framebuffer that size at boot and later shows any preferred mode that fits in it, so
+a guest resize can grow up to this."""
+
 KERNEL_CMDLINE = (
     "console=ttyS0 quiet vga=0x344 logo.nologo vt.global_cursor_default=0 "
     "consoleblank=0 rdinit=/init"
@@ -83,6 +102,22 @@ mount -t sysfs sysfs /sys
 log() { echo "saffron-guest: $*" > /dev/console; }
 insmod /lib/evdev.ko || log "evdev failed"
 insmod /lib/pcspkr.ko || log "pcspkr failed"
+if grep -qx @VIRTIOGPU@ /sys/bus/pci/devices/*/device 2>/dev/null; then
+    for m in $(cat /lib/virtio-gpu/order); do insmod /lib/virtio-gpu/$m.ko || log "$m failed"; done
+    (  # the preferred mode, printed whenever it changes
+        last=
+        while :; do
+            for c in /sys/class/drm/card*-Virtual-1; do
+                m=$(head -n 1 $c/modes 2>/dev/null)
+                [ -n "$m" ] && [ "$m" != "$last" ] && {
+                    log "mode $m"; last=$m
+                    printf '\033[2;2Hsaffron-guest: mode %-12s' "$m" > /dev/tty1
+                }
+            done
+            usleep 100000
+        done
+    ) &
+fi
 fb=/dev/fb0
 i=0
 while [ ! -e $fb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
@@ -171,10 +206,11 @@ def _init_text() -> str:
         .replace("@TONEBYTES@", tone)
         .replace("@KEYROWS@", str(KEY_ROWS))
         .replace("@KEYROW@", str(KEY_ROW))
+        .replace("@VIRTIOGPU@", VIRTIO_GPU_PCI_ID)
     )
 
 
-PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox")
+PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox", "virtio-gpu")
 """What the guest takes from the two packages."""
 
 
@@ -234,6 +270,60 @@ def _extract(deb: Path, wanted: dict[str, Path]) -> None:
         raise RuntimeError(f"{deb.name} has no {', '.join(sorted(missing))}")
 
 
+MODULE_DIRS = (
+    "/kernel/drivers/virtio/",
+    "/kernel/drivers/gpu/drm/",
+    "/kernel/drivers/gpu/drm/virtio/",
+)
+"""Where the kernel package keeps virtio-gpu's driver and everything it depends on."""
+
+
+def _module_depends(data: bytes) -> list[str]:
+    """The ``depends=`` of a module's .modinfo section (NUL-separated key=value strings)."""
+    start = data.find(b"\0depends=")
+    if start < 0:
+        return []
+    value = data[start + 9 : data.index(b"\0", start + 1)].decode()
+    return [name.replace("-", "_") for name in value.split(",") if name]
+
+
+def _extract_modules(deb: Path, roots: tuple[str, ...], dest: Path) -> None:
+    """Copy ``roots`` and the modules they depend on out of a kernel .deb into ``dest``,
+    with ``order``: their names, dependencies first, as insmod needs them."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    found: dict[str, bytes] = {}
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:
+            name = member.name
+            if not (member.isfile() and name.endswith(".ko")):
+                continue
+            if not name.rsplit("/", 1)[0].endswith(tuple(d.rstrip("/") for d in MODULE_DIRS)):
+                continue
+            src = tar.extractfile(member)
+            assert src is not None
+            found[name.rsplit("/", 1)[1][:-3].replace("-", "_")] = src.read()
+    proc.stdout.close()
+    proc.wait()
+    order: list[str] = []
+
+    def need(module: str) -> None:
+        if module in order:
+            return
+        if module not in found:
+            raise RuntimeError(f"{deb.name} has no module {module}")
+        for dep in _module_depends(found[module]):
+            need(dep)
+        order.append(module)
+
+    for root in roots:
+        need(root)
+    dest.mkdir(parents=True, exist_ok=True)
+    for module in order:
+        (dest / f"{module}.ko").write_bytes(found[module])
+    (dest / "order").write_text(" ".join(order) + "\n")
+
+
 def _fetch_parts(parts: Path) -> None:
     parts.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parts) as tmp:
@@ -249,8 +339,11 @@ def _fetch_parts(parts: Path) -> None:
                 "/kernel/drivers/input/misc/pcspkr.ko": where / "pcspkr.ko",
             },
         )
+        _extract_modules(kdeb, VIRTIO_GPU_MODULES, where / "virtio-gpu")
         bdeb = _download("busybox-static", where)
         _extract(bdeb, {"./bin/busybox": where / "busybox"})
+        if (parts / "virtio-gpu").exists():
+            shutil.rmtree(parts / "virtio-gpu")
         for name in PARTS:
             os.replace(where / name, parts / name)
         (parts / "kernel-package").write_text(kpkg + "\n")
@@ -302,18 +395,25 @@ def _pack(parts: Path, init: str) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     cpio.file("lib/evdev.ko", (parts / "evdev.ko").read_bytes())
     cpio.file("lib/pcspkr.ko", (parts / "pcspkr.ko").read_bytes())
+    cpio.dir("lib/virtio-gpu")
+    for module in sorted((parts / "virtio-gpu").iterdir()):
+        cpio.file(f"lib/virtio-gpu/{module.name}", module.read_bytes())
     cpio.file("init", init.encode(), 0o755)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+PARTS_MODULES = "virtio-gpu/order"
+"""Made last by the download: its presence says the parts have virtio-gpu's modules."""
 
 
 def build_guest(cache: Path | None = None) -> Guest:
     """The guest's kernel and initramfs, built on first use and cached."""
     cache = cache or DEFAULT_CACHE
     parts = cache / "parts"
-    if not all((parts / n).exists() for n in PARTS):
+    if not all((parts / n).exists() for n in (*PARTS, PARTS_MODULES)):
         _fetch_parts(parts)
     init = _init_text()
-    modules = (parts / "evdev.ko").read_bytes() + (parts / "pcspkr.ko").read_bytes()
+    modules = b"".join((parts / n).read_bytes() for n in ("evdev.ko", "pcspkr.ko", PARTS_MODULES))
     digest = hashlib.sha256(init.encode() + modules).hexdigest()[:12]
     initramfs = cache / f"initramfs-{digest}.cpio.gz"
     if not initramfs.exists():

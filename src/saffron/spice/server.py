@@ -39,6 +39,7 @@ from ..net.ratelimit import TooManyMessages
 from ..net.websocket import WebSocket, open_websocket
 from .damage import DamageLog
 from .ports import Handler
+from .protocol.agent import Agent
 from .protocol.cursor_channel import CursorChannel
 from .protocol.display_channel import (
     CODEC_LABELS,
@@ -378,6 +379,9 @@ class Connection:
                     client_caps=caps,
                     session_id=session.id,
                     channels=self.server.channels(),
+                    # a stand-in agent where the producer's screen can follow the window:
+                    # spice-gtk sends its window size only to an agent
+                    agent=Agent() if session.server.display.resize_hook is not None else None,
                 ),
             )
             session.main = main

@@ -23,7 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..display import SizeRequest
 from .ports import ConnectionPort, Handler, ServerPort
+from .protocol.agent import AgentCapabilities, AgentIgnored, AgentType, MonitorsConfigured
 from .protocol.channel import ClientClosing, Event, PongReceived, Unhandled
 from .protocol.cursor_channel import CursorChannel, default_arrow
 from .protocol.inputs_channel import (
@@ -40,7 +42,7 @@ from .protocol.main_channel import (
     MouseModeRefused,
 )
 from .protocol.playback_channel import PlaybackChannel
-from .protocol.wire import MouseMode, StreamReport
+from .protocol.wire import MouseMode, StreamReport, describe
 
 if TYPE_CHECKING:
     from ..audio import AudioPacket
@@ -88,6 +90,13 @@ def log_common(label: str, events: list[Event]) -> None:
             log.debug("%s: ignored message type %d (%d bytes)", label, event.type, event.size)
         elif isinstance(event, ClientClosing):
             log.debug("%s: the client says it is disconnecting (%d)", label, event.reason)
+
+
+def _agent_type(value: int) -> AgentType | int:
+    try:
+        return AgentType(value)
+    except ValueError:
+        return value
 
 
 class Session:
@@ -217,7 +226,32 @@ class MainHandler:
                 log.info("%s: refused unknown mouse mode %d", self.session.label, event.mode)
             elif isinstance(event, ChannelsAttached):
                 log.debug("%s: asked for the channel list", self.session.label)
+            elif isinstance(event, MonitorsConfigured):
+                self._monitors(event)
+            elif isinstance(event, AgentCapabilities):
+                log.debug("%s: agent capabilities %s", self.session.label, sorted(event.caps))
+            elif isinstance(event, AgentIgnored):
+                log.debug(
+                    "%s: ignored agent message %s (%d bytes)",
+                    self.session.label,
+                    describe(_agent_type(event.type)),
+                    event.size,
+                )
         self.conn.flush()
+
+    def _monitors(self, event: MonitorsConfigured) -> None:
+        """The client's window (its first enabled monitor): the guest's screen follows."""
+        shown = [m for m in event.monitors if m.width > 0 and m.height > 0]
+        if not shown:
+            return
+        if len(shown) > 1:
+            log.debug("%s: %d monitors asked for; this display has one", self.label, len(shown))
+        if self.session.server.view_only:
+            return
+        m = shown[0]
+        log.debug("%s: the client's window is %dx%d", self.label, m.width, m.height)
+        request = SizeRequest(m.width, m.height, m.width_mm, m.height_mm)
+        self.session.server.display.request_size(request)
 
     def on_drain(self) -> None:
         pass

@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from ..audio import AudioBroadcast, AudioPacket
 from ..broadcast import Broadcast, Stream
-from ..display import Button, Display, Frame, Rect
+from ..display import Button, Display, Frame, Rect, SizeRequest
 from ..encoders.base import Packet
 from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..ratecontrol import RateEstimator
@@ -134,6 +134,8 @@ class WebViewer:
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._refreshing: asyncio.Future[None] | None = None
         self._tiles: deque[tuple[tuple[int, int], int, Tile]] = deque()
+        self._tiles_size = (0, 0)
+        """The picture size the queued tiles belong to."""
         self._pump_timer: asyncio.TimerHandle | None = None
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
@@ -302,6 +304,7 @@ class WebViewer:
             "serverLatencyMs": round(self.latency_ms, 1),
             "stillTiles": self.tiles_sent,
             "stillBytes": self.tile_bytes,
+            "resizable": self.server.display.resizable.value,
         }
 
     # -- messages from the page -----------------------------------------------
@@ -410,10 +413,13 @@ class WebViewer:
             self._refreshing = None
         if self.closed:
             return
-        for cell, gen in zip(cells, gens, strict=True):
-            if len(tiles) < len(cells):
-                self.still.give_back(cell, gen)
-        self._tiles.extend(zip(cells, gens, tiles, strict=True))
+        if (frame.width, frame.height) == (self.still.width, self.still.height):
+            # else the picture changed size meanwhile (a guest resize): its grid is new
+            for cell, gen in zip(cells, gens, strict=True):
+                if len(tiles) < len(cells):
+                    self.still.give_back(cell, gen)
+            self._tiles.extend(zip(cells, gens, tiles, strict=True))
+            self._tiles_size = (frame.width, frame.height)
         self._pump()
         due = self.still.next_due(REFRESH_IDLE_S)
         if due is not None:
@@ -435,6 +441,8 @@ class WebViewer:
         self._pump_timer = None
         loop = asyncio.get_running_loop()
         transport = self.transport
+        if self._tiles_size != (self.still.width, self.still.height):
+            self._tiles.clear()  # tiles of a picture size that is gone
         while self._tiles and not self.closed:
             cell, gen, tile = self._tiles[0]
             if self.still.generation(cell) != gen:
@@ -521,6 +529,15 @@ class WebViewer:
             self.server.display.input.button(button, True)
             self.server.display.input.button(button, False)
 
+    def _on_viewport(self, msg: dict[str, Any]) -> None:
+        """The page's "resize guest" is on and its window is this many device pixels:
+        the guest's screen should follow (the Display clamps, the producer debounces)."""
+        width, height = int(msg["width"]), int(msg["height"])
+        if width <= 0 or height <= 0:
+            raise ValueError(f"a {width}x{height} window")
+        if self._input_allowed():
+            self.server.display.request_size(SizeRequest(width, height))
+
     _HANDLERS: ClassVar[dict[str, Callable[[WebViewer, dict[str, Any]], None]]] = {
         "start": _on_start,
         "ack": _on_ack,
@@ -531,4 +548,5 @@ class WebViewer:
         "pointer": _on_pointer,
         "button": _on_button,
         "wheel": _on_wheel,
+        "viewport": _on_viewport,
     }

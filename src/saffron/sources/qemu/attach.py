@@ -33,7 +33,7 @@ from jeepney.bus_messages import DBus
 from jeepney.low_level import HeaderFields, MessageType
 from jeepney.wrappers import DBusAddress, new_method_call
 
-from ...display import Display
+from ...display import Display, Resizable, SizeRequest
 from .audio import QemuAudioListener
 from .dbus import Incoming, Waker, Wire, connect_bus, connect_peer
 from .errors import DBusError, NotThere, QemuError, Refused
@@ -52,6 +52,7 @@ from .interfaces import (
     VM_PATH,
 )
 from .listener import ListenerStats, QemuListener
+from .uiinfo import UNSUPPORTED_ERROR, SizeDebounce
 
 log = logging.getLogger("saffron.qemu")
 
@@ -174,9 +175,14 @@ class QemuSource:
         self._next_try = 0.0
         self._stopping = False
         self._waker = Waker()
+        self._sizes = SizeDebounce()
+        self._size_wanted: SizeRequest | None = None
+        """The newest size a viewer asked for, handed from the viewers' thread."""
+        self._said_unresizable = False
         self._thread = threading.Thread(target=self._main, name="saffron-qemu", daemon=True)
         display.input = self.input
         display.refresh_hook = self.request_refresh
+        display.resize_hook = self.request_size
 
     # -- public ---------------------------------------------------------------------------
 
@@ -210,6 +216,16 @@ class QemuSource:
         listener = self._listener
         if listener is not None:
             listener.request_refresh()
+
+    def request_size(self, request: SizeRequest) -> None:
+        """The Display's resize hook (any thread): SetUIInfo soon, debounced."""
+        self._size_wanted = request
+        self._wake()
+
+    @property
+    def size_requests_sent(self) -> int:
+        """SetUIInfo calls made so far."""
+        return self._sizes.calls
 
     @property
     def listener(self) -> QemuListener | None:
@@ -317,6 +333,9 @@ class QemuSource:
         """Wait for the bus, input or the listener; returns a reason to close, or None."""
         if self._events or self._inputs:
             timeout = 0.0  # queued while we were busy elsewhere
+        size_due = self._size_due()
+        if size_due is not None:
+            timeout = size_due if timeout is None else min(timeout, size_due)
         rlist = [self._waker.fileno()]
         if self._bus is not None:
             rlist.append(self._bus.sock.fileno())
@@ -339,6 +358,7 @@ class QemuSource:
             if finished is not None:
                 return finished
         self._send_inputs()
+        self._send_size()
         if self._bus is not None and self._bus.sock.fileno() in ready:
             try:
                 self._dispatch(self._bus.recv())
@@ -541,6 +561,8 @@ class QemuSource:
         self._owner = owner
         self._bus_id = str(bus_id)
         self._inputs.clear()  # typed while no owner was known: dropped, not sent late
+        self._sizes.forget_sent()  # a viewer's window size goes to this QEMU too
+        self.display.resizable = Resizable.UNKNOWN
         self.attach_count += 1
         self.vm_name = str(vm.get("Name", ""))
         self.console_label = str(con.get("Label", ""))
@@ -694,6 +716,58 @@ class QemuSource:
                 log.warning("cannot send input to QEMU: %s", exc)
                 return
             self._pending[serial] = self._input_answered(call)
+
+    # -- the guest's screen size (SetUIInfo) ------------------------------------------------
+
+    def _size_due(self) -> float | None:
+        """Seconds until a wanted size should go to QEMU; None when there is none."""
+        wanted = self._size_wanted
+        now = time.monotonic()
+        if wanted is not None:
+            self._sizes.want(wanted, now)
+        if self._listener is None or self._bus is None or self.display.resizable is Resizable.NO:
+            return None
+        return self._sizes.due_in(now)
+
+    def _send_size(self) -> None:
+        if self._size_due() != 0.0 or self._bus is None:
+            return
+        request = self._sizes.take(time.monotonic())
+        if request is None:
+            return
+        addr = DBusAddress(self.console_path, self._owner, IFACE_CONSOLE)
+        # (width_mm, height_mm, xoff, yoff, width, height): one head, at the origin
+        body = (request.width_mm, request.height_mm, 0, 0, request.width, request.height)
+        try:
+            serial = self._bus.send(new_method_call(addr, "SetUIInfo", "qqiiuu", body))
+        except OSError as exc:
+            self._sizes.answered()
+            log.warning("cannot ask QEMU to resize the guest's screen: %s", exc)
+            return
+        log.debug("asked QEMU for a %dx%d screen", request.width, request.height)
+
+        def answered(reply: Incoming) -> None:
+            self._sizes.answered()
+            if reply.header.message_type is MessageType.method_return:
+                self.display.resizable = Resizable.YES
+                return
+            name = str(reply.header.fields.get(HeaderFields.error_name, "error"))
+            body = reply.body()
+            text = str(body[0]) if body else name
+            if name == UNSUPPORTED_ERROR:
+                self.display.resizable = Resizable.NO
+                if not self._said_unresizable:
+                    self._said_unresizable = True
+                    log.warning(
+                        "the guest's screen cannot follow the viewers' windows: QEMU says "
+                        '"%s" (its display device, e.g. plain VGA, cannot resize; use '
+                        "virtio-vga); viewers scale the picture instead",
+                        text,
+                    )
+            else:
+                log.warning("QEMU refused to resize the guest's screen: %s", text)
+
+        self._pending[serial] = answered
 
     def _input_answered(self, call: InputCall) -> Callable[[Incoming], None]:
         def answered(reply: Incoming) -> None:

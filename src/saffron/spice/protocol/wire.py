@@ -895,6 +895,22 @@ class AgentToken(_Fixed):
     num_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class AgentDataS(Opaque):
+    """Agent data to the client (see protocol/agent.py): at most 2048 bytes."""
+
+    TYPE = MSG_MAIN_AGENT_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTokenS(_Fixed):
+    """The client may send ``num_tokens`` more AGENT_DATA messages."""
+
+    TYPE = MSG_MAIN_AGENT_TOKEN
+    FMT = _fixed("I")
+    num_tokens: int
+
+
 # -- display channel ------------------------------------------------------------------
 
 
@@ -1584,7 +1600,15 @@ CLIENT_MESSAGES: dict[int, dict[int, type[Message]]] = {
 
 SERVER_MESSAGES: dict[int, dict[int, type[Message]]] = {
     ChannelType.MAIN: _table(
-        *_COMMON_SERVER, MainInit, ChannelsList, MainMouseMode, MultiMediaTime, MainName, MainUuid
+        *_COMMON_SERVER,
+        MainInit,
+        ChannelsList,
+        MainMouseMode,
+        MultiMediaTime,
+        MainName,
+        MainUuid,
+        AgentDataS,
+        AgentTokenS,
     ),
     ChannelType.DISPLAY: _table(
         *_COMMON_SERVER,

@@ -33,6 +33,7 @@ const stats = {
   latencyMs: 0, bitrateKbps: 0, dropped: 0, backend: "", decodeErrors: 0,
   stillTiles: 0, stillJpeg: 0, sharpTiles: 0,  // still tiles drawn (of them JPEG), sharp now
   videoAt: 0, tileAt: 0,  // performance.now() of the last video frame and still tile drawn
+  resizable: "unknown",  // whether the VM's screen can follow this window ("yes", "no")
 };
 window.saffronStats = stats;
 
@@ -278,6 +279,8 @@ async function onTile(buf) {
 // -- video --------------------------------------------------------------------
 
 const pending = new Map();   // chunk timestamp -> {frame, capture}
+let jpegsReceived = 0;       // MJPEG frames received, and the number of the newest drawn
+let jpegsDrawn = 0;
 
 function onBinary(buf) {
   const kind = new DataView(buf).getUint8(0);
@@ -308,8 +311,13 @@ async function onVideo(buf, kind) {
   sharpDamage(frame, damage);  // now, in the order sent: a tile sent later may be decoded first
 
   if (codec === "mjpeg") {
+    const order = ++jpegsReceived;
     try {
       const bitmap = await createImageBitmap(new Blob([data], { type: "image/jpeg" }));
+      // JPEGs decode side by side: an older (bigger) one may finish after a newer one,
+      // and must not paint over it (nor size the canvas back after a resize)
+      if (order < jpegsDrawn) { bitmap.close(); sharpUndrawn(damage); frameShown(frame, capture); return; }
+      jpegsDrawn = order;
       sizeCanvas(bitmap.width, bitmap.height);
       drawVideo(bitmap, damage);
       bitmap.close();
@@ -398,12 +406,14 @@ async function onText(text) {
       send({ type: "start", codec, sharp: wantSharp });
       soundButton.hidden = !msg.audio;
       if (sound.on) send({ type: "audio", on: true });  // a reconnection: still listening
+      sendViewport();
       break;
     }
     case "pong": onPong(msg); break;
     case "audio": if (msg.playing) sound.next = 0; break;  // a new start: no old schedule
     case "stats":
       stats.dropped = msg.dropped; stats.backend = msg.backend;
+      showResizable(msg.resizable);
       document.getElementById("s-backend").textContent = stats.backend || "–";
       break;
     case "status": setStatus(msg.text, msg.after || 0); break;
@@ -588,6 +598,39 @@ function playAudio(data) {
   source.start(sound.next);
   sound.next += buffer.duration;
 }
+
+// -- the guest follows the window ("resize guest") -----------------------------
+// The window's size in device pixels goes to the server once it stopped changing;
+// the server debounces too and asks the VM (QEMU's SetUIInfo). Where the VM cannot
+// resize, the picture is scaled to the window as always, and the box says so.
+
+const RESIZE_QUIET_MS = 250;   // a window being dragged sends one size, when it stops
+const resizeBox = document.getElementById("resize-guest");
+const resizeNote = document.getElementById("resize-note");
+let resizeTimer = 0;
+try { resizeBox.checked = params.get("resize") === "1" || localStorage.getItem("saffron.resizeGuest") === "1"; } catch { /* no storage */ }
+
+function sendViewport() {
+  if (!resizeBox.checked || viewOnly) return;
+  const dpr = window.devicePixelRatio || 1;
+  send({ type: "viewport", width: Math.round(window.innerWidth * dpr), height: Math.round(window.innerHeight * dpr) });
+}
+
+function showResizable(value) {
+  stats.resizable = value || "unknown";
+  resizeNote.textContent = resizeBox.checked && stats.resizable === "no" ? "(the VM cannot: scaled)" : "";
+}
+
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(sendViewport, RESIZE_QUIET_MS);
+});
+resizeBox.addEventListener("change", () => {
+  try { localStorage.setItem("saffron.resizeGuest", resizeBox.checked ? "1" : "0"); } catch { /* no storage */ }
+  showResizable(stats.resizable);
+  sendViewport();
+  canvas.focus();
+});
 
 document.getElementById("stats-toggle").addEventListener("click", () => {
   document.getElementById("stats").classList.toggle("hidden");
