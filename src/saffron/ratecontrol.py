@@ -14,7 +14,9 @@ The rule (delay-based, in the spirit of WebRTC's GCC, much simplified):
 
 - queueing delay above ``CONGESTED_MS`` and not falling: the link is full.
   Drop the target to ``BACKOFF`` x the delivery rate (never above ``BACKOFF``
-  x the current target), so the queue drains. While the queue is draining,
+  x the current target), so the queue drains; only ``BACKOFF`` x the target if
+  some frame of the interval did not wait (the link was not busy throughout, so
+  what the stream delivered is not what the link carries). While the queue is draining,
   hold: backing off again before the last cut has shown its effect is how
   delay-based control collapses to a fraction of the link.
 - queueing delay below ``CLEAR_MS``: the link has room. Raise the target by
@@ -108,7 +110,13 @@ class RateEstimator:
         previous, self.queue_ms = self.queue_ms, rtts[len(rtts) // 2] - base
         self.delivered_kbps = sum(s.size for s in recent) * 8 / 1000 / span
         if self.queue_ms > CONGESTED_MS and self.queue_ms >= previous * 0.9:
-            self.target_kbps = min(self.target_kbps, self.delivered_kbps) * BACKOFF
+            # What was delivered is the link's rate only if the link was busy all along
+            # (even the fastest frame waited); otherwise the stream sent less than the
+            # link carries (a still picture, a few frames of a drag) and the queue was
+            # a burst or the page's decoder: back off from the target instead.
+            busy = rtts[0] - base > CLEAR_MS
+            limit = self.delivered_kbps if busy else self.target_kbps
+            self.target_kbps = min(self.target_kbps, limit) * BACKOFF
             self.starting = False
         elif self.starting and self.queue_ms < CLEAR_MS:
             grown = min(self.target_kbps * 2, self.delivered_kbps * 2)

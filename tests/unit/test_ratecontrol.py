@@ -117,3 +117,24 @@ def test_a_pause_is_not_read_as_a_slow_link() -> None:
     assert est.target_kbps >= settled * BACKOFF, (settled, est.target_kbps)
     targets = simulate(est, clock, 4000, 5)
     assert min(targets) >= 4000 * 0.5, min(targets)
+
+
+def test_a_stream_that_sends_little_is_not_cut_to_what_it_sent() -> None:
+    """A still picture's page: a keyframe, then a few small frames of a drag whose acks
+    wait behind the page's decoder starting up (AV1 in Chromium). A queue, but the link
+    was idle part of the interval (the keyframe went straight through): the few bytes
+    delivered are not the link's rate, and cutting to them left the page at the floor,
+    its sharp refresh paced at 150 kbit/s for seconds."""
+    clock = Clock()
+    est = RateEstimator(8000, clock)
+    start = est.target_kbps
+    for at, rtt, size in [
+        (0.10, 26.0, 20_000),
+        (0.40, 63.0, 2_000),
+        (0.48, 68.0, 2_000),
+        (0.55, 73.0, 2_000),
+    ]:
+        clock.t = at
+        est.on_ack(rtt, size)
+    assert est.queue_ms > 40, "the rule under test is the one for a queue"
+    assert est.target_kbps >= start * BACKOFF, est.target_kbps

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..encoders.registry import available_codecs
 from ..table import print_table
-from . import fanout, netns, path, slowlink, soak, spice_server, whip
+from . import fanout, netns, path, sharp, slowlink, soak, spice_server, whip
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     what.add_argument(
         "--full",
         action="store_true",
-        help="also the slow link (root), fan-out, idle, spice-server and WHIP to Janus "
-        "(root) tables (minutes)",
+        help="also the slow link (root), fan-out, idle, spice-server, sharp still picture "
+        "in Chromium and WHIP to Janus (root) tables (minutes)",
     )
     what.add_argument(
         "--soak",
@@ -126,7 +126,7 @@ def _soak(args: argparse.Namespace) -> int:
 
 def _full() -> dict[str, Any]:
     """The tables of the measurement issues: slow link, fan-out, idle, beside spice-server,
-    WHIP through Janus."""
+    the sharp still picture in Chromium, WHIP through Janus."""
     out: dict[str, Any] = {}
     if os.geteuid() == 0:
         slow = slowlink.run(60)
@@ -142,6 +142,12 @@ def _full() -> dict[str, Any]:
         out["spice_vs_saffron"] = spice_server.run()
     except spice_server.CannotRun as exc:
         print(f"\nbeside spice-server: skipped, {exc}", file=sys.stderr)
+    why = sharp.missing()
+    if why is None:
+        out["sharp"] = sharp.run()
+        sharp.print_results(out["sharp"])
+    else:
+        print(f"\nsharp still picture: skipped, {why}", file=sys.stderr)
     why = whip.missing() or netns.missing()
     if why is None:
         out["whip"] = whip.bench(seconds=8)

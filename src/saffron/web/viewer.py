@@ -404,8 +404,15 @@ class WebViewer:
         rects: list[Rect],
         budget: int,
     ) -> None:
+        began = time.monotonic()
         try:
             tiles = await self.server.broadcast.tiles.encode_async(frame, rects, budget)
+            log.debug(
+                "%s: still tiles encoded in %.0f ms, %d KiB",
+                self.label,
+                (time.monotonic() - began) * 1000,
+                sum(len(t.data) for t in tiles) // 1024,
+            )
         except Exception as exc:  # a broken tile must not take the page down
             log.warning("%s: still tiles failed: %r", self.label, exc)
             tiles = []
@@ -466,6 +473,8 @@ class WebViewer:
             self._queue.put_nowait((data, "tile"))
             self.tiles_sent += 1
             self.tile_bytes += len(tile.data)
+            if not self._tiles:
+                log.debug("%s: last still tile queued to send", self.label)
 
     def _on_ack(self, msg: dict[str, Any]) -> None:
         frame = int(msg["frame"])
