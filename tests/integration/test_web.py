@@ -159,6 +159,44 @@ async def test_no_still_tiles_while_the_producer_draws_on(env: Env) -> None:
         await ws.close()
 
 
+async def test_still_tiles_count_as_delivered_for_rate_control(env: Env) -> None:
+    """Still tiles go through the link ahead of the next frame: that frame's
+    acknowledgement counts their bytes too, or a refresh would read as a link that
+    carried only the video's few bytes (and the rate would be cut to them)."""
+    rng = np.random.default_rng(7)
+    picture = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    async with ClientSession() as s:
+        ws = await s.ws_connect(env.url + "ws")
+        assert json.loads((await ws.receive()).data)["type"] == "hello"
+        await ws.send_str(json.dumps({"type": "start", "codec": "mjpeg", "sharp": True}))
+        await asyncio.sleep(0.05)
+        env.display.present(picture.copy(), owned=True)
+        tile_bytes = 0
+        while True:  # the refresh: every tile, until none came for a while
+            try:
+                msg = await asyncio.wait_for(ws.receive(), 10 if tile_bytes == 0 else 0.5)
+            except TimeoutError:
+                break
+            if msg.type != WSMsgType.BINARY:
+                continue
+            if msg.data[0] == KIND_TILE:
+                tile_bytes += len(msg.data)
+                continue
+            header, _ = unpack_video(msg.data)
+            await ws.send_str(json.dumps({"type": "ack", "frame": header.frame}))
+        assert tile_bytes > 0
+        (viewer,) = env.server.viewers
+        env.display.present(picture.copy(), Rect(0, 0, 8, 8), owned=True)
+        while True:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            if msg.type == WSMsgType.BINARY and msg.data[0] != KIND_TILE:
+                header, data = unpack_video(msg.data)
+                break
+        _, _, counted = viewer._sent[header.frame]
+        assert counted >= tile_bytes + len(data)
+        await ws.close()
+
+
 async def test_page_and_health(env: Env) -> None:
     async with ClientSession() as s:
         async with s.get(env.url) as r:

@@ -111,6 +111,7 @@ class WebViewer:
         """Messages for the send loop: (data, "video", "tile" or "audio")."""
         self._videos_queued = 0
         self._tile_bytes_queued = 0
+        self._tile_bytes_since_frame = 0
         self._sent: dict[int, tuple[int, float, int]] = {}
         """Frame number -> (capture time, send time, size), until acknowledged."""
         self.rate = RateEstimator(server.broadcast.bitrate_kbps)
@@ -166,7 +167,12 @@ class WebViewer:
         n = self._next
         self._next += 1
         now = time.monotonic()
-        self._sent[n] = (packet.capture_us, now, len(packet.data))
+        # The tiles queued since the last frame go through the link ahead of this one:
+        # its acknowledgement says they were delivered too (else a refresh would read
+        # as a link carrying only the video's few bytes, and cut the rate to them).
+        size = len(packet.data) + self._tile_bytes_since_frame
+        self._tile_bytes_since_frame = 0
+        self._sent[n] = (packet.capture_us, now, size)
         self._spend(len(packet.data), now)
         if self.stream is not None and self.stream.backend != self._backend_told:
             stats = self._stats()
@@ -470,6 +476,7 @@ class WebViewer:
             size = (self.still.width, self.still.height)
             data = pack_tile(tile.fmt, tile.rect, size, self._next - 1) + tile.data
             self._tile_bytes_queued += len(data)
+            self._tile_bytes_since_frame += len(data)
             self._queue.put_nowait((data, "tile"))
             self.tiles_sent += 1
             self.tile_bytes += len(tile.data)
