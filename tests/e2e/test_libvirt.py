@@ -8,6 +8,7 @@ what Chromium and spice-gtk see across a ``virsh destroy`` + ``virsh start``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -205,19 +206,45 @@ def test_bus_refuses_root_and_says_what_to_do(libvirtd: bool, guest: Guest, file
             assert saffron.proc.poll() is None
 
 
-def _python_for(user: str) -> tuple[str, str] | None:
-    """A Python that ``user`` may run with Saffron and its packages (this one may sit in
-    root's home): the interpreter and a PYTHONPATH."""
-    path = f"{ROOT / 'src'}:{sysconfig.get_paths()['purelib']}"
-    for python in (sys.executable, "/usr/bin/python3"):
-        done = subprocess.run(
-            ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", python, "-c",
-             "import saffron.cli, libvirt, numpy, av"],
-            env={**os.environ, "PYTHONPATH": path}, capture_output=True, cwd="/",
-        )  # fmt: skip
-        if done.returncode == 0:
-            return python, path
-    return None
+def _runs_saffron(user: str, python: str, path: str) -> bool:
+    done = subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", python, "-c",
+         "import saffron.cli, libvirt, numpy, av"],
+        env={**os.environ, "PYTHONPATH": path}, capture_output=True, cwd="/",
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+@contextlib.contextmanager
+def _python_for(user: str) -> Iterator[tuple[str, str]]:
+    """A Python that ``user`` may run with Saffron and its packages: the interpreter and a
+    PYTHONPATH. Where this checkout or its venv sits in a folder ``user`` cannot enter
+    (root's home, a CI runner's work folder), Saffron and the venv's packages are linked
+    (or copied) into a temporary folder it can read, removed afterwards."""
+    site = sysconfig.get_paths()["purelib"]
+    pythons = [sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3"]
+    path = f"{ROOT / 'src'}:{site}"
+    for python in pythons:
+        if _runs_saffron(user, python, path):
+            yield python, path
+            return
+    copy = Path(tempfile.mkdtemp(prefix="saffron-for-qemu-user-"))
+    try:
+        copy.chmod(0o755)
+        for source, name in ((ROOT / "src", "src"), (Path(site), "site-packages")):
+            try:
+                shutil.copytree(source, copy / name, symlinks=True, copy_function=os.link)
+            except (OSError, shutil.Error):  # another file system: copy instead
+                shutil.rmtree(copy / name, ignore_errors=True)
+                shutil.copytree(source, copy / name, symlinks=True)
+        path = f"{copy / 'src'}:{copy / 'site-packages'}"
+        for python in pythons:
+            if _runs_saffron(user, python, path):
+                yield python, path
+                return
+        raise AssertionError(f"no Python here that {user} may run with Saffron's packages")
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def test_bus_as_the_qemu_user_across_a_restart(
@@ -227,11 +254,10 @@ def test_bus_as_the_qemu_user_across_a_restart(
     bus (a new address) after ``virsh destroy`` + ``virsh start``."""
     if not libvirtd:
         pytest.skip("a libvirtd this session did not start may not let QEMU's user read")
-    found = _python_for(QEMU_USER)
-    if found is None:
-        pytest.skip(f"no Python here that {QEMU_USER} may run with Saffron's packages")
-    python, path = found
-    with defined_domain("saffron-test-bus", guest, files, BUS) as dom:
+    with (
+        _python_for(QEMU_USER) as (python, path),
+        defined_domain("saffron-test-bus", guest, files, BUS) as dom,
+    ):
         first_address = dom.dbus_address()
         port = free_port()
         argv = [
