@@ -223,6 +223,7 @@ class Server:
                 host_rule=self.host_rule,
                 guesses=self.guesses,
                 audio=self.audio,
+                mic=self.mic,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []

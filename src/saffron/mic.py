@@ -1,13 +1,13 @@
 """The viewers' microphone, into the guest: Opus packets in, the guest's capture PCM out.
 
 A viewer (a page's ``getUserMedia``, a SPICE client's record channel) hands Opus
-packets to :class:`MicInput`, the display's :class:`~saffron.display.PcmSource`. Each
-is decoded (PyAV's libopus) and converted to the format of the guest's capture voice
-(what QEMU's ``Init`` said) and waits in a buffer until the producer takes it. The
-buffer holds at most ``MAX_BUFFER_MS``: sound that arrives faster than the guest records
-(a burst after a stalled link, clocks that drift apart) is dropped from its oldest end
-and counted, so the guest never hears the viewer later and later. What the guest asks
-for and the buffer does not hold is silence.
+packets (or a SPICE client's raw 16-bit PCM) to :class:`MicInput`, the display's
+:class:`~saffron.display.PcmSource`. Each is decoded (PyAV's libopus), converted to
+the format of the guest's capture voice (what QEMU's ``Init`` said) and waits in a
+buffer until the producer takes it. The buffer holds at most ``MAX_BUFFER_MS``: sound
+that arrives faster than the guest records (a burst after a stalled link, clocks that
+drift apart) is dropped from its oldest end and counted, so the guest never hears the
+viewer later and later. What the guest asks for and the buffer does not hold is silence.
 
 One viewer speaks at a time: the first one that sends sound holds the microphone until
 it stops (``release``) or is silent for ``IDLE_S``; the others' packets are dropped.
@@ -41,6 +41,8 @@ IDLE_S = 0.5
 """A viewer that sent nothing for this long no longer holds the microphone."""
 MAX_PACKET_BYTES = 4000
 """Larger than any Opus packet (RFC 6716: at most 1275 bytes a frame, 120 ms)."""
+MAX_RAW_BYTES = 48000 * 2 * 2 // 5
+"""200 ms of 48 kHz 16-bit stereo: more than a SPICE client's raw DATA carries."""
 
 
 @dataclass
@@ -62,16 +64,21 @@ class MicStats:
 class _Converter:
     """One viewer's Opus stream, decoded and converted to one capture format."""
 
-    def __init__(self, channels: int, fmt: PcmFormat) -> None:
+    def __init__(self, channels: int, fmt: PcmFormat, raw_rate: int = 0) -> None:
         name = _av_format(fmt)
         if name is None or fmt.channels not in (1, 2):
             raise ValueError(f"cannot record into {fmt}")
         self.channels = channels
         self.fmt = fmt
-        self.decoder: Any = av.CodecContext.create("libopus", "r")
-        self.decoder.sample_rate = OPUS_RATE
-        self.decoder.layout = "mono" if channels == 1 else "stereo"
-        self.decoder.open()
+        self.raw_rate = raw_rate
+        """Not Opus but 16-bit PCM at this rate (a SPICE client's raw mode); 0: Opus."""
+        self.layout = "mono" if channels == 1 else "stereo"
+        self.decoder: Any = None
+        if not raw_rate:
+            self.decoder = av.CodecContext.create("libopus", "r")
+            self.decoder.sample_rate = OPUS_RATE
+            self.decoder.layout = self.layout
+            self.decoder.open()
         self.resampler = av.AudioResampler(
             format=name, layout="mono" if fmt.channels == 1 else "stereo", rate=fmt.rate
         )
@@ -80,7 +87,17 @@ class _Converter:
 
     def convert(self, packet: bytes) -> bytes:
         out = bytearray()
-        frames = self.decoder.decode(av.Packet(packet))
+        if self.decoder is not None:
+            frames = self.decoder.decode(av.Packet(packet))
+        else:
+            samples = np.frombuffer(
+                packet, "<i2", len(packet) // 2 // self.channels * self.channels
+            )
+            frame = av.AudioFrame.from_ndarray(
+                samples.astype("=i2").reshape(1, -1), format="s16", layout=self.layout
+            )
+            frame.sample_rate = self.raw_rate
+            frames = [frame]
         for frame in frames:
             frame.pts = None
             for converted in self.resampler.resample(frame):
@@ -130,7 +147,15 @@ class MicInput:
 
     def push_opus(self, owner: object, packet: bytes, channels: int) -> bool:
         """One Opus packet of ``owner``'s microphone; False if it was not used."""
-        if not 0 < len(packet) <= MAX_PACKET_BYTES or channels not in (1, 2):
+        return self._push(owner, packet, channels, 0)
+
+    def push_pcm(self, owner: object, pcm: bytes, channels: int, rate: int) -> bool:
+        """Signed 16-bit little-endian PCM of ``owner``'s microphone (interleaved)."""
+        return self._push(owner, pcm, channels, rate)
+
+    def _push(self, owner: object, packet: bytes, channels: int, raw_rate: int) -> bool:
+        limit = MAX_RAW_BYTES if raw_rate else MAX_PACKET_BYTES
+        if not 0 < len(packet) <= limit or channels not in (1, 2):
             self.stats.bad += 1
             return False
         with self._lock:
@@ -148,9 +173,13 @@ class MicInput:
                 log.info("the guest hears %s's microphone", getattr(owner, "label", owner))
             self._owner_at = now
             converter = self._converter
-            if converter is None or converter.channels != channels or converter.fmt != fmt:
+            if (
+                converter is None
+                or (converter.channels, converter.raw_rate) != (channels, raw_rate)
+                or converter.fmt != fmt
+            ):
                 try:
-                    converter = self._converter = _Converter(channels, fmt)
+                    converter = self._converter = _Converter(channels, fmt, raw_rate)
                 except (ValueError, av.FFmpegError) as exc:
                     log.warning("cannot give the guest the microphone's sound: %s", exc)
                     self._formats.pop(voice, None)

@@ -1,10 +1,12 @@
 """The viewers' microphone reaches the guest: QEMU's D-Bus audio capture (an AC97 card's
 input in the test guest, recorded from OSS ``/dev/dsp`` on R) hears a known tone from the
 display's microphone input, from a page's ``getUserMedia`` (Chromium's fake capture
-device playing a WAV of the tone), QEMU 7.2 and 10.0."""
+device playing a WAV of the tone) and from a SPICE client's record channel, QEMU 7.2 and
+10.0."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +17,12 @@ import pytest
 
 from saffron.bench import guest as build_guest
 from saffron.bench import slowsound
+from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
+from saffron.bench.spice_client import PyClient, open_session
 from saffron.mic import MicInput
 from saffron.sources import qemu as Q
+from saffron.spice.protocol import wire as w
 from tests.support.mic import (
     TONE_HZ,
     guest_recording,
@@ -152,3 +157,44 @@ def test_the_guest_records_the_pages_microphone(
             page.close()
     print(f"\nQEMU {qemu.version}: the guest heard the page's microphone at {hz:.1f} Hz; {stats}")
     assert stats["errors"] == 0, stats
+
+
+async def test_the_guest_records_a_spice_clients_microphone(
+    qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path
+) -> None:
+    """The record channel as spice-gtk speaks it (MODE Opus, START_MARK, DATA of 10 ms
+    48 kHz stereo packets), from the project's Python SPICE client: spice-gtk records
+    through GStreamer from the machine's sound server, which has no known tone here."""
+    serial = tmp_path / "serial.log"
+    port = free_port()
+    vm = qemu.command(*BASE, "-m", "256", *guest_image.qemu_args(serial))
+    packets = opus_tone_packets(TONE_HZ, 4, frame_ms=10, channels=2)
+    with run_saffron("qemu", "--audio", "--spice", f"127.0.0.1:{port}", "--", *vm):
+        wait_serial(serial, "saffron-guest: ready", 90)
+        main, init = await open_session(port)
+        caps = w.make_caps([w.RecordCap.OPUS])
+        record = await PyClient.open(
+            port, w.ChannelType.RECORD, connection_id=init.session_id, channel_caps=caps
+        )
+        inputs = await PyClient.open(port, w.ChannelType.INPUTS, connection_id=init.session_id)
+        try:
+            assert record.ok and inputs.ok, (record.link, inputs.link)
+            await inputs.expect(w.InputsInit)
+            inputs.send(w.KeyDown(RECORD))
+            inputs.send(w.KeyUp(RECORD | 0x80))
+            start = await record.expect(w.RecordStart, timeout=20)
+            assert (start.channels, start.format, start.frequency) == (2, w.AudioFormat.S16, 48000)
+            record.send(w.RecordMode(0, w.AudioDataMode.OPUS))
+            record.send(w.RecordStartMark(0))
+            began = time.monotonic()
+            for i, packet in enumerate(packets):
+                record.send(w.RecordData(i * 10, packet))
+                await asyncio.sleep(max(0.0, began + (i + 1) * 0.01 - time.monotonic()))
+                if "saffron-guest: mic done" in serial.read_text(errors="replace"):
+                    break
+            hz = assert_heard_tone(serial)
+            await record.expect(w.RecordStop, timeout=10)
+        finally:
+            for client in (record, inputs, main):
+                client.close()
+    print(f"\nQEMU {qemu.version}: the guest heard the SPICE client's microphone at {hz:.1f} Hz")

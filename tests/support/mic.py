@@ -23,20 +23,25 @@ def tone(hz: float, seconds: float, rate: int = 48000, level: float = 0.5) -> np
     return (np.sin(2 * np.pi * hz * t) * level * 32767).astype(np.int16)
 
 
-def opus_tone_packets(hz: float, seconds: float, frame_ms: int = 20) -> list[bytes]:
-    """A mono tone as Opus packets of ``frame_ms``, as a page's AudioEncoder makes them."""
+def opus_tone_packets(
+    hz: float, seconds: float, frame_ms: int = 20, channels: int = 1
+) -> list[bytes]:
+    """A tone as Opus packets of ``frame_ms``, as a page's AudioEncoder makes them (20 ms,
+    mono) or spice-gtk's record channel (10 ms, stereo)."""
+    layout = "mono" if channels == 1 else "stereo"
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = 48000
-    codec.layout = "mono"
+    codec.layout = layout
     codec.format = "s16"
     codec.bit_rate = 32000
     codec.options = {"frame_duration": str(frame_ms)}
     codec.open()
-    pcm = tone(hz, seconds)
+    pcm = np.repeat(tone(hz, seconds), channels)  # interleaved
     step = 48 * frame_ms
     packets: list[bytes] = []
-    for i in range(0, len(pcm) - step + 1, step):
-        frame = av.AudioFrame.from_ndarray(pcm[i : i + step].reshape(1, -1), "s16", "mono")
+    for i in range(0, len(pcm) // channels - step + 1, step):
+        chunk = pcm[i * channels : (i + step) * channels]
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), "s16", layout)
         frame.sample_rate = 48000
         frame.pts = i
         packets += [bytes(p) for p in codec.encode(frame)]
