@@ -20,6 +20,7 @@ from .audio import AudioBroadcast
 from .broadcast import Broadcast
 from .display import Display
 from .encoders.registry import available_codecs
+from .mic import MicInput
 from .net.forwarded import ForwardedRule
 from .net.guesses import GuessThrottle
 from .net.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, ConnectionLimits
@@ -137,6 +138,7 @@ class Server:
         self.producer = producer
         self.broadcast: Broadcast | None = None
         self.audio: AudioBroadcast | None = None
+        self.mic: MicInput | None = None
         self.web: WebServer | None = None
         self.spice: SpiceServer | None = None
         self.whip: WhipPublisher | None = None
@@ -198,6 +200,8 @@ class Server:
         )
         self.audio = AudioBroadcast(loop)
         self.display.audio = self.audio
+        self.mic = MicInput()
+        self.display.mic = self.mic
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:
             raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
@@ -219,6 +223,7 @@ class Server:
                 host_rule=self.host_rule,
                 guesses=self.guesses,
                 audio=self.audio,
+                mic=self.mic,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -252,6 +257,7 @@ class Server:
                 host_rule=self.host_rule,
                 site=self.site,
                 audio=self.audio,
+                mic=self.mic,
             )
             if self.site.proxies and not opts.password:
                 log.warning(

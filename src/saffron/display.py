@@ -212,6 +212,40 @@ class NoAudio:
         pass
 
 
+class PcmSource(Protocol):
+    """Where a producer's capture voices (the guest's microphone input) take their sound.
+
+    The producer says a voice's format (``mic_start``), when the guest records
+    (``mic_enable``) and takes ``size`` bytes at the pace the guest records
+    (``mic_read``, from the producer's thread; it must answer at once: QEMU waits for
+    it): the viewers' microphone, padded with silence.
+    """
+
+    def mic_start(self, stream: int, fmt: PcmFormat) -> None: ...
+
+    def mic_enable(self, stream: int, enabled: bool) -> None: ...
+
+    def mic_read(self, stream: int, size: int) -> bytes: ...
+
+    def mic_stop(self, stream: int) -> None: ...
+
+
+class NoMic:
+    """The capture source of a display no viewer speaks into: the guest records silence."""
+
+    def mic_start(self, stream: int, fmt: PcmFormat) -> None:
+        pass
+
+    def mic_enable(self, stream: int, enabled: bool) -> None:
+        pass
+
+    def mic_read(self, stream: int, size: int) -> bytes:
+        return bytes(size)
+
+    def mic_stop(self, stream: int) -> None:
+        pass
+
+
 MIN_GUEST_WIDTH, MIN_GUEST_HEIGHT = 320, 200
 """The smallest screen a viewer may ask the guest for: below it a desktop is unusable
 and some drivers refuse the mode."""
@@ -266,6 +300,8 @@ class Display:
         self.input: InputHandler = NoInput()
         self.audio: PcmSink = NoAudio()
         """Where the producer's sound goes (the front ends' audio fan-out sets it)."""
+        self.mic: PcmSource = NoMic()
+        """Where the producer's capture voices take their sound (the viewers' microphone)."""
         self.width = 0
         self.height = 0
         self.enabled = False

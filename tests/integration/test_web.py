@@ -26,6 +26,7 @@ from saffron.display import (
     now_us,
 )
 from saffron.encoders.tiles import decode_tile
+from saffron.mic import MicInput
 from saffron.web.keys import scancode_for
 from saffron.web.protocol import (
     HEADER,
@@ -34,12 +35,14 @@ from saffron.web.protocol import (
     KIND_VIDEO_DAMAGE,
     ProtocolError,
     pack_audio,
+    pack_mic,
     unpack_audio,
     unpack_tile,
     unpack_video,
 )
 from saffron.web.viewer import WINDOW_FRAMES
 from tests.support.harness import WebSite, broken_h264, web_site
+from tests.support.mic import TONE_HZ, opus_tone_packets, peak_hz
 
 W, H = 64, 48
 
@@ -535,3 +538,44 @@ def test_audio_header_layout() -> None:
     assert unpack_audio(data) == (packet, 480)
     with pytest.raises(ProtocolError):
         unpack_audio(data[:10])
+
+
+async def test_a_pages_microphone_reaches_the_guest_only_while_it_is_on() -> None:
+    mic = MicInput()
+    fmt = PcmFormat(rate=44100, channels=2)
+    mic.mic_start(1, fmt)
+    mic.mic_enable(1, True)
+    packets = opus_tone_packets(TONE_HZ, 0.4)
+    async with (
+        web_site(codecs=["mjpeg"], default_codec="mjpeg", mic=mic) as site,
+        ClientSession() as s,
+    ):
+        ws = await s.ws_connect(site.url + "ws")
+        hello = json.loads((await ws.receive()).data)
+        assert hello["mic"] is True
+        await ws.send_bytes(pack_mic(1, 0, packets[0]))  # not turned on: not heard
+        await ws.send_str(json.dumps({"type": "mic", "on": True}))
+        for seq, packet in enumerate(packets[1:], 1):
+            await ws.send_bytes(pack_mic(1, seq, packet))
+        assert await until(lambda: mic.stats.packets == len(packets) - 1)
+        viewer = next(iter(site.server.viewers))
+        assert viewer.mic_refused == 1
+        pcm = np.frombuffer(mic.mic_read(1, 44100 * 4), "<i2").reshape(-1, 2)
+        assert peak_hz(pcm[:, 0].astype(float), 44100) == pytest.approx(TONE_HZ, rel=0.02)
+        await ws.send_str(json.dumps({"type": "mic", "on": False}))
+        await ws.send_bytes(pack_mic(1, 99, packets[0]))
+        assert await until(lambda: viewer.mic_refused == 2)
+        await ws.send_bytes(b"\x05\x00\x07\x00\0\0\0\0\xfc")  # 7 channels: not ours
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        while msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            msg = await asyncio.wait_for(ws.receive(), 10)
+        assert ws.close_code == 1008
+
+
+async def until(cond: Any, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

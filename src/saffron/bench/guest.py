@@ -22,6 +22,11 @@ The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
   device) when ``TONE_ON_KEY`` (T) is pressed, just before it paints the key
   strip, and stops it on ``TONE_OFF_KEY`` (Y): QEMU hears it when its
   ``isa-pcspk`` has an audiodev;
+* with an AC97 sound card (``-device AC97,audiodev=…``) loads its ALSA driver and OSS
+  emulation (:data:`SOUND_MODULES`) and, when ``MIC_KEY`` (R) is pressed, records
+  ``MIC_BYTES`` from ``/dev/dsp`` (OSS's default: 8 kHz, unsigned 8-bit, mono) and
+  prints them in hex on the serial port, 32 a line after ``mic``, then
+  ``saffron-guest: mic done``: what the guest heard of the host's microphone;
 * prints ``saffron-guest: ready`` on the serial port once it waits for keys;
 * with a virtio-gpu display (``-device virtio-vga``) loads its DRM driver (the
   modules in :data:`VIRTIO_GPU_MODULES`, with what they depend on) before it opens
@@ -79,6 +84,25 @@ TONE_ON_KEY = 20
 TONE_OFF_KEY = 21
 """evdev code of Y: stops it."""
 
+MIC_KEY = 19
+"""evdev code of R: the guest records ``MIC_BYTES`` of its sound card's input."""
+MIC_RATE = 8000
+"""OSS's default capture format: 8000 Hz, unsigned 8-bit, mono."""
+MIC_BYTES = 8000
+"""One second at OSS's default format."""
+AC97_PCI_ID = "0x2415"
+"""The 82801AA AC97's PCI device id (vendor 0x8086), what QEMU's ``AC97`` is."""
+SOUND_MODULES = ("snd_intel8x0", "snd_pcm_oss")
+"""Loaded (with their dependencies, in order) when the guest has an AC97 card: its ALSA
+driver and the OSS emulation whose ``/dev/dsp`` busybox's ``head`` can read."""
+SOUND_MODULE_DIRS = (
+    "/kernel/sound/",
+    "/kernel/sound/core/",
+    "/kernel/sound/core/oss/",
+    "/kernel/sound/pci/",
+    "/kernel/sound/pci/ac97/",
+)
+
 VIRTIO_GPU_MODULES = ("virtio_pci", "virtio_gpu")
 """Loaded (with their dependencies, in order) when the guest has a virtio-gpu device."""
 VIRTIO_GPU_PCI_ID = "0x1050"
@@ -118,6 +142,13 @@ if grep -qx @VIRTIOGPU@ /sys/bus/pci/devices/*/device 2>/dev/null; then
         done
     ) &
 fi
+if grep -qx @AC97@ /sys/bus/pci/devices/*/device 2>/dev/null; then
+    for m in $(cat /lib/sound/order); do insmod /lib/sound/$m.ko || log "$m failed"; done
+fi
+record() {  # a second of the sound card's input, in hex on the serial port
+    head -c @MICBYTES@ /dev/dsp | od -An -tx1 -v -w32 | sed 's/^/mic/' > /dev/console
+    log "mic done"
+}
 fb=/dev/fb0
 i=0
 while [ ! -e $fb ] && [ $i -lt 50 ]; do usleep 100000; i=$((i + 1)); done
@@ -163,6 +194,7 @@ while :; do
     code=${10}
     [ "$code" = @TONEON@ ] && tone '@TONEBYTES@'
     [ "$code" = @TONEOFF@ ] && tone '\0\0\0\0'
+    [ "$code" = @MICKEY@ ] && record &
     log "key $code"
     px=$(printf "\\$(printf %03o $((code & 255)))\\132\\245")
     yes "$px" | head -c $((S * @KEYROWS@)) | dd of=$fb bs=$S seek=@KEYROW@ conv=notrunc 2>/dev/null
@@ -207,10 +239,13 @@ def _init_text() -> str:
         .replace("@KEYROWS@", str(KEY_ROWS))
         .replace("@KEYROW@", str(KEY_ROW))
         .replace("@VIRTIOGPU@", VIRTIO_GPU_PCI_ID)
+        .replace("@AC97@", AC97_PCI_ID)
+        .replace("@MICBYTES@", str(MIC_BYTES))
+        .replace("@MICKEY@", str(MIC_KEY))
     )
 
 
-PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox", "virtio-gpu")
+PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox", "virtio-gpu", "sound")
 """What the guest takes from the two packages."""
 
 
@@ -287,9 +322,11 @@ def _module_depends(data: bytes) -> list[str]:
     return [name.replace("-", "_") for name in value.split(",") if name]
 
 
-def _extract_modules(deb: Path, roots: tuple[str, ...], dest: Path) -> None:
-    """Copy ``roots`` and the modules they depend on out of a kernel .deb into ``dest``,
-    with ``order``: their names, dependencies first, as insmod needs them."""
+def _extract_modules(
+    deb: Path, roots: tuple[str, ...], dest: Path, dirs: tuple[str, ...] = MODULE_DIRS
+) -> None:
+    """Copy ``roots`` and the modules they depend on (all in ``dirs``) out of a kernel .deb
+    into ``dest``, with ``order``: their names, dependencies first, as insmod needs them."""
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     found: dict[str, bytes] = {}
@@ -298,7 +335,7 @@ def _extract_modules(deb: Path, roots: tuple[str, ...], dest: Path) -> None:
             name = member.name
             if not (member.isfile() and name.endswith(".ko")):
                 continue
-            if not name.rsplit("/", 1)[0].endswith(tuple(d.rstrip("/") for d in MODULE_DIRS)):
+            if not name.rsplit("/", 1)[0].endswith(tuple(d.rstrip("/") for d in dirs)):
                 continue
             src = tar.extractfile(member)
             assert src is not None
@@ -340,10 +377,12 @@ def _fetch_parts(parts: Path) -> None:
             },
         )
         _extract_modules(kdeb, VIRTIO_GPU_MODULES, where / "virtio-gpu")
+        _extract_modules(kdeb, SOUND_MODULES, where / "sound", SOUND_MODULE_DIRS)
         bdeb = _download("busybox-static", where)
         _extract(bdeb, {"./bin/busybox": where / "busybox"})
-        if (parts / "virtio-gpu").exists():
-            shutil.rmtree(parts / "virtio-gpu")
+        for modules in ("virtio-gpu", "sound"):
+            if (parts / modules).exists():
+                shutil.rmtree(parts / modules)
         for name in PARTS:
             os.replace(where / name, parts / name)
         (parts / "kernel-package").write_text(kpkg + "\n")
@@ -395,25 +434,27 @@ def _pack(parts: Path, init: str) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     cpio.file("lib/evdev.ko", (parts / "evdev.ko").read_bytes())
     cpio.file("lib/pcspkr.ko", (parts / "pcspkr.ko").read_bytes())
-    cpio.dir("lib/virtio-gpu")
-    for module in sorted((parts / "virtio-gpu").iterdir()):
-        cpio.file(f"lib/virtio-gpu/{module.name}", module.read_bytes())
+    for modules in ("virtio-gpu", "sound"):
+        cpio.dir(f"lib/{modules}")
+        for module in sorted((parts / modules).iterdir()):
+            cpio.file(f"lib/{modules}/{module.name}", module.read_bytes())
     cpio.file("init", init.encode(), 0o755)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
-PARTS_MODULES = "virtio-gpu/order"
-"""Made last by the download: its presence says the parts have virtio-gpu's modules."""
+PARTS_MODULES = ("virtio-gpu/order", "sound/order")
+"""Made by the download: their presence says the parts have these modules (parts fetched
+before a set was added are fetched again)."""
 
 
 def build_guest(cache: Path | None = None) -> Guest:
     """The guest's kernel and initramfs, built on first use and cached."""
     cache = cache or DEFAULT_CACHE
     parts = cache / "parts"
-    if not all((parts / n).exists() for n in (*PARTS, PARTS_MODULES)):
+    if not all((parts / n).exists() for n in (*PARTS, *PARTS_MODULES)):
         _fetch_parts(parts)
     init = _init_text()
-    modules = b"".join((parts / n).read_bytes() for n in ("evdev.ko", "pcspkr.ko", PARTS_MODULES))
+    modules = b"".join((parts / n).read_bytes() for n in ("evdev.ko", "pcspkr.ko", *PARTS_MODULES))
     digest = hashlib.sha256(init.encode() + modules).hexdigest()[:12]
     initramfs = cache / f"initramfs-{digest}.cpio.gz"
     if not initramfs.exists():

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..broadcast import Broadcast
     from ..display import Display
     from ..encoders.base import Packet
+    from ..mic import MicInput
     from .damage import DamageLog
     from .protocol.channel import Channel
 
@@ -73,6 +74,11 @@ class ServerPort(Protocol):
     @property
     def audio(self) -> AudioBroadcast | None:
         """The producer's sound, encoded once, for playback channels (None: no sound)."""
+        ...
+
+    @property
+    def mic(self) -> MicInput | None:
+        """Where record channels' sound goes, for the guest to record (None: nowhere)."""
         ...
 
     @property

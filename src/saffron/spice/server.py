@@ -51,6 +51,7 @@ from .protocol.inputs_channel import SERVER_INPUTS_CAPS, InputsChannel
 from .protocol.link import LinkEstablished, LinkFailed, LinkState, ServerLink, TicketKey
 from .protocol.main_channel import MainChannel
 from .protocol.playback_channel import PlaybackChannel
+from .protocol.record_channel import RecordChannel
 from .protocol.websocket import WebSocketAdapter, looks_like_http
 from .protocol.wire import (
     MAX_CLIENT_MESSAGE_SIZE,
@@ -59,9 +60,17 @@ from .protocol.wire import (
     LinkErr,
     MainCap,
     ProtocolError,
+    RecordCap,
     make_caps,
 )
-from .session import CursorHandler, InputsHandler, MainHandler, PlaybackHandler, Session
+from .session import (
+    CursorHandler,
+    InputsHandler,
+    MainHandler,
+    PlaybackHandler,
+    RecordHandler,
+    Session,
+)
 from .ticket_keys import KeyPool
 from .viewer import WRITE_BUFFER_LIMIT, SpiceViewer
 
@@ -72,6 +81,7 @@ if TYPE_CHECKING:
 
     from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
+    from ..mic import MicInput
 
 log = logging.getLogger("saffron.spice")
 
@@ -120,6 +130,7 @@ OFFERED: dict[tuple[int, int], Caps] = {
     (ChannelType.INPUTS, 0): SERVER_INPUTS_CAPS,
     (ChannelType.CURSOR, 0): (),
     (ChannelType.PLAYBACK, 0): (),
+    (ChannelType.RECORD, 0): make_caps([RecordCap.OPUS]),
 }
 
 
@@ -393,6 +404,9 @@ class Connection:
         if kind == ChannelType.PLAYBACK:
             channel = PlaybackChannel(mini_header=mini, client_caps=caps)
             return PlaybackHandler(session, self, channel)
+        if kind == ChannelType.RECORD:
+            record = RecordChannel(mini_header=mini, client_caps=caps)
+            return RecordHandler(session, self, record)
         cursor = CursorHandler(session, self, CursorChannel(mini_header=mini, client_caps=caps))
         session.cursor = cursor
         return cursor
@@ -679,11 +693,14 @@ class SpiceServer:
         host_rule: HostRule | None = None,
         guesses: GuessThrottle | None = None,
         audio: AudioBroadcast | None = None,
+        mic: MicInput | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
         self.audio = audio
         """The producer's sound for playback channels; None: none is offered."""
+        self.mic = mic
+        """Where record channels' sound goes (the guest's recording); None: none offered."""
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
@@ -725,10 +742,14 @@ class SpiceServer:
         return self.broadcast.working(self.offered)
 
     def channels(self) -> tuple[tuple[int, int], ...]:
-        """What a new session's main channel lists: playback too once the producer has sound."""
+        """What a new session's main channel lists: playback too once the producer has sound,
+        record once it has a capture voice."""
+        channels = CHANNELS
         if self.audio is not None and self.audio.available:
-            return (*CHANNELS, (ChannelType.PLAYBACK, 0))
-        return CHANNELS
+            channels = (*channels, (ChannelType.PLAYBACK, 0))
+        if self.mic is not None and self.mic.available:
+            channels = (*channels, (ChannelType.RECORD, 0))
+        return channels
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

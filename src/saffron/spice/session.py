@@ -17,6 +17,7 @@ the display channel's viewer (:mod:`saffron.spice.viewer`), which builds on this
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from .protocol.main_channel import (
     MouseModeRefused,
 )
 from .protocol.playback_channel import PlaybackChannel
+from .protocol.record_channel import RECORD_CHANNELS, RECORD_RATE, RecordChannel, Recorded
 from .protocol.wire import MouseMode, StreamReport, describe
 
 if TYPE_CHECKING:
@@ -412,3 +414,68 @@ class PlaybackHandler:
         audio = self.session.server.audio
         if audio is not None:
             audio.remove_viewer(self)
+
+
+class RecordHandler:
+    """A record channel: the client's microphone to ``server.mic`` while the guest records."""
+
+    def __init__(self, session: Session, conn: ConnectionPort, channel: RecordChannel) -> None:
+        self.session = session
+        self.conn = conn
+        self.channel = channel
+        self.label = f"{session.label} record"
+        self.received = 0
+        self.refused = 0
+        self._stopped = False
+
+    def start(self) -> None:
+        mic = self.session.server.mic
+        if mic is None:
+            return
+        mic.watch(self._recording)
+        if mic.recording:
+            self._set_recording(True)
+
+    def _recording(self, recording: bool) -> None:
+        """The guest started or stopped recording (from the producer's thread)."""
+        loop = self.session.server.loop
+        with contextlib.suppress(RuntimeError):  # the loop is closed: Saffron is stopping
+            loop.call_soon_threadsafe(self._set_recording, recording)
+
+    def _set_recording(self, recording: bool) -> None:
+        if self._stopped:
+            return
+        if recording:
+            self.channel.start()
+        else:
+            self.channel.stop()
+        self.conn.flush()
+
+    # -- Handler -----------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        events = self.channel.receive_data(data)
+        mic = self.session.server.mic
+        for event in events:
+            if not isinstance(event, Recorded):
+                continue
+            if mic is None or self.session.server.view_only:
+                self.refused += 1
+                continue
+            if event.opus:
+                used = mic.push_opus(self, event.data, RECORD_CHANNELS)
+            else:
+                used = mic.push_pcm(self, event.data, RECORD_CHANNELS, RECORD_RATE)
+            self.received += used
+            self.refused += not used
+        log_common(self.label, events)
+
+    def on_drain(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self._stopped = True
+        mic = self.session.server.mic
+        if mic is not None:
+            mic.unwatch(self._recording)
+            mic.release(self)

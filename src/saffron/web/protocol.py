@@ -39,8 +39,17 @@ A sound packet (kind 4, only to a page that turned its sound on) is
     u32 seq       packet number (a gap: packets dropped)
     u64 capture   capture time of its first sample, microseconds, server clock
 
-Everything else travels as JSON text messages; see ``static/app.js`` for the
-page's side.
+The page's microphone (kind 5, page to server, while its mic is on: a page served
+over HTTPS or from localhost) is ``MIC_HEADER`` followed by one Opus packet:
+
+    u8  kind      5 = microphone
+    u8  codec     0 = Opus
+    u8  channels  1 or 2 (what the packet was encoded from)
+    u8  reserved
+    u32 seq       packet number
+
+It is the only binary message a page sends. Everything else travels as JSON text
+messages; see ``static/app.js`` for the page's side.
 """
 
 from __future__ import annotations
@@ -62,6 +71,11 @@ KIND_VIDEO_DAMAGE = 3
 KIND_AUDIO = 4
 AUDIO_HEADER = struct.Struct("<BBHIQ")
 AUDIO_OPUS = 0
+KIND_MIC = 5
+MIC_HEADER = struct.Struct("<BBBBI")
+MAX_MIC_MESSAGE = 4096
+"""Largest microphone message a page may send: an Opus packet is at most 1275 bytes a
+frame (RFC 6716), and the page sends 20 ms ones of about 100 bytes."""
 FLAG_KEYFRAME = 1
 CODEC_IDS = ("h264", "vp9", "vp8", "av1", "mjpeg")
 
@@ -177,3 +191,29 @@ def unpack_audio(message: bytes) -> tuple[AudioPacket, int]:
     if kind != KIND_AUDIO or codec != AUDIO_OPUS:
         raise ProtocolError(f"not a sound message: kind {kind}, codec {codec}")
     return AudioPacket(bytes(message[AUDIO_HEADER.size :]), capture, seq), samples
+
+
+@dataclass(frozen=True, slots=True)
+class MicPacket:
+    channels: int
+    seq: int
+    data: bytes
+
+
+def pack_mic(channels: int, seq: int, data: bytes) -> bytes:
+    """A microphone message, as the page sends it (for Python pages: tests)."""
+    return MIC_HEADER.pack(KIND_MIC, AUDIO_OPUS, channels, 0, seq & 0xFFFFFFFF) + data
+
+
+def unpack_mic(message: bytes) -> MicPacket:
+    """A page's microphone message; ProtocolError if it is not a well-formed one."""
+    if len(message) > MAX_MIC_MESSAGE:
+        raise ProtocolError(f"microphone message of {len(message)} bytes is too long")
+    if len(message) <= MIC_HEADER.size:
+        raise ProtocolError(f"microphone message of {len(message)} bytes has no sound")
+    kind, codec, channels, _, seq = MIC_HEADER.unpack_from(message)
+    if kind != KIND_MIC:
+        raise ProtocolError(f"the page sent binary message kind {kind}; it only sends 5")
+    if codec != AUDIO_OPUS or channels not in (1, 2):
+        raise ProtocolError(f"microphone message of codec {codec}, {channels} channels")
+    return MicPacket(channels, seq, bytes(message[MIC_HEADER.size :]))

@@ -21,6 +21,7 @@ from aiohttp import WSCloseCode, web
 from ..audio import AudioBroadcast
 from ..broadcast import Broadcast
 from ..display import Cursor, Display, now_us
+from ..mic import MicInput
 from ..net.limits import ConnectionLimits
 from ..net.origin import PLAIN_HOST, HostRule
 from ..net.websocket import WEBSOCKET_OPENED, WebSocket, open_websocket
@@ -81,12 +82,15 @@ class WebServer:
         host_rule: HostRule | None = None,
         site: Site | None = None,
         audio: AudioBroadcast | None = None,
+        mic: MicInput | None = None,
     ) -> None:
         self.display = display
         self.site = site if site is not None else Site()
         """Where the page is published (``--base-path``) and the proxies trusted."""
         self.audio = audio
         """The producer's sound for pages that turn it on; None: no sound."""
+        self.mic = mic
+        """Where pages' microphones go (the guest's recording); None: nowhere."""
         self.limits = limits if limits is not None else ConnectionLimits()
         self.handshakes: set[asyncio.Task[None]] = set()
         """TLS handshakes under way, cancelled on close (a socket waiting for one is not
@@ -148,6 +152,7 @@ class WebServer:
             "viewOnly": viewer.view_only if viewer is not None else self.view_only,
             "tile": [TILE_W, TILE_H],
             "audio": self.audio is not None and self.audio.available,
+            "mic": self.mic is not None and self.mic.available,
         }
 
     async def start(self, host: str, port: int) -> None:

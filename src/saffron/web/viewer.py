@@ -30,12 +30,20 @@ from ..audio import AudioBroadcast, AudioPacket
 from ..broadcast import Broadcast, Stream
 from ..display import Button, Display, Frame, Rect, SizeRequest
 from ..encoders.base import Packet
+from ..mic import MicInput
 from ..net.ratelimit import TokenBucket, TooManyMessages, message_cost
 from ..ratecontrol import RateEstimator
 from ..still import StillRegions, Tile
 from .client import client_of
 from .keys import scancode_for
-from .protocol import MAX_TEXT_MESSAGE, ProtocolError, pack_audio, pack_tile, pack_video
+from .protocol import (
+    MAX_TEXT_MESSAGE,
+    ProtocolError,
+    pack_audio,
+    pack_tile,
+    pack_video,
+    unpack_mic,
+)
 
 log = logging.getLogger("saffron.web")
 
@@ -79,6 +87,7 @@ class PageServer(Protocol):
     display: Display
     broadcast: Broadcast
     audio: AudioBroadcast | None
+    mic: MicInput | None
     view_only: bool
 
     @property
@@ -147,6 +156,11 @@ class WebViewer:
         """The page turned its sound on (it is one of the sound's viewers)."""
         self.audio_sent = 0
         self.audio_bytes = 0
+        self.speaking = False
+        """The page's microphone is on (its packets go to the guest while it records)."""
+        self.mic_refused = 0
+        self.mic_lost = 0
+        self._last_mic_seq = -1
 
     # -- Viewer ---------------------------------------------------------------
 
@@ -224,7 +238,7 @@ class WebViewer:
                 if msg.type == WSMsgType.TEXT:
                     self._handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    raise ProtocolError("the page sent binary data; it only sends JSON")
+                    self._on_binary(msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     self.end = f"broken WebSocket: {self.ws.exception() or msg.data}"
                     log.warning("closing %s: %s", self.label, self.end)
@@ -247,6 +261,8 @@ class WebViewer:
             self.server.broadcast.leave(self)
             if self.server.audio is not None:
                 self.server.audio.remove_viewer(self)
+            if self.server.mic is not None:
+                self.server.mic.release(self)
 
     async def _send_loop(self) -> None:
         while True:
@@ -514,6 +530,32 @@ class WebViewer:
         else:
             audio.remove_viewer(self)
 
+    def _on_binary(self, data: bytes) -> None:
+        """A microphone packet (the only binary message a page sends)."""
+        if not self._messages.take(message_cost(len(data))):
+            raise TooManyMessages(self._messages.exceeded())
+        packet = unpack_mic(data)
+        mic = self.server.mic
+        if mic is None or not self.speaking or not self._input_allowed():
+            self.mic_refused += 1
+            return
+        if self._last_mic_seq >= 0 and packet.seq > self._last_mic_seq + 1:
+            self.mic_lost += packet.seq - self._last_mic_seq - 1
+        self._last_mic_seq = packet.seq
+        mic.push_opus(self, packet.data, packet.channels)
+
+    def _on_mic(self, msg: dict[str, Any]) -> None:
+        """The page turned its microphone on (the user allowed it) or off."""
+        on, mic = bool(msg["on"]), self.server.mic
+        if mic is None or on == self.speaking or not self._input_allowed():
+            return
+        self.speaking = on
+        self._last_mic_seq = -1
+        if on:
+            log.info("web viewer %s turned its microphone on (port %s)", self.host, self.port)
+        else:
+            mic.release(self)
+
     def _on_ping(self, msg: dict[str, Any]) -> None:
         self.notify({"type": "pong", "t0": float(msg["t0"]), "server": time.time() * 1000})
 
@@ -559,6 +601,7 @@ class WebViewer:
         "ack": _on_ack,
         "ping": _on_ping,
         "audio": _on_audio,
+        "mic": _on_mic,
         "stats": _on_page_stats,
         "key": _on_key,
         "pointer": _on_pointer,

@@ -130,7 +130,7 @@ def test_unknown_session_is_a_bad_connection_id() -> None:
         async def go() -> None:
             display = await PyClient.open(srv.port, w.ChannelType.DISPLAY, connection_id=1234)
             assert display.link is not None and display.link.error == w.LinkErr.BAD_CONNECTION_ID
-            other = await PyClient.open(srv.port, w.ChannelType.RECORD)
+            other = await PyClient.open(srv.port, w.ChannelType.SMARTCARD)
             assert other.link is not None
             assert other.link.error == w.LinkErr.CHANNEL_NOT_AVAILABLE
 

@@ -40,6 +40,7 @@ from saffron.spice.protocol.main_channel import (
     MouseModeRefused,
 )
 from saffron.spice.protocol.playback_channel import PlaybackChannel
+from saffron.spice.protocol.record_channel import RecordChannel, Recorded
 from saffron.spice.protocol.websocket import WebSocketAdapter, looks_like_http
 
 GTK_DISPLAY = (0x6FBF,)
@@ -367,6 +368,53 @@ def test_playback_sends_opus_in_order_and_nothing_to_a_client_without_opus() -> 
     assert not plain.opus and sent(plain) == []
 
 
+# -- record -------------------------------------------------------------------------------
+
+RECORD_OPUS = w.make_caps([w.RecordCap.OPUS, w.RecordCap.VOLUME])
+
+
+def test_record_messages_have_spice_protos_layout() -> None:
+    # spice.proto RecordChannel: server start {u32 channels; u16 format; u32 frequency} = 101,
+    # Empty stop; client data {u32 time; u8 data[]} = 101, mode {u32 time; u16 mode;
+    # data[]}, start_mark {u32 time}. Caps: CELT 0, VOLUME 1, OPUS 2.
+    assert w.RecordCap.OPUS == 2
+    start = w.RecordStart(2, w.AudioFormat.S16, 48000).pack()
+    assert start == b"\x02\0\0\0\x01\0" + (48000).to_bytes(4, "little")
+    assert (w.RecordStart.TYPE, w.RecordStop.TYPE) == (101, 102)
+    assert (w.RecordData.TYPE, w.RecordMode.TYPE, w.RecordStartMark.TYPE) == (101, 102, 103)
+    ch = RecordChannel(mini_header=True, client_caps=RECORD_OPUS)
+    ch.start()
+    ch.start()  # already recording: once
+    out = ch.data_to_send()
+    assert out == b"\x65\0\x0a\0\0\0" + start
+    # what spice-gtk answers: MODE opus, START_MARK, DATA
+    data = b"\x66\0\x06\0\0\0" + b"\x07\0\0\0\x03\0"
+    data += b"\x67\0\x04\0\0\0" + b"\x07\0\0\0"
+    data += b"\x65\0\x06\0\0\0" + b"\x08\0\0\0\xfc\xff"
+    assert ch.receive_data(data) == [Recorded(8, b"\xfc\xff", opus=True)]
+    ch.stop()
+    assert ch.data_to_send() == b"\x66\0\0\0\0\0"
+    assert ch.receive_data(b"\x65\0\x05\0\0\0" + b"\x09\0\0\0\xfc") == []  # after STOP
+
+
+def test_record_refuses_sound_it_was_not_told_how_to_read() -> None:
+    ch = RecordChannel(mini_header=True, client_caps=RECORD_OPUS)
+    ch.start()
+    with pytest.raises(w.ProtocolError, match="before saying"):
+        ch.receive_data(w.frame(w.RecordData(1, b"x"), mini=True, serial=1))
+    plain = RecordChannel(mini_header=True, client_caps=w.make_caps([w.RecordCap.VOLUME]))
+    with pytest.raises(w.ProtocolError, match="Opus"):
+        plain.receive_data(w.frame(w.RecordMode(1, w.AudioDataMode.OPUS), mini=True, serial=1))
+    with pytest.raises(w.ProtocolError, match="mode 2"):
+        plain.receive_data(
+            w.frame(w.RecordMode(1, w.AudioDataMode.CELT_0_5_1), mini=True, serial=1)
+        )
+    plain.receive_data(w.frame(w.RecordMode(1, w.AudioDataMode.RAW), mini=True, serial=1))
+    plain.start()
+    raw = plain.receive_data(w.frame(w.RecordData(2, b"\0\1\2\3"), mini=True, serial=2))
+    assert raw == [Recorded(2, b"\0\1\2\3", opus=False)]
+
+
 # -- fuzz: every channel, random bytes -----------------------------------------------------
 
 MACHINES: list[Callable[[], Channel]] = [
@@ -375,6 +423,7 @@ MACHINES: list[Callable[[], Channel]] = [
     lambda: InputsChannel(mini_header=False),
     lambda: CursorChannel(mini_header=True),
     lambda: PlaybackChannel(mini_header=True, client_caps=OPUS_CLIENT),
+    lambda: RecordChannel(mini_header=True, client_caps=RECORD_OPUS),
 ]
 
 

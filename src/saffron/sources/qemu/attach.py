@@ -27,14 +27,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from jeepney.bus_messages import DBus
 from jeepney.low_level import HeaderFields, MessageType
 from jeepney.wrappers import DBusAddress, new_method_call
 
 from ...display import Display, Resizable, SizeRequest
-from .audio import QemuAudioListener
+from .audio import PeerListener, QemuAudioListener
 from .dbus import Incoming, Waker, Wire, connect_bus, connect_peer
 from .errors import DBusError, NotThere, QemuError, Refused
 from .input import InputCall, QemuInput
@@ -52,9 +52,12 @@ from .interfaces import (
     VM_PATH,
 )
 from .listener import ListenerStats, QemuListener
+from .mic import QemuMicListener
 from .uiinfo import UNSUPPORTED_ERROR, SizeDebounce
 
 log = logging.getLogger("saffron.qemu")
+
+_Listener = TypeVar("_Listener", bound=PeerListener)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,8 @@ class QemuSource:
         self._listener: QemuListener | None = None
         self._audio: QemuAudioListener | None = None
         """The guest's sound, when QEMU has a D-Bus audiodev (``org.qemu.Display1.Audio``)."""
+        self._mic: QemuMicListener | None = None
+        """The guest's recording (the viewers' microphone), with the same audiodev."""
         self._bus: Wire | None = None
         self._peer = False
         """Whether ``_bus`` is a peer-to-peer connection to QEMU (no bus daemon)."""
@@ -234,6 +239,10 @@ class QemuSource:
     @property
     def audio(self) -> QemuAudioListener | None:
         return self._audio
+
+    @property
+    def mic(self) -> QemuMicListener | None:
+        return self._mic
 
     @property
     def frames(self) -> int:
@@ -602,32 +611,40 @@ class QemuSource:
                 " the display a bus (<graphics type='dbus'/> without p2p) to hear it"
             )
             return
+        self._audio = self._register(owner, "RegisterOutListener", QemuAudioListener, "sound")
+        if self._audio is not None:
+            log.info("listening to the guest's sound")
+        self._mic = self._register(owner, "RegisterInListener", QemuMicListener, "recording")
+
+    def _register(
+        self, owner: str, method: str, kind: type[_Listener], what: str
+    ) -> _Listener | None:
+        """A peer-to-peer listener of ``kind`` handed to QEMU's ``method``; None if refused."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        audio = QemuAudioListener(self.display, ours, on_closed=self._audio_closed)
-        audio.start()  # QEMU authenticates and reads our properties before answering
+        listener = kind(self.display, ours, on_closed=self._audio_closed)
+        listener.start()  # QEMU authenticates and reads our properties before answering
         addr = DBusAddress(AUDIO_PATH, owner, IFACE_AUDIO)
         try:
-            serial = self._ensure_bus().send(
-                new_method_call(addr, "RegisterOutListener", "h", (theirs,))
-            )
+            serial = self._ensure_bus().send(new_method_call(addr, method, "h", (theirs,)))
             theirs.close()
             self._wait_reply(serial, REGISTER_TIMEOUT)
         except QemuError as exc:
             theirs.close()
-            audio.close()
-            log.warning("cannot listen to the guest's sound: %s", exc)
-            return
-        self._audio = audio
-        log.info("listening to the guest's sound")
+            listener.close()
+            log.warning("cannot give QEMU a listener for the guest's %s: %s", what, exc)
+            return None
+        return listener
 
-    def _audio_closed(self, audio: QemuAudioListener, reason: str) -> None:
-        if audio is self._audio and reason != "closing":
-            log.debug("the audio connection ended: %s", reason)
+    def _audio_closed(self, audio: PeerListener, reason: str) -> None:
+        if audio in (self._audio, self._mic) and reason != "closing":
+            log.debug("an audio connection ended: %s", reason)
 
     def _drop_audio(self) -> None:
         audio, self._audio = self._audio, None
-        if audio is not None:
-            audio.close()
+        mic, self._mic = self._mic, None
+        for listener in (audio, mic):
+            if listener is not None:
+                listener.close()
 
     def _dispatch(self, msg: Incoming) -> None:
         """A bus message that is not the answer being waited for."""

@@ -7,6 +7,9 @@ QEMU calls ``Init`` for each of its voices (one per sound device), ``SetEnabled`
 when a voice starts or stops playing, and ``Write`` with PCM at the pace the
 guest plays it. Each chunk goes to ``display.audio`` stamped with its arrival
 time, the clock video frames carry, and nothing here waits for a viewer.
+
+:class:`PeerListener` is what every such peer-to-peer listener shares (the
+microphone's, ``saffron.sources.qemu.mic``, too).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from jeepney.low_level import MessageFlag, MessageType
 
@@ -57,34 +60,37 @@ PLAYABLE_BITS = (8, 16, 32)
 """Sample sizes the fan-out converts (QEMU's mixer uses 8, 16 and 32 bits, or float)."""
 
 
-class QemuAudioListener:
-    """One ``org.qemu.Display1.AudioOutListener`` on a connected peer-to-peer socket.
+class PeerListener:
+    """A listener object QEMU calls on a connected peer-to-peer socket, in its own thread.
 
-    :meth:`start` runs it in its own thread until QEMU closes the connection (or
-    :meth:`close`), then tells ``display.audio`` every voice stopped and calls
-    ``on_closed(reason)``.
+    :meth:`start` runs it until QEMU closes the connection (or :meth:`close`), then
+    :meth:`_ended` lets the subclass say its voices stopped and ``on_closed(reason)`` is
+    called. Subclasses name their interface, introspection XML and method handlers.
     """
+
+    INTERFACE: ClassVar[str]
+    XML: ClassVar[str]
+    METHODS: ClassVar[dict[str, Callable[[Any, Incoming], None]]]
+    THREAD_NAME: ClassVar[str] = "saffron-qemu-peer"
 
     def __init__(
         self,
         display: Display,
         sock: socket.socket,
         *,
-        on_closed: Callable[[QemuAudioListener, str], None] | None = None,
+        on_closed: Callable[[Any, str], None] | None = None,
     ) -> None:
         self.display = display
         self._wire = Wire(sock)
         self._on_closed = on_closed
         self.voices: dict[int, PcmFormat] = {}
-        self.writes = 0
-        self.bytes = 0
         self.closed = threading.Event()
         self.close_reason = ""
         self._closing = False
         self._warned: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="saffron-qemu-audio", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
 
-    def start(self) -> QemuAudioListener:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -118,12 +124,15 @@ class QemuAudioListener:
         finally:
             self.close_reason = reason
             for voice in list(self.voices):
-                self.display.audio.pcm_stop(voice)
+                self._voice_gone(voice)
             self.voices.clear()
             self._wire.close()
             self.closed.set()
             if self._on_closed is not None:
                 self._on_closed(self, reason)
+
+    def _voice_gone(self, voice: int) -> None:
+        """QEMU's connection ended with this voice open."""
 
     def _warn_once(self, key: str, text: str, *args: Any) -> None:
         if key not in self._warned:
@@ -142,14 +151,14 @@ class QemuAudioListener:
         if msg.header.message_type is not MessageType.method_call:
             return
         member, iface = msg.member, msg.interface
-        if iface == IFACE_AUDIO_OUT_LISTENER or (not iface and member in _METHODS):
-            handler = _METHODS.get(member)
+        if iface == self.INTERFACE or (not iface and member in self.METHODS):
+            handler = self.METHODS.get(member)
             if handler is not None:
                 return handler(self, msg)
         elif iface == IFACE_PROPERTIES:
             return self._on_properties(msg)
         elif iface == IFACE_INTROSPECTABLE and member == "Introspect":
-            return self._answer(msg, "s", AUDIO_LISTENER_XML)
+            return self._answer(msg, "s", self.XML)
         elif iface == IFACE_PEER and member == "Ping":
             return self._answer(msg)
         log.debug("QEMU called %s.%s, which the audio listener does not know", iface, member)
@@ -159,15 +168,16 @@ class QemuAudioListener:
         body = msg.body()
         if msg.member == "GetAll":
             props: dict[str, tuple[str, Any]] = {}
-            if body and body[0] == IFACE_AUDIO_OUT_LISTENER:
+            if body and body[0] == self.INTERFACE:
                 props["Interfaces"] = ("as", [])
             self._answer(msg, "a{sv}", props)
-        elif msg.member == "Get" and tuple(body) == (IFACE_AUDIO_OUT_LISTENER, "Interfaces"):
+        elif msg.member == "Get" and tuple(body) == (self.INTERFACE, "Interfaces"):
             self._answer(msg, "v", ("as", []))
         else:
             self._fail(msg, "org.freedesktop.DBus.Error.UnknownProperty", "no such property")
 
-    def _on_init(self, msg: Incoming) -> None:
+    def _format(self, msg: Incoming, what: str) -> tuple[int, PcmFormat] | None:
+        """An ``Init``'s voice and format (answered), or None if Saffron cannot use it."""
         voice, bits, signed, floating, freq, channels, per_frame, _per_s, be = msg.body()
         self._answer(msg)
         fmt = PcmFormat(int(freq), int(channels), int(bits), bool(signed), bool(floating), bool(be))
@@ -177,8 +187,39 @@ class QemuAudioListener:
             or not 1000 <= freq <= 192000
             or per_frame != fmt.bytes_per_frame
         ):
-            self._warn_once(f"fmt{fmt}", "QEMU's sound format is not one Saffron can play: %s", fmt)
+            self._warn_once(
+                f"fmt{fmt}", "QEMU's %s format is not one Saffron can use: %s", what, fmt
+            )
+            return None
+        return int(voice), fmt
+
+
+class QemuAudioListener(PeerListener):
+    """One ``org.qemu.Display1.AudioOutListener``: the guest's sound to ``display.audio``."""
+
+    INTERFACE = IFACE_AUDIO_OUT_LISTENER
+    XML = AUDIO_LISTENER_XML
+    THREAD_NAME = "saffron-qemu-audio"
+
+    def __init__(
+        self,
+        display: Display,
+        sock: socket.socket,
+        *,
+        on_closed: Callable[[QemuAudioListener, str], None] | None = None,
+    ) -> None:
+        super().__init__(display, sock, on_closed=on_closed)
+        self.writes = 0
+        self.bytes = 0
+
+    def _voice_gone(self, voice: int) -> None:
+        self.display.audio.pcm_stop(voice)
+
+    def _on_init(self, msg: Incoming) -> None:
+        init = self._format(msg, "sound")
+        if init is None:
             return
+        voice, fmt = init
         log.info(
             "the guest's sound device %d plays %d Hz, %d channel(s), %d-bit%s",
             voice,
@@ -222,8 +263,7 @@ class QemuAudioListener:
             self.display.audio.pcm_write(voice, data, msg.arrival_us)
 
 
-_Handler = Callable[[QemuAudioListener, Incoming], None]
-_METHODS: dict[str, _Handler] = {
+QemuAudioListener.METHODS = {
     "Init": QemuAudioListener._on_init,
     "Fini": QemuAudioListener._on_fini,
     "SetEnabled": QemuAudioListener._on_set_enabled,

@@ -129,6 +129,12 @@ class PlaybackCap(enum.IntEnum):
     OPUS = 3
 
 
+class RecordCap(enum.IntEnum):
+    CELT_0_5_1 = 0
+    VOLUME = 1
+    OPUS = 2
+
+
 class AudioDataMode(enum.IntEnum):
     INVALID = 0
     RAW = 1
@@ -338,6 +344,12 @@ MSG_PLAYBACK_STOP = 104
 MSG_PLAYBACK_VOLUME = 105
 MSG_PLAYBACK_MUTE = 106
 MSG_PLAYBACK_LATENCY = 107
+
+MSG_RECORD_START = 101
+MSG_RECORD_STOP = 102
+MSGC_RECORD_DATA = 101
+MSGC_RECORD_MODE = 102
+MSGC_RECORD_START_MARK = 103
 
 # -- capabilities -----------------------------------------------------------------
 
@@ -1547,6 +1559,68 @@ class PlaybackStop(_Empty):
     TYPE = MSG_PLAYBACK_STOP
 
 
+# -- record channel -------------------------------------------------------------------
+# spice.proto's RecordChannel: the server says when and in what format to record, the
+# client says how it encodes (MODE) and sends what it recorded (DATA).
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStart(_Fixed):
+    TYPE = MSG_RECORD_START
+    FMT = _fixed("IHI")
+    channels: int
+    format: int
+    frequency: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStop(_Empty):
+    TYPE = MSG_RECORD_STOP
+
+
+@dataclass(frozen=True, slots=True)
+class RecordData(Message):
+    """What the client recorded (one Opus packet in OPUS mode), stamped with its time."""
+
+    TYPE = MSGC_RECORD_DATA
+    time: int
+    data: bytes
+
+    def pack(self) -> bytes:
+        return struct.pack("<I", self.time) + self.data
+
+    @classmethod
+    def unpack(cls, body: bytes) -> Self:
+        _need(body, 4, "RECORD_DATA")
+        return cls(struct.unpack_from("<I", body)[0], bytes(body[4:]))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMode(Message):
+    """How the client's DATA is encoded from now on (an AudioDataMode)."""
+
+    TYPE = MSGC_RECORD_MODE
+    time: int
+    mode: int
+    data: bytes = b""
+
+    def pack(self) -> bytes:
+        return struct.pack("<IH", self.time, self.mode) + self.data
+
+    @classmethod
+    def unpack(cls, body: bytes) -> Self:
+        _need(body, 6, "RECORD_MODE")
+        time, mode = struct.unpack_from("<IH", body)
+        return cls(time, mode, bytes(body[6:]))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStartMark(_Fixed):
+    TYPE = MSGC_RECORD_START_MARK
+    FMT = _fixed("I")
+    time: int
+
+
 # -- dispatch tables ------------------------------------------------------------------
 
 _COMMON_CLIENT: tuple[type[Message], ...] = (
@@ -1595,6 +1669,7 @@ CLIENT_MESSAGES: dict[int, dict[int, type[Message]]] = {
     ),
     ChannelType.CURSOR: _table(*_COMMON_CLIENT),
     ChannelType.PLAYBACK: _table(*_COMMON_CLIENT),
+    ChannelType.RECORD: _table(*_COMMON_CLIENT, RecordData, RecordMode, RecordStartMark),
 }
 """Client -> server messages Saffron understands, per channel type."""
 
@@ -1634,6 +1709,7 @@ SERVER_MESSAGES: dict[int, dict[int, type[Message]]] = {
     ChannelType.PLAYBACK: _table(
         *_COMMON_SERVER, PlaybackData, PlaybackMode, PlaybackStart, PlaybackStop
     ),
+    ChannelType.RECORD: _table(*_COMMON_SERVER, RecordStart, RecordStop),
 }
 """Server -> client messages Saffron sends, per channel type (test clients read them)."""
 

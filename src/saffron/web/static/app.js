@@ -406,6 +406,8 @@ async function onText(text) {
       send({ type: "start", codec, sharp: wantSharp });
       soundButton.hidden = !msg.audio;
       if (sound.on) send({ type: "audio", on: true });  // a reconnection: still listening
+      micButton.hidden = !(msg.mic && micPossible() && !viewOnly);
+      if (mic.on) send({ type: "mic", on: true });
       sendViewport();
       break;
     }
@@ -629,6 +631,93 @@ resizeBox.addEventListener("change", () => {
   try { localStorage.setItem("saffron.resizeGuest", resizeBox.checked ? "1" : "0"); } catch { /* no storage */ }
   showResizable(stats.resizable);
   sendViewport();
+  canvas.focus();
+});
+
+// -- microphone --------------------------------------------------------------------
+// Only where the browser allows getUserMedia (a page served over HTTPS, or from
+// localhost) and has WebCodecs' AudioEncoder and MediaStreamTrackProcessor (Chromium):
+// the microphone's samples are encoded to Opus (20 ms packets) and sent as binary
+// messages (web/protocol.py, kind 5). A packet that finds the socket's buffer full is
+// dropped, not queued, so the VM never hears the user later and later.
+
+const MIC_BUFFER_MAX = 32 * 1024;  // bytes waiting in the WebSocket beyond which packets drop
+const micButton = document.getElementById("mic");
+const mic = {
+  on: false, stream: null, reader: null, encoder: null, seq: 0,
+  sent: 0, bytes: 0, dropped: 0, errors: 0, error: "",
+};
+window.saffronMic = mic;
+
+function micPossible() {
+  return window.isSecureContext && !!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)
+    && typeof AudioEncoder !== "undefined" && typeof MediaStreamTrackProcessor !== "undefined";
+}
+
+function micPacket(chunk, channels) {
+  if (!mic.on || !ws || ws.readyState !== WebSocket.OPEN) return;
+  if (ws.bufferedAmount > MIC_BUFFER_MAX) { mic.dropped += 1; return; }
+  const out = new Uint8Array(8 + chunk.byteLength);
+  const view = new DataView(out.buffer);
+  out[0] = 5; out[1] = 0; out[2] = channels; out[3] = 0;
+  view.setUint32(4, mic.seq, true);
+  mic.seq = (mic.seq + 1) >>> 0;
+  chunk.copyTo(out.subarray(8));
+  ws.send(out);
+  mic.sent += 1;
+  mic.bytes += chunk.byteLength;
+}
+
+async function micOn() {
+  try {
+    mic.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+    });
+  } catch (err) {
+    mic.error = String(err);
+    setStatus(`The microphone is not available: ${err.message || err}`);
+    return false;
+  }
+  const track = mic.stream.getAudioTracks()[0];
+  mic.reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+  mic.on = true;
+  send({ type: "mic", on: true });
+  (async () => {
+    let channels = 0;
+    while (mic.on) {
+      const { value: data, done } = await mic.reader.read();
+      if (done) break;
+      if (!mic.encoder) {
+        channels = Math.min(data.numberOfChannels, 2);
+        mic.encoder = new AudioEncoder({
+          output: (chunk) => micPacket(chunk, channels),
+          error: (e) => { mic.errors += 1; mic.error = String(e); },
+        });
+        mic.encoder.configure({
+          codec: "opus", sampleRate: data.sampleRate, numberOfChannels: channels,
+          bitrate: 32000, opus: { frameDuration: 20000 },
+        });
+      }
+      if (data.numberOfChannels === channels && mic.encoder.state === "configured") mic.encoder.encode(data);
+      data.close();
+    }
+  })().catch((e) => { mic.errors += 1; mic.error = String(e); });
+  return true;
+}
+
+function micOff() {
+  mic.on = false;
+  send({ type: "mic", on: false });
+  if (mic.reader) mic.reader.cancel().catch(() => {});
+  if (mic.stream) mic.stream.getTracks().forEach((t) => t.stop());
+  if (mic.encoder && mic.encoder.state !== "closed") mic.encoder.close();
+  mic.stream = mic.reader = mic.encoder = null;
+}
+
+micButton.addEventListener("click", async () => {
+  if (mic.on) micOff(); else await micOn();
+  micButton.textContent = mic.on ? "mic on" : "mic off";
+  micButton.classList.toggle("on", mic.on);
   canvas.focus();
 });
 
