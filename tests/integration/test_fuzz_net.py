@@ -588,7 +588,7 @@ BAD_INPUTS: dict[str, tuple[str, bytes, str]] = {
         upgrade("/spice").replace(b"Key: AAAA", "Key: ÄÄ".encode()),
         "headers are not text",
     ),
-    "ws-binary": ("web", upgrade("/ws") + ws_frame(2, b"\x01\x02"), "binary data"),
+    "ws-binary": ("web", upgrade("/ws") + ws_frame(2, b"\x01\x02"), "microphone message"),
     "ws-not-json": ("web", upgrade("/ws") + ws_frame(1, b"{{{"), "not JSON"),
     "ws-unknown-type": ("web", upgrade("/ws") + ws_frame(1, b'{"type": "x"}'), "unknown message"),
     "ws-4gib-frame": ("web", upgrade("/ws") + FOUR_GIB_FRAME, "exceeds limit"),
