@@ -18,6 +18,7 @@ from aiohttp import web
 from . import memory
 from .audio import AudioBroadcast
 from .broadcast import Broadcast
+from .clipboard import ClipboardBroadcast
 from .display import Display
 from .encoders.registry import available_codecs
 from .net.forwarded import ForwardedRule
@@ -137,6 +138,7 @@ class Server:
         self.producer = producer
         self.broadcast: Broadcast | None = None
         self.audio: AudioBroadcast | None = None
+        self.clipboard: ClipboardBroadcast | None = None
         self.web: WebServer | None = None
         self.spice: SpiceServer | None = None
         self.whip: WhipPublisher | None = None
@@ -198,6 +200,7 @@ class Server:
         )
         self.audio = AudioBroadcast(loop)
         self.display.audio = self.audio
+        self.clipboard = ClipboardBroadcast(self.display, loop)
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:
             raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
@@ -219,6 +222,7 @@ class Server:
                 host_rule=self.host_rule,
                 guesses=self.guesses,
                 audio=self.audio,
+                clipboard=self.clipboard,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []

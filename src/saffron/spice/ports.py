@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
+    from ..clipboard import ClipboardBroadcast
     from ..display import Display
     from ..encoders.base import Packet
     from .damage import DamageLog
@@ -73,6 +74,11 @@ class ServerPort(Protocol):
     @property
     def audio(self) -> AudioBroadcast | None:
         """The producer's sound, encoded once, for playback channels (None: no sound)."""
+        ...
+
+    @property
+    def clipboard(self) -> ClipboardBroadcast | None:
+        """The shared clipboard, for the main channel's stand-in agent (None: none)."""
         ...
 
     @property

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
     from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
+    from ..clipboard import ClipboardBroadcast
 
 log = logging.getLogger("saffron.spice")
 
@@ -366,6 +367,15 @@ class Connection:
         if self.link.leftover and not self.closed:
             handler.receive(self.link.leftover)
 
+    def _agent(self) -> Agent | None:
+        """A stand-in agent where the producer's screen can follow the window (spice-gtk
+        sends its window size only to an agent) or the producer has a clipboard."""
+        clipboard = self.server.clipboard
+        has_clipboard = clipboard is not None and clipboard.available
+        if self.server.display.resize_hook is None and not has_clipboard:
+            return None
+        return Agent(clipboard=has_clipboard)
+
     def _make_handler(self, session: Session, event: LinkEstablished) -> Handler:
         caps = event.mess.channel_caps
         mini = event.mini_header
@@ -379,9 +389,7 @@ class Connection:
                     client_caps=caps,
                     session_id=session.id,
                     channels=self.server.channels(),
-                    # a stand-in agent where the producer's screen can follow the window:
-                    # spice-gtk sends its window size only to an agent
-                    agent=Agent() if session.server.display.resize_hook is not None else None,
+                    agent=self._agent(),
                 ),
             )
             session.main = main
@@ -679,11 +687,14 @@ class SpiceServer:
         host_rule: HostRule | None = None,
         guesses: GuessThrottle | None = None,
         audio: AudioBroadcast | None = None,
+        clipboard: ClipboardBroadcast | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
         self.audio = audio
         """The producer's sound for playback channels; None: none is offered."""
+        self.clipboard = clipboard
+        """The shared clipboard for the stand-in agent; None: no clipboard is offered."""
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""
