@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from saffron.bench import guest as build_guest
+from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
 from saffron.sources import qemu as Q
+from tests.support.gtk import run_gtk_client
+from tests.support.process import run_saffron
 from tests.support.qemu import new_display, wait_serial
 from tests.support.wait import wait_until
 
@@ -87,3 +90,17 @@ def test_text_goes_both_ways_between_the_guest_and_the_producer(vm: tuple) -> No
 def boot(serial: Path) -> None:
     wait_serial(serial, "saffron-guest: ready", 90)
     wait_serial(serial, "saffron-guest: agent connected", 30)
+
+
+def test_spice_gtk_and_the_guest_copy_to_each_other(
+    qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path
+) -> None:
+    serial = tmp_path / "serial.log"
+    port = free_port()
+    vm = qemu.command(*BASE, *guest_image.qemu_args(serial))
+    with run_saffron("qemu", "--clipboard", "--spice", f"127.0.0.1:{port}", "--", *vm):
+        boot(serial)
+        report = run_gtk_client(port, "--copy", HOST_TEXT, timeout=90)
+        wait_serial(serial, f"saffron-guest: clipboard {HOST_TEXT}", 30)
+    assert report["errors"] == [], report
+    assert f"{build_guest.GUEST_TEXT} 1" in report.get("offered", []), report
