@@ -256,6 +256,7 @@ class Server:
                 host_rule=self.host_rule,
                 site=self.site,
                 audio=self.audio,
+                clipboard=self.clipboard,
             )
             if self.site.proxies and not opts.password:
                 log.warning(

@@ -104,3 +104,38 @@ def test_spice_gtk_and_the_guest_copy_to_each_other(
         wait_serial(serial, f"saffron-guest: clipboard {HOST_TEXT}", 30)
     assert report["errors"] == [], report
     assert f"{build_guest.GUEST_TEXT} 1" in report.get("offered", []), report
+
+
+def test_the_page_and_the_guest_copy_to_each_other(
+    qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path, browser: Any
+) -> None:
+    serial = tmp_path / "serial.log"
+    vm = qemu.command(*BASE, *guest_image.qemu_args(serial))
+    with run_saffron("qemu", "--clipboard", "--", *vm) as saffron:
+        boot(serial)
+        context = browser.new_context(
+            permissions=["clipboard-read", "clipboard-write"],
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.new_page()
+            page.goto(saffron.url + "?codec=vp8")
+            page.wait_for_selector("#paste:not([hidden])", timeout=15000)
+            # the guest copies (C): the page puts its text on this computer's clipboard
+            page.focus("#screen")
+            page.keyboard.press("KeyC")
+            want = f"{build_guest.GUEST_TEXT} 1"
+            assert wait_until(lambda: page.evaluate("window.saffronClipboard.written.length"), 30)
+            assert page.evaluate("window.saffronClipboard.written") == [want]
+            assert page.evaluate("navigator.clipboard.readText()") == want
+            # this computer's clipboard, pasted with Ctrl+V in the picture, reaches the guest
+            page.evaluate("(t) => navigator.clipboard.writeText(t)", HOST_TEXT)
+            page.focus("#screen")
+            page.keyboard.press("Control+KeyV")
+            wait_serial(serial, f"saffron-guest: clipboard {HOST_TEXT}", 30)
+            # and with the paste button
+            page.evaluate("(t) => navigator.clipboard.writeText(t)", "by the button")
+            page.click("#paste")
+            wait_serial(serial, "saffron-guest: clipboard by the button", 30)
+        finally:
+            context.close()

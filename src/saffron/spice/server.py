@@ -371,7 +371,8 @@ class Connection:
         """A stand-in agent where the producer's screen can follow the window (spice-gtk
         sends its window size only to an agent) or the producer has a clipboard."""
         clipboard = self.server.clipboard
-        has_clipboard = clipboard is not None and clipboard.available
+        # view-only: the clipboard is neither read nor written
+        has_clipboard = clipboard is not None and clipboard.available and not self.server.view_only
         if self.server.display.resize_hook is None and not has_clipboard:
             return None
         return Agent(clipboard=has_clipboard)
