@@ -331,6 +331,7 @@ class Client:
     def on_clipboard(self, channel, selection, kind, data, size) -> None:
         raw = ctypes.string_at(data, size) if isinstance(data, int) else bytes(data)[:size]
         self.report.setdefault("offered", []).append(raw.decode(errors="replace"))
+        self.report.setdefault("offered_at", time.monotonic())
         emit({"phase": "offered"})
         if "pressed_at" in self.report:
             self.finish()
