@@ -18,6 +18,7 @@ from aiohttp import web
 from . import memory
 from .audio import AudioBroadcast
 from .broadcast import Broadcast
+from .clipboard import ClipboardBroadcast
 from .display import Display
 from .encoders.registry import available_codecs
 from .mic import MicInput
@@ -139,6 +140,7 @@ class Server:
         self.broadcast: Broadcast | None = None
         self.audio: AudioBroadcast | None = None
         self.mic: MicInput | None = None
+        self.clipboard: ClipboardBroadcast | None = None
         self.web: WebServer | None = None
         self.spice: SpiceServer | None = None
         self.whip: WhipPublisher | None = None
@@ -202,6 +204,7 @@ class Server:
         self.display.audio = self.audio
         self.mic = MicInput()
         self.display.mic = self.mic
+        self.clipboard = ClipboardBroadcast(self.display, loop)
         routes: dict[str, Handler] = {}
         if opts.spice_tls is not None and ssl_context is None:
             raise StartupError("--spice-tls needs a certificate: --tls auto, or --cert and --key")
@@ -224,6 +227,7 @@ class Server:
                 guesses=self.guesses,
                 audio=self.audio,
                 mic=self.mic,
+                clipboard=self.clipboard,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -258,6 +262,7 @@ class Server:
                 site=self.site,
                 audio=self.audio,
                 mic=self.mic,
+                clipboard=self.clipboard,
             )
             if self.site.proxies and not opts.password:
                 log.warning(

@@ -246,6 +246,25 @@ class NoMic:
         pass
 
 
+CLIPBOARD_MAX_BYTES = 1 << 20
+"""The most clipboard text (UTF-8) passed either way: a page of text is kilobytes, and a
+viewer must not make the server or the guest hold more. A viewer that sends more is
+closed; a guest's bigger clipboard is not passed on."""
+
+
+class ClipboardSink(Protocol):
+    """Where a producer says its clipboard now holds this text (called from any thread)."""
+
+    def guest_clipboard(self, text: str) -> None: ...
+
+
+class NoClipboard:
+    """The clipboard sink of a display nobody copies from."""
+
+    def guest_clipboard(self, text: str) -> None:
+        pass
+
+
 MIN_GUEST_WIDTH, MIN_GUEST_HEIGHT = 320, 200
 """The smallest screen a viewer may ask the guest for: below it a desktop is unusable
 and some drivers refuse the mode."""
@@ -302,6 +321,11 @@ class Display:
         """Where the producer's sound goes (the front ends' audio fan-out sets it)."""
         self.mic: PcmSource = NoMic()
         """Where the producer's capture voices take their sound (the viewers' microphone)."""
+        self.clipboard: ClipboardSink = NoClipboard()
+        """Where the producer's clipboard text goes (the front ends' clipboard fan-out)."""
+        self.clipboard_hook: Callable[[str], None] | None = None
+        """Set by a producer with a clipboard (QEMU's D-Bus ``Clipboard``): puts a viewer's
+        text on the guest's clipboard. Returns at once, from any thread."""
         self.width = 0
         self.height = 0
         self.enabled = False

@@ -14,7 +14,9 @@ the PCM spice-gtk decodes (its ``playback-data`` signal) and reports its stronge
 when sound and picture arrived. With ``--resize`` it makes the calls spice-gtk's widget makes
 when its window is resized with "resize-guest" on (the guest's agent, which Saffron stands in
 for, gets a monitors config a second later) and reports how long each size took to come back as
-the primary surface.
+the primary surface. With ``--copy TEXT`` it copies TEXT (the calls spice-gtk's session makes
+when the user copies: a clipboard grab, then the data when the agent asks), then presses C (the
+test guest's agent copies its own text) and reports the text it is offered back.
 
 It prints JSON lines: ``{"phase": ...}`` progress lines, and a final report.
 """
@@ -112,6 +114,14 @@ class Client:
         GObject.Object.connect(channel, "channel-event", self.on_channel_event)
         if isinstance(channel, SpiceClientGLib.MainChannel):
             self.main = channel
+            if self.args.copy is not None:
+                GObject.Object.connect(
+                    channel, "main-clipboard-selection-request", self.on_clipboard_request
+                )
+                GObject.Object.connect(
+                    channel, "main-clipboard-selection-grab", self.on_clipboard_grab
+                )
+                GObject.Object.connect(channel, "main-clipboard-selection", self.on_clipboard)
             return
         if isinstance(channel, SpiceClientGLib.DisplayChannel):
             self.display = channel
@@ -249,6 +259,9 @@ class Client:
         if self.args.tone:
             self.tone_tick(now)
             return not self.done
+        if self.args.copy is not None:
+            self.clipboard_tick(now)
+            return not self.done
         if self.args.inputs and self.inputs_ready and "inputs_sent" not in self.report:
             self.send_inputs()
         if self.args.resize:
@@ -285,6 +298,43 @@ class Client:
             emit({"phase": f"still-{self.cycle}"})
             GLib.io_add_watch(sys.stdin, GLib.IO_IN | GLib.IO_HUP, self.on_stdin)
         return True
+
+    # -- the clipboard (as spice-gtk's SpiceGtkSession does with the system's clipboard) ---
+
+    def clipboard_tick(self, now: float) -> None:
+        by_demand = 1 << 5  # VD_AGENT_CAP_CLIPBOARD_BY_DEMAND, in the agent's first caps word
+        if "copied_at" not in self.report:
+            if self.main.get_property("agent-connected") and (
+                self.main.get_property("agent-caps-0") & by_demand
+            ):
+                self.main.clipboard_selection_grab(0, [1])  # UTF-8 text
+                self.report["copied_at"] = now
+                emit({"phase": "copied"})
+        elif "given_at" in self.report and "pressed_at" not in self.report and self.inputs_ready:
+            self.inputs.key_press_and_release(0x2E)  # C: the guest copies
+            self.report["pressed_at"] = now
+            emit({"phase": "pressed-c"})
+
+    def on_clipboard_request(self, channel, selection, kind) -> bool:
+        if selection != 0 or kind != 1:
+            return False
+        channel.clipboard_selection_notify(selection, kind, self.args.copy.encode())
+        self.report["given_at"] = time.monotonic()
+        emit({"phase": "given"})
+        return True
+
+    def on_clipboard_grab(self, channel, selection, types, ntypes) -> bool:
+        if selection == 0:
+            channel.clipboard_selection_request(selection, 1)
+        return True
+
+    def on_clipboard(self, channel, selection, kind, data, size) -> None:
+        raw = ctypes.string_at(data, size) if isinstance(data, int) else bytes(data)[:size]
+        self.report.setdefault("offered", []).append(raw.decode(errors="replace"))
+        self.report.setdefault("offered_at", time.monotonic())
+        emit({"phase": "offered"})
+        if "pressed_at" in self.report:
+            self.finish()
 
     def resize_next(self) -> bool:
         """As spice-widget.c's recalc_geometry and update_ready do with resize-guest on."""
@@ -340,6 +390,7 @@ def main() -> None:
     parser.add_argument("--tone", type=float, help="press T, keep the sound for SECONDS")
     parser.add_argument("--strip-row", type=int, default=624, help="a row of the key strip")
     parser.add_argument("--resize", default="", help="window sizes to ask for: WxH,WxH...")
+    parser.add_argument("--copy", help="copy TEXT, press C, report what is offered back")
     parser.add_argument("--timeout", type=float, default=50)
     args = parser.parse_args()
     report = Client(args).run()

@@ -71,3 +71,13 @@ def test_audio_adds_a_dbus_audiodev_or_wires_the_one_given() -> None:
     kept = Q.with_dbus_display([QEMU, "-display", "dbus,audiodev=mine"], addr, audio=True)
     assert kept == [QEMU, "-display", "dbus,addr=unix:path=/tmp/b.sock,audiodev=mine"]
     assert "-audiodev" not in Q.with_dbus_display([QEMU], addr)
+
+
+def test_clipboard_adds_qemus_agent_port_unless_one_is_given() -> None:
+    addr = "unix:path=/tmp/bus"
+    added = Q.with_dbus_display([QEMU, "-m", "64"], addr, clipboard=True)
+    assert added[: 3 + len(Q.CLIPBOARD_ARGS)] == [QEMU, "-m", "64", *Q.CLIPBOARD_ARGS]
+    assert "qemu-vdagent,id=saffron-vdagent,clipboard=on" in added
+    own = [QEMU, "-chardev", "qemu-vdagent,id=v,clipboard=on", "-device", "virtio-serial"]
+    assert Q.with_dbus_display(own, addr, clipboard=True)[:5] == own
+    assert "-chardev" not in Q.with_dbus_display([QEMU], addr)

@@ -28,6 +28,11 @@ The guest's ``/init`` (busybox sh), booted with ``vga=0x344`` (a 1024x768,
   prints them in hex on the serial port, 32 a line after ``mic``, then
   ``saffron-guest: mic done``: what the guest heard of the host's microphone;
 * prints ``saffron-guest: ready`` on the serial port once it waits for keys;
+* with a virtio-serial port named ``com.redhat.spice.0`` (QEMU's ``qemu-vdagent``
+  chardev) runs a tiny clipboard agent (``guest_agent.c``, built static with the
+  host's gcc): text the host puts on the clipboard is printed on the serial port as
+  ``saffron-guest: clipboard TEXT``, and ``CLIPBOARD_KEY`` (C) makes the guest grab
+  the clipboard with ``GUEST_TEXT`` and a count (``saffron-guest: grabbed TEXT``);
 * with a virtio-gpu display (``-device virtio-vga``) loads its DRM driver (the
   modules in :data:`VIRTIO_GPU_MODULES`, with what they depend on) before it opens
   ``/dev/fb0``, and prints ``saffron-guest: mode WxH`` on the serial port whenever
@@ -103,6 +108,12 @@ SOUND_MODULE_DIRS = (
     "/kernel/sound/pci/ac97/",
 )
 
+CLIPBOARD_KEY = 46
+"""evdev code of C: the guest's agent grabs the clipboard with :data:`GUEST_TEXT`."""
+GUEST_TEXT = "Grüße aus dem Gast ✓"
+"""What the guest's agent copies (then a space and how many times it did)."""
+AGENT_SOURCE = Path(__file__).with_name("guest_agent.c")
+
 VIRTIO_GPU_MODULES = ("virtio_pci", "virtio_gpu")
 """Loaded (with their dependencies, in order) when the guest has a virtio-gpu device."""
 VIRTIO_GPU_PCI_ID = "0x1050"
@@ -126,8 +137,17 @@ mount -t sysfs sysfs /sys
 log() { echo "saffron-guest: $*" > /dev/console; }
 insmod /lib/evdev.ko || log "evdev failed"
 insmod /lib/pcspkr.ko || log "pcspkr failed"
+agent=
+if grep -qxE '@VIRTIOSERIAL@' /sys/bus/pci/devices/*/device 2>/dev/null; then
+    for m in $(cat /lib/virtio-console/order); do
+        grep -q "^$m " /proc/modules || insmod /lib/virtio-console/$m.ko || log "$m failed"
+    done
+    /bin/agent & agent=$!
+fi
 if grep -qx @VIRTIOGPU@ /sys/bus/pci/devices/*/device 2>/dev/null; then
-    for m in $(cat /lib/virtio-gpu/order); do insmod /lib/virtio-gpu/$m.ko || log "$m failed"; done
+    for m in $(cat /lib/virtio-gpu/order); do
+        grep -q "^$m " /proc/modules || insmod /lib/virtio-gpu/$m.ko || log "$m failed"
+    done
     (  # the preferred mode, printed whenever it changes
         last=
         while :; do
@@ -195,6 +215,7 @@ while :; do
     [ "$code" = @TONEON@ ] && tone '@TONEBYTES@'
     [ "$code" = @TONEOFF@ ] && tone '\0\0\0\0'
     [ "$code" = @MICKEY@ ] && record &
+    [ "$code" = @CLIPKEY@ ] && [ -n "$agent" ] && kill -USR1 $agent
     log "key $code"
     px=$(printf "\\$(printf %03o $((code & 255)))\\132\\245")
     yes "$px" | head -c $((S * @KEYROWS@)) | dd of=$fb bs=$S seek=@KEYROW@ conv=notrunc 2>/dev/null
@@ -242,10 +263,20 @@ def _init_text() -> str:
         .replace("@AC97@", AC97_PCI_ID)
         .replace("@MICBYTES@", str(MIC_BYTES))
         .replace("@MICKEY@", str(MIC_KEY))
+        .replace("@CLIPKEY@", str(CLIPBOARD_KEY))
+        .replace("@VIRTIOSERIAL@", "|".join(VIRTIO_SERIAL_PCI_IDS))
     )
 
 
-PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox", "virtio-gpu", "sound")
+VIRTIO_SERIAL_PCI_IDS = ("0x1003", "0x1043")
+"""virtio-serial's PCI device ids (transitional, modern): the guest then runs its agent."""
+VIRTIO_CONSOLE_MODULES = ("virtio_pci", "virtio_console")
+"""The virtio-serial driver (and what it depends on), for the clipboard agent's port."""
+
+MODULE_TREES = ("virtio-gpu", "sound", "virtio-console")
+"""The kernel modules' folders in the parts (each with its ``order``) and the initramfs."""
+
+PARTS = ("vmlinuz", "evdev.ko", "pcspkr.ko", "busybox", *MODULE_TREES)
 """What the guest takes from the two packages."""
 
 
@@ -309,8 +340,10 @@ MODULE_DIRS = (
     "/kernel/drivers/virtio/",
     "/kernel/drivers/gpu/drm/",
     "/kernel/drivers/gpu/drm/virtio/",
+    "/kernel/drivers/char/",
 )
-"""Where the kernel package keeps virtio-gpu's driver and everything it depends on."""
+"""Where the kernel package keeps virtio-gpu's and virtio-serial's drivers and everything
+they depend on."""
 
 
 def _module_depends(data: bytes) -> list[str]:
@@ -378,9 +411,10 @@ def _fetch_parts(parts: Path) -> None:
         )
         _extract_modules(kdeb, VIRTIO_GPU_MODULES, where / "virtio-gpu")
         _extract_modules(kdeb, SOUND_MODULES, where / "sound", SOUND_MODULE_DIRS)
+        _extract_modules(kdeb, VIRTIO_CONSOLE_MODULES, where / "virtio-console")
         bdeb = _download("busybox-static", where)
         _extract(bdeb, {"./bin/busybox": where / "busybox"})
-        for modules in ("virtio-gpu", "sound"):
+        for modules in MODULE_TREES:
             if (parts / modules).exists():
                 shutil.rmtree(parts / modules)
         for name in PARTS:
@@ -425,16 +459,24 @@ class _Cpio:
         return data + b"\0" * (-len(data) % 512)
 
 
-def _pack(parts: Path, init: str) -> bytes:
+def _build_agent(out: Path) -> None:
+    """Compile the guest's clipboard agent, static (the guest has no libc)."""
+    text = GUEST_TEXT.replace("\\", "\\\\").replace('"', '\\"')
+    argv = ["gcc", "-static", "-Os", "-s", f'-DGUEST_TEXT="{text}"', "-o", str(out)]
+    _run([*argv, str(AGENT_SOURCE)], out.parent)
+
+
+def _pack(parts: Path, init: str, agent: bytes) -> bytes:
     cpio = _Cpio()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "lib"):
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.file("bin/busybox", (parts / "busybox").read_bytes(), 0o755)
+    cpio.file("bin/agent", agent, 0o755)
     cpio.symlink("bin/sh", "busybox")
     cpio.file("lib/evdev.ko", (parts / "evdev.ko").read_bytes())
     cpio.file("lib/pcspkr.ko", (parts / "pcspkr.ko").read_bytes())
-    for modules in ("virtio-gpu", "sound"):
+    for modules in MODULE_TREES:
         cpio.dir(f"lib/{modules}")
         for module in sorted((parts / modules).iterdir()):
             cpio.file(f"lib/{modules}/{module.name}", module.read_bytes())
@@ -442,7 +484,7 @@ def _pack(parts: Path, init: str) -> bytes:
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
-PARTS_MODULES = ("virtio-gpu/order", "sound/order")
+PARTS_MODULES = tuple(f"{tree}/order" for tree in MODULE_TREES)
 """Made by the download: their presence says the parts have these modules (parts fetched
 before a set was added are fetched again)."""
 
@@ -455,20 +497,23 @@ def build_guest(cache: Path | None = None) -> Guest:
         _fetch_parts(parts)
     init = _init_text()
     modules = b"".join((parts / n).read_bytes() for n in ("evdev.ko", "pcspkr.ko", *PARTS_MODULES))
-    digest = hashlib.sha256(init.encode() + modules).hexdigest()[:12]
+    agent_source = AGENT_SOURCE.read_bytes() + GUEST_TEXT.encode()
+    digest = hashlib.sha256(init.encode() + modules + agent_source).hexdigest()[:12]
     initramfs = cache / f"initramfs-{digest}.cpio.gz"
     if not initramfs.exists():
         for old in cache.glob("initramfs-*.cpio.gz"):
             old.unlink()
         tmp = initramfs.with_suffix(".tmp")
-        tmp.write_bytes(_pack(parts, init))
+        agent = cache / "agent"
+        _build_agent(agent)
+        tmp.write_bytes(_pack(parts, init, agent.read_bytes()))
         os.replace(tmp, initramfs)
     return Guest(kernel=parts / "vmlinuz", initramfs=initramfs)
 
 
 def missing_tools() -> list[str]:
     """Host programs the build needs that are not installed."""
-    return [t for t in ("apt-get", "apt-cache", "dpkg-deb") if shutil.which(t) is None]
+    return [t for t in ("apt-get", "apt-cache", "dpkg-deb", "gcc") if shutil.which(t) is None]
 
 
 if __name__ == "__main__":

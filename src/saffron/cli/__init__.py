@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="play the guest's sound to the viewers: wires QEMU's -audiodev dbus (one is "
         "added, id 'saffron', when the QEMU arguments define none) to its D-Bus display",
     )
+    qemu_parser.add_argument(
+        "--clipboard",
+        action="store_true",
+        help="share the guest's clipboard (text) with the viewers: adds QEMU's qemu-vdagent "
+        "chardev (clipboard=on) on a virtio-serial port com.redhat.spice.0, which the guest's "
+        "spice-vdagent opens",
+    )
     qemu_parser.add_argument("qemu_argv", nargs=argparse.REMAINDER, help="the QEMU command line")
     add_serve_options(qemu_parser)
 

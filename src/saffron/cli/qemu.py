@@ -207,7 +207,7 @@ class QemuLifetime(Lifetime):
 async def _run(args: argparse.Namespace, opts: Options) -> int:
     argv = _argv(args)
     try:
-        vm = start_qemu(argv, stderr=subprocess.PIPE, audio=args.audio)
+        vm = start_qemu(argv, stderr=subprocess.PIPE, audio=args.audio, clipboard=args.clipboard)
     except QemuError as exc:
         raise StartupError(str(exc)) from None
     assert vm.process.stderr is not None

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
+    from ..clipboard import ClipboardBroadcast
     from ..display import Display
     from ..encoders.base import Packet
     from ..mic import MicInput
@@ -79,6 +80,11 @@ class ServerPort(Protocol):
     @property
     def mic(self) -> MicInput | None:
         """Where record channels' sound goes, for the guest to record (None: nowhere)."""
+        ...
+
+    @property
+    def clipboard(self) -> ClipboardBroadcast | None:
+        """The shared clipboard, for the main channel's stand-in agent (None: none)."""
         ...
 
     @property

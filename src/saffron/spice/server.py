@@ -81,6 +81,7 @@ if TYPE_CHECKING:
 
     from ..audio import AudioBroadcast
     from ..broadcast import Broadcast
+    from ..clipboard import ClipboardBroadcast
     from ..mic import MicInput
 
 log = logging.getLogger("saffron.spice")
@@ -377,6 +378,16 @@ class Connection:
         if self.link.leftover and not self.closed:
             handler.receive(self.link.leftover)
 
+    def _agent(self) -> Agent | None:
+        """A stand-in agent where the producer's screen can follow the window (spice-gtk
+        sends its window size only to an agent) or the producer has a clipboard."""
+        clipboard = self.server.clipboard
+        # view-only: the clipboard is neither read nor written
+        has_clipboard = clipboard is not None and clipboard.available and not self.server.view_only
+        if self.server.display.resize_hook is None and not has_clipboard:
+            return None
+        return Agent(clipboard=has_clipboard)
+
     def _make_handler(self, session: Session, event: LinkEstablished) -> Handler:
         caps = event.mess.channel_caps
         mini = event.mini_header
@@ -390,9 +401,7 @@ class Connection:
                     client_caps=caps,
                     session_id=session.id,
                     channels=self.server.channels(),
-                    # a stand-in agent where the producer's screen can follow the window:
-                    # spice-gtk sends its window size only to an agent
-                    agent=Agent() if session.server.display.resize_hook is not None else None,
+                    agent=self._agent(),
                 ),
             )
             session.main = main
@@ -694,6 +703,7 @@ class SpiceServer:
         guesses: GuessThrottle | None = None,
         audio: AudioBroadcast | None = None,
         mic: MicInput | None = None,
+        clipboard: ClipboardBroadcast | None = None,
     ) -> None:
         self.display = display
         self.broadcast = broadcast
@@ -701,6 +711,8 @@ class SpiceServer:
         """The producer's sound for playback channels; None: none is offered."""
         self.mic = mic
         """Where record channels' sound goes (the guest's recording); None: none offered."""
+        self.clipboard = clipboard
+        """The shared clipboard for the stand-in agent; None: no clipboard is offered."""
         self.password = password
         self.limits = limits if limits is not None else ConnectionLimits()
         """Shared with the web front end in a full Saffron; the aiohttp path is counted there."""

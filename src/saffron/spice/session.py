@@ -24,9 +24,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..clipboard import ClipboardTooBig
 from ..display import SizeRequest
 from .ports import ConnectionPort, Handler, ServerPort
-from .protocol.agent import AgentCapabilities, AgentIgnored, AgentType, MonitorsConfigured
+from .protocol.agent import (
+    AgentCapabilities,
+    AgentIgnored,
+    AgentType,
+    ClipboardGrabbed,
+    ClipboardReceived,
+    ClipboardType,
+    MonitorsConfigured,
+)
 from .protocol.channel import ClientClosing, Event, PongReceived, Unhandled
 from .protocol.cursor_channel import CursorChannel, default_arrow
 from .protocol.inputs_channel import (
@@ -201,6 +210,9 @@ class MainHandler:
         info = self.session.server.display.info
         self.channel.start(self.session.client_clock(), info.name, info.uuid)
         self.conn.flush()
+        clipboard = self.session.server.clipboard
+        if self.channel.agent is not None and self.channel.agent.clipboard and clipboard:
+            clipboard.add_viewer(self)
         self._timer = self.session.server.loop.call_later(1.0, self._ping)
 
     def _ping(self) -> None:
@@ -232,6 +244,10 @@ class MainHandler:
                 self._monitors(event)
             elif isinstance(event, AgentCapabilities):
                 log.debug("%s: agent capabilities %s", self.session.label, sorted(event.caps))
+            elif isinstance(event, ClipboardReceived):
+                self._clipboard(event)
+            elif isinstance(event, ClipboardGrabbed):
+                log.debug("%s: the client copied %s", self.label, list(event.types))
             elif isinstance(event, AgentIgnored):
                 log.debug(
                     "%s: ignored agent message %s (%d bytes)",
@@ -239,6 +255,29 @@ class MainHandler:
                     describe(_agent_type(event.type)),
                     event.size,
                 )
+        self.conn.flush()
+
+    def _clipboard(self, event: ClipboardReceived) -> None:
+        """The client's clipboard text (asked for when it copied): to the guest."""
+        clipboard = self.session.server.clipboard
+        if clipboard is None or event.type != ClipboardType.UTF8_TEXT:
+            return
+        if self.session.server.view_only:
+            return
+        text = event.data.decode(errors="replace").rstrip("\0")  # some clients end with a NUL
+        log.debug("%s: the client copied %d characters", self.label, len(text))
+        try:
+            clipboard.viewer_copied(text, self)
+        except ClipboardTooBig as exc:
+            self.conn.close(str(exc), warn=True)
+
+    def clipboard_changed(self, text: str) -> None:
+        """The guest (or another viewer) copied ``text``: offered to the client."""
+        agent = self.channel.agent
+        if agent is None:
+            return
+        agent.offer_text(text)
+        self.channel.flush_agent()
         self.conn.flush()
 
     def _monitors(self, event: MonitorsConfigured) -> None:
@@ -261,6 +300,9 @@ class MainHandler:
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        clipboard = self.session.server.clipboard
+        if clipboard is not None:
+            clipboard.remove_viewer(self)
 
 
 class InputsHandler:

@@ -58,7 +58,7 @@ import struct
 from dataclasses import dataclass
 
 from ..audio import FRAME_SAMPLES, AudioPacket
-from ..display import Rect
+from ..display import CLIPBOARD_MAX_BYTES, Rect
 from ..encoders.base import Packet
 from ..encoders.tiles import TileFormat
 
@@ -81,7 +81,17 @@ CODEC_IDS = ("h264", "vp9", "vp8", "av1", "mjpeg")
 
 MAX_TEXT_MESSAGE = 4096
 """Largest JSON message a page may send: input events and acks are tiny, so
-anything bigger is a broken or hostile client."""
+anything bigger is a broken or hostile client (a clipboard message excepted)."""
+CLIPBOARD_PREFIX = '{"type":"clipboard",'
+"""How the page's clipboard message starts (JSON.stringify keeps the key order): only
+such a message may be longer than MAX_TEXT_MESSAGE."""
+MAX_CLIPBOARD_MESSAGE = 2 * CLIPBOARD_MAX_BYTES + 256
+"""Largest clipboard message, in characters: text at the limit with JSON's escapes
+(a quote, backslash or newline takes two characters; text made of nothing else is
+refused before it is read to its end, and a page sending it is closed)."""
+CLIPBOARD_RATE = MAX_CLIPBOARD_MESSAGE / 2
+"""Clipboard characters a page may send a second, on average: a full clipboard every
+two seconds is more than anyone pastes."""
 
 
 class ProtocolError(Exception):

@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, web
 
 from ..audio import AudioBroadcast
 from ..broadcast import Broadcast
+from ..clipboard import ClipboardBroadcast
 from ..display import Cursor, Display, now_us
 from ..mic import MicInput
 from ..net.limits import ConnectionLimits
@@ -29,7 +30,7 @@ from ..still import TILE_H, TILE_W
 from .auth import WebAuth
 from .client import SITE, Site, client_of
 from .guard import HTTP_LOG, HttpGuard
-from .protocol import MAX_TEXT_MESSAGE
+from .protocol import MAX_CLIPBOARD_MESSAGE
 from .viewer import WebViewer
 
 log = logging.getLogger("saffron.web")
@@ -83,11 +84,13 @@ class WebServer:
         site: Site | None = None,
         audio: AudioBroadcast | None = None,
         mic: MicInput | None = None,
+        clipboard: ClipboardBroadcast | None = None,
     ) -> None:
         self.display = display
         self.site = site if site is not None else Site()
         """Where the page is published (``--base-path``) and the proxies trusted."""
         self.audio = audio
+        self.clipboard = clipboard
         """The producer's sound for pages that turn it on; None: no sound."""
         self.mic = mic
         """Where pages' microphones go (the guest's recording); None: nowhere."""
@@ -153,6 +156,7 @@ class WebServer:
             "tile": [TILE_W, TILE_H],
             "audio": self.audio is not None and self.audio.available,
             "mic": self.mic is not None and self.mic.available,
+            "clipboard": self.clipboard is not None and self.clipboard.available,
         }
 
     async def start(self, host: str, port: int) -> None:
@@ -266,7 +270,7 @@ class WebServer:
             raise web.HTTPNotFound() from None
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = WebSocket(max_msg_size=MAX_TEXT_MESSAGE * 4, heartbeat=HEARTBEAT_S)
+        ws = WebSocket(max_msg_size=MAX_CLIPBOARD_MESSAGE * 4, heartbeat=HEARTBEAT_S)
         refused = await open_websocket(ws, request, "WebSocket")
         if refused is not None:
             return refused

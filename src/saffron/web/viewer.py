@@ -28,6 +28,7 @@ from aiohttp import WSMsgType, web
 
 from ..audio import AudioBroadcast, AudioPacket
 from ..broadcast import Broadcast, Stream
+from ..clipboard import ClipboardBroadcast, ClipboardTooBig
 from ..display import Button, Display, Frame, Rect, SizeRequest
 from ..encoders.base import Packet
 from ..mic import MicInput
@@ -37,6 +38,9 @@ from ..still import StillRegions, Tile
 from .client import client_of
 from .keys import scancode_for
 from .protocol import (
+    CLIPBOARD_PREFIX,
+    CLIPBOARD_RATE,
+    MAX_CLIPBOARD_MESSAGE,
     MAX_TEXT_MESSAGE,
     ProtocolError,
     pack_audio,
@@ -88,6 +92,7 @@ class PageServer(Protocol):
     broadcast: Broadcast
     audio: AudioBroadcast | None
     mic: MicInput | None
+    clipboard: ClipboardBroadcast | None
     view_only: bool
 
     @property
@@ -130,6 +135,10 @@ class WebViewer:
         self._tasks: set[asyncio.Future[None]] = set()
         self._messages = TokenBucket()
         """What the page may still send (see net.ratelimit): past it, it is closed."""
+        self._clipboard_chars = TokenBucket(
+            rate=CLIPBOARD_RATE, burst=MAX_CLIPBOARD_MESSAGE, first=MAX_CLIPBOARD_MESSAGE
+        )
+        """Clipboard text the page may still send (apart from the messages' bucket)."""
         self.end = ""
         """Why the server closed this page's socket, if it did."""
         self._backend_told = ""
@@ -227,6 +236,11 @@ class WebViewer:
     def audio_playing(self, playing: bool) -> None:
         self.notify({"type": "audio", "playing": playing})
 
+    # -- ClipboardViewer --------------------------------------------------------------
+
+    def clipboard_changed(self, text: str) -> None:
+        self.notify({"type": "clipboard", "text": text})
+
     # -- the connection -------------------------------------------------------
 
     async def run(self) -> None:
@@ -234,6 +248,9 @@ class WebViewer:
         ticker = asyncio.create_task(self._stats_loop())
         try:
             await self._send_json(self.server.hello(self))
+            clipboard = self.server.clipboard
+            if clipboard is not None and clipboard.available and not self.view_only:
+                clipboard.add_viewer(self)  # view-only: neither reads nor writes it
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
                     self._handle(msg.data)
@@ -263,6 +280,8 @@ class WebViewer:
                 self.server.audio.remove_viewer(self)
             if self.server.mic is not None:
                 self.server.mic.release(self)
+            if self.server.clipboard is not None:
+                self.server.clipboard.remove_viewer(self)
 
     async def _send_loop(self) -> None:
         while True:
@@ -333,8 +352,15 @@ class WebViewer:
 
     def _handle(self, text: str) -> None:
         if len(text) > MAX_TEXT_MESSAGE:
-            raise ProtocolError(f"message of {len(text)} characters is too long")
-        if not self._messages.take(message_cost(len(text))):
+            if not text.startswith(CLIPBOARD_PREFIX):
+                raise ProtocolError(f"message of {len(text)} characters is too long")
+            if len(text) > MAX_CLIPBOARD_MESSAGE:
+                raise ProtocolError(f"clipboard message of {len(text)} characters is too long")
+            if not self._clipboard_chars.take(len(text)):
+                raise TooManyMessages(
+                    f"it pasted more than {CLIPBOARD_RATE:.0f} characters a second"
+                )
+        if not self._messages.take(message_cost(min(len(text), MAX_TEXT_MESSAGE))):
             raise TooManyMessages(self._messages.exceeded())
         try:
             msg = json.loads(text)
@@ -556,6 +582,19 @@ class WebViewer:
         else:
             mic.release(self)
 
+    def _on_clipboard(self, msg: dict[str, Any]) -> None:
+        """The page's clipboard text (the user pasted into the VM): to the guest."""
+        text = msg["text"]
+        if not isinstance(text, str):
+            raise ValueError("clipboard text is not a string")
+        clipboard = self.server.clipboard
+        if clipboard is None or self.view_only:
+            return
+        try:
+            clipboard.viewer_copied(text, self)
+        except ClipboardTooBig as exc:
+            raise ProtocolError(str(exc)) from None
+
     def _on_ping(self, msg: dict[str, Any]) -> None:
         self.notify({"type": "pong", "t0": float(msg["t0"]), "server": time.time() * 1000})
 
@@ -598,6 +637,7 @@ class WebViewer:
 
     _HANDLERS: ClassVar[dict[str, Callable[[WebViewer, dict[str, Any]], None]]] = {
         "start": _on_start,
+        "clipboard": _on_clipboard,
         "ack": _on_ack,
         "ping": _on_ping,
         "audio": _on_audio,

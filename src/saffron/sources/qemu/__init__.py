@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from .attach import QemuSource, open_qemu_source
 from .errors import QemuError
-from .process import DBusDaemon, QemuProcess, start_qemu, with_dbus_display
+from .process import CLIPBOARD_ARGS, DBusDaemon, QemuProcess, start_qemu, with_dbus_display
 
 __all__ = [
+    "CLIPBOARD_ARGS",
     "DBusDaemon",
     "QemuError",
     "QemuProcess",

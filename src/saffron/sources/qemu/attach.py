@@ -35,13 +35,15 @@ from jeepney.wrappers import DBusAddress, new_method_call
 
 from ...display import Display, Resizable, SizeRequest
 from .audio import PeerListener, QemuAudioListener
-from .dbus import Incoming, Waker, Wire, connect_bus, connect_peer
+from .clipboard import QemuClipboard, guest_text
+from .dbus import Incoming, Waker, Wire, connect_bus, connect_peer, error_reply
 from .errors import DBusError, NotThere, QemuError, Refused
 from .input import InputCall, QemuInput
 from .interfaces import (
     AUDIO_PATH,
     BUS_NAME,
     CALL_TIMEOUT,
+    CLIPBOARD_PATH,
     IFACE_AUDIO,
     IFACE_CONSOLE,
     IFACE_MOUSE,
@@ -184,10 +186,14 @@ class QemuSource:
         self._size_wanted: SizeRequest | None = None
         """The newest size a viewer asked for, handed from the viewers' thread."""
         self._said_unresizable = False
+        self._clipboard = QemuClipboard()
+        self._clipboard_wanted: str | None = None
+        """The newest text a viewer copied, handed from the viewers' thread."""
         self._thread = threading.Thread(target=self._main, name="saffron-qemu", daemon=True)
         display.input = self.input
         display.refresh_hook = self.request_refresh
         display.resize_hook = self.request_size
+        display.clipboard_hook = self.set_clipboard
 
     # -- public ---------------------------------------------------------------------------
 
@@ -225,6 +231,11 @@ class QemuSource:
     def request_size(self, request: SizeRequest) -> None:
         """The Display's resize hook (any thread): SetUIInfo soon, debounced."""
         self._size_wanted = request
+        self._wake()
+
+    def set_clipboard(self, text: str) -> None:
+        """The Display's clipboard hook (any thread): the guest gets ``text`` to paste."""
+        self._clipboard_wanted = text
         self._wake()
 
     @property
@@ -368,6 +379,7 @@ class QemuSource:
                 return finished
         self._send_inputs()
         self._send_size()
+        self._send_clipboard()
         if self._bus is not None and self._bus.sock.fileno() in ready:
             try:
                 self._dispatch(self._bus.recv())
@@ -394,6 +406,7 @@ class QemuSource:
         self.detach_count += 1
         self._pending.clear()
         self._size_query = False
+        self._clipboard.registered = False
         if listener is not None:
             listener.close()  # QEMU forgets it (nothing to do when QEMU ended it)
         self._drop_audio()
@@ -582,6 +595,7 @@ class QemuSource:
             self.display.info.uuid = uuid.UUID(str(vm.get("UUID", ""))).bytes
         self.attached.set()
         self._attach_audio(owner)
+        self._attach_clipboard(owner)
         log.info(
             "attached to QEMU%s: console %d (%s, %dx%d), %s mouse",
             f" VM '{self.vm_name}'" if self.vm_name else "",
@@ -635,6 +649,66 @@ class QemuSource:
             return None
         return listener
 
+    def _attach_clipboard(self, owner: str) -> None:
+        """Become QEMU's D-Bus clipboard peer; the picture does not depend on it."""
+        self._clipboard.registered = False
+        try:
+            self._call(self._clipboard.register(owner))
+        except DBusError as exc:
+            log.info("the guest's clipboard is not shared: QEMU says %s", exc)
+            return
+        except QemuError as exc:
+            log.warning("cannot share the guest's clipboard: %s", exc)
+            return
+        self._clipboard.registered = True
+        log.debug("sharing the guest's clipboard (a guest agent on com.redhat.spice.0 passes it)")
+
+    def _send_clipboard(self) -> None:
+        text = self._clipboard_wanted
+        if text is None or self._bus is None or not self._clipboard.registered:
+            return
+        self._clipboard_wanted = None
+        try:
+            serial = self._bus.send(self._clipboard.grab(self._owner, text))
+        except OSError as exc:
+            log.warning("cannot give the guest the viewer's clipboard: %s", exc)
+            return
+
+        def answered(reply: Incoming) -> None:
+            if reply.header.message_type is MessageType.error:
+                body = reply.body()
+                log.warning("QEMU refused the viewer's clipboard: %s", body[0] if body else "")
+
+        self._pending[serial] = answered
+
+    def _on_call(self, msg: Incoming) -> None:
+        """QEMU calls the clipboard peer we registered (nothing else is served here)."""
+        if self._bus is None:
+            return
+        sender = msg.header.fields.get(HeaderFields.sender)
+        path = msg.header.fields.get(HeaderFields.path)
+        from_qemu = sender == self._owner or (self._peer and sender is None)
+        if path != CLIPBOARD_PATH or not from_qemu or not self._clipboard.registered:
+            self._bus.send(
+                error_reply(msg, "org.freedesktop.DBus.Error.UnknownObject", "nothing here")
+            )
+            return
+        answer, guest_copied = self._clipboard.answer(msg)
+        self._bus.send(answer)
+        if guest_copied:
+            serial = self._bus.send(self._clipboard.request(self._owner))
+
+            def answered(reply: Incoming) -> None:
+                body = reply.body()
+                if reply.header.message_type is MessageType.error:
+                    log.debug("QEMU did not give the guest's clipboard: %s", body)
+                    return
+                text = guest_text(body)
+                if text is not None:
+                    self.display.clipboard.guest_clipboard(text)
+
+            self._pending[serial] = answered
+
     def _audio_closed(self, audio: PeerListener, reason: str) -> None:
         if audio in (self._audio, self._mic) and reason != "closing":
             log.debug("an audio connection ended: %s", reason)
@@ -656,6 +730,8 @@ class QemuSource:
                     handler(msg)
             elif kind is MessageType.signal:
                 self._on_signal(msg)
+            elif kind is MessageType.method_call:
+                self._on_call(msg)
         finally:
             msg.close_fds()
 

@@ -27,3 +27,5 @@ IFACE_PEER = "org.freedesktop.DBus.Peer"
 REGISTER_TIMEOUT = 30.0
 """Seconds to wait for RegisterListener's answer (QEMU waits 25 s for our GetAll)."""
 CALL_TIMEOUT = 10.0
+CLIPBOARD_PATH = f"{ROOT}/Clipboard"
+IFACE_CLIPBOARD = "org.qemu.Display1.Clipboard"

@@ -111,8 +111,25 @@ def dbus_audiodev(qemu_argv: Sequence[str]) -> str | None:
     return None
 
 
+CLIPBOARD_ARGS = (
+    "-chardev",
+    "qemu-vdagent,id=saffron-vdagent,clipboard=on",
+    "-device",
+    "virtio-serial",
+    "-device",
+    "virtserialport,chardev=saffron-vdagent,name=com.redhat.spice.0",
+)
+"""What ``--clipboard`` adds: QEMU's own agent end with its clipboard on, on the port a
+guest's spice-vdagent opens. The D-Bus display's ``Clipboard`` passes what it carries."""
+
+
+def has_vdagent(qemu_argv: Sequence[str]) -> bool:
+    """Whether QEMU's arguments already make a ``qemu-vdagent`` chardev."""
+    return any(a.startswith("qemu-vdagent") for a in qemu_argv)
+
+
 def with_dbus_display(
-    qemu_argv: Sequence[str], dbus_address: str, *, audio: bool = False
+    qemu_argv: Sequence[str], dbus_address: str, *, audio: bool = False, clipboard: bool = False
 ) -> list[str]:
     """QEMU's command line with ``-display dbus,addr=...`` in place of any other display.
 
@@ -120,7 +137,8 @@ def with_dbus_display(
     are kept; ``-nographic`` and ``-daemonize`` are dropped (the first conflicts
     with a display, the second would hide QEMU from us). With ``audio`` the display
     carries the guest's sound: the ``dbus`` audiodev the arguments define, else one
-    added with the id :data:`AUDIODEV_ID`.
+    added with the id :data:`AUDIODEV_ID`. With ``clipboard`` the guest gets QEMU's
+    clipboard agent port (:data:`CLIPBOARD_ARGS`) unless the arguments make one.
     """
     if not qemu_argv:
         raise ValueError("no QEMU command")
@@ -162,6 +180,8 @@ def with_dbus_display(
             audiodev = AUDIODEV_ID
             out += ["-audiodev", f"dbus,id={audiodev}"]
         kept.append(f"audiodev={audiodev}")
+    if clipboard and not has_vdagent(qemu_argv):
+        out += CLIPBOARD_ARGS
     addr = dbus_address.replace(",", ",,")  # QEMU's option syntax doubles commas
     out += ["-display", ",".join(["dbus", f"addr={addr}", *kept])]
     return out
@@ -221,6 +241,7 @@ def start_qemu(
     env: dict[str, str] | None = None,
     die_with_us: bool = True,
     audio: bool = False,
+    clipboard: bool = False,
 ) -> QemuProcess:
     """Run QEMU with its display on D-Bus.
 
@@ -244,7 +265,7 @@ def start_qemu(
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         dbus_address = bus.address
-    argv = with_dbus_display(qemu_argv, dbus_address, audio=audio)
+    argv = with_dbus_display(qemu_argv, dbus_address, audio=audio, clipboard=clipboard)
     log.info("starting %s", shlex.join(argv))
     try:
         process = subprocess.Popen(

@@ -9,10 +9,18 @@ agent announced the capability (``VD_AGENT_ANNOUNCE_CAPABILITIES``). Saffron has
 agent in the guest; it answers as one and turns the monitors config into a resize
 request (QEMU's SetUIInfo) itself.
 
+Where the producer has a clipboard the stand-in also speaks the agent's clipboard
+messages, by demand (``VD_AGENT_CAP_CLIPBOARD_BY_DEMAND``): whoever copies sends
+``CLIPBOARD_GRAB`` with the types it has, the other side asks with
+``CLIPBOARD_REQUEST`` and gets ``CLIPBOARD`` (type, then the data). With
+``VD_AGENT_CAP_CLIPBOARD_SELECTION`` on both sides every one of them starts with a
+selection byte and three reserved bytes. Only UTF-8 text of the clipboard selection
+(not X11's primary) is taken: when the client grabs with text the stand-in asks for it
+at once, so the guest can have it without waiting on the client later.
+
 :class:`AgentReader` reassembles the stream (bounded); :class:`Agent` is the stand-in:
-chunks in, events and chunks to send back out, no I/O. What is not monitors config
-(clipboard, file transfer, ...) is parsed into an :class:`AgentIgnored` event, so a
-clipboard stand-in can be added here later.
+chunks in, events and chunks to send back out, no I/O. What it does not act on (file
+transfer, ...) is parsed into an :class:`AgentIgnored` event.
 """
 
 from __future__ import annotations
@@ -21,15 +29,20 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from ...display import CLIPBOARD_MAX_BYTES
 from .channel import Event
 from .wire import ProtocolError
 
 VD_AGENT_PROTOCOL = 1
 MAX_CHUNK = 2048
 """VD_AGENT_MAX_DATA_SIZE: the most one AGENT_DATA message carries, either way."""
-MAX_MESSAGE = 1 << 20
-"""The biggest agent message accepted. Monitors config is a few hundred bytes; clipboard
-data (not taken yet) is what could be large: a client may not make the server hold more."""
+CLIPBOARD_HEADER = struct.Struct("<B3xI")
+"""A clipboard message's selection byte (with ``CLIPBOARD_SELECTION``) and its u32 type."""
+MAX_MESSAGE = CLIPBOARD_MAX_BYTES + CLIPBOARD_HEADER.size
+"""The biggest agent message accepted: clipboard text at its limit with its selection and
+type. A client that sends more is closed (it may not make the server hold more)."""
+MAX_CLIPBOARD_TYPES = 16
+"""Types one grab may offer: spice-gtk knows six (text, four image kinds, files)."""
 MAX_MONITORS = 16
 """spice-gtk's MAX_DISPLAY: a config naming more is not from a real client."""
 
@@ -82,9 +95,32 @@ class AgentCap(enum.IntEnum):
     GRAPHICS_DEVICE_INFO = 15
 
 
+class ClipboardType(enum.IntEnum):
+    NONE = 0
+    UTF8_TEXT = 1
+    IMAGE_PNG = 2
+    IMAGE_BMP = 3
+    IMAGE_TIFF = 4
+    IMAGE_JPG = 5
+    FILE_LIST = 6
+
+
+SELECTION_CLIPBOARD = 0
+"""VD_AGENT_CLIPBOARD_SELECTION_CLIPBOARD (1 is X11's primary, 2 the secondary)."""
+MAX_SELECTION = 2
+
 SERVER_CAPS = (AgentCap.MONITORS_CONFIG, AgentCap.REPLY)
 """What the stand-in announces: monitors config (non-sparse: only enabled monitors
-are sent) and replies. No clipboard yet, so clients do not offer it."""
+are sent) and replies."""
+CLIPBOARD_CAPS = (AgentCap.CLIPBOARD_BY_DEMAND, AgentCap.CLIPBOARD_SELECTION)
+"""Announced too where the producer has a clipboard (no grab serials: the stand-in is
+the only agent, so the client's grab and the guest's cannot cross on the way)."""
+CLIPBOARD_MESSAGES = (
+    AgentType.CLIPBOARD,
+    AgentType.CLIPBOARD_GRAB,
+    AgentType.CLIPBOARD_REQUEST,
+    AgentType.CLIPBOARD_RELEASE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +171,36 @@ class AgentIgnored(Event):
 
     type: int
     size: int
+
+
+@dataclass(frozen=True)
+class ClipboardGrabbed(Event):
+    """The client copied something of these types (ints: unknown ones are kept)."""
+
+    selection: int
+    types: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClipboardReceived(Event):
+    """The client's clipboard data (answering the stand-in's request)."""
+
+    selection: int
+    type: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ClipboardRequested(Event):
+    """The client asked for the guest's clipboard (answered already)."""
+
+    selection: int
+    type: int
+
+
+@dataclass(frozen=True)
+class ClipboardReleased(Event):
+    selection: int
 
 
 # -- layouts -----------------------------------------------------------------------------
@@ -190,6 +256,36 @@ def parse_monitors_config(data: bytes) -> MonitorsConfigured:
     return MonitorsConfigured(flags, monitors)
 
 
+def pack_clipboard(selection: int | None, body: bytes) -> bytes:
+    """A clipboard message's body: the selection field where both sides know selections."""
+    head = b"" if selection is None else bytes((selection, 0, 0, 0))
+    return head + body
+
+
+def parse_clipboard(kind: int, data: bytes, selections: bool) -> Event:
+    """One of the four clipboard messages (``selections``: whether it starts with one)."""
+    selection = SELECTION_CLIPBOARD
+    if selections:
+        if len(data) < 4:
+            raise ProtocolError(f"{AgentType(kind).name} of {len(data)} bytes")
+        selection = data[0]
+        if selection > MAX_SELECTION:
+            raise ProtocolError(f"clipboard selection {selection}")
+        data = data[4:]
+    if kind == AgentType.CLIPBOARD_RELEASE:
+        return ClipboardReleased(selection)
+    if kind == AgentType.CLIPBOARD_GRAB:
+        if len(data) % 4 or len(data) // 4 > MAX_CLIPBOARD_TYPES:
+            raise ProtocolError(f"clipboard grab with {len(data)} bytes of types")
+        return ClipboardGrabbed(selection, struct.unpack(f"<{len(data) // 4}I", data))
+    if len(data) < 4:
+        raise ProtocolError(f"{AgentType(kind).name} without a type ({len(data)} bytes)")
+    (kind_of_data,) = struct.unpack_from("<I", data)
+    if kind == AgentType.CLIPBOARD_REQUEST:
+        return ClipboardRequested(selection, kind_of_data)
+    return ClipboardReceived(selection, kind_of_data, data[4:])
+
+
 # -- the stream --------------------------------------------------------------------------
 
 
@@ -232,11 +328,63 @@ class Agent:
     """Saffron's stand-in for the guest agent: ``receive`` a chunk, get events; what it
     answers waits in ``outgoing`` (AGENT_DATA bodies, oldest first)."""
 
-    def __init__(self, caps: tuple[int, ...] = SERVER_CAPS) -> None:
-        self.caps = caps
+    def __init__(self, caps: tuple[int, ...] = SERVER_CAPS, *, clipboard: bool = False) -> None:
+        self.caps = caps + CLIPBOARD_CAPS if clipboard else caps
+        self.clipboard = clipboard
         self.reader = AgentReader()
         self.outgoing: list[bytes] = []
         self.client_caps: frozenset[int] = frozenset()
+        self.offered: bytes | None = None
+        """The guest's text, UTF-8, offered to the client (grabbed) and given on request."""
+        self._offer_pending = False
+        """Offered before the client said it takes clipboard by demand."""
+
+    @property
+    def selections(self) -> bool:
+        """Whether clipboard messages carry a selection (both sides announced it)."""
+        return AgentCap.CLIPBOARD_SELECTION in self.client_caps and (
+            AgentCap.CLIPBOARD_SELECTION in self.caps
+        )
+
+    def _selection(self, selection: int) -> int | None:
+        return selection if self.selections else None
+
+    def offer_text(self, text: str) -> None:
+        """The guest copied ``text``: grab the client's clipboard with it (sent now, or
+        once the client said it takes clipboard by demand)."""
+        self.offered = text.encode()
+        if AgentCap.CLIPBOARD_BY_DEMAND in self.client_caps:
+            self._send_grab()
+        else:
+            self._offer_pending = True
+
+    def _send_grab(self) -> None:
+        self._offer_pending = False
+        body = struct.pack("<I", ClipboardType.UTF8_TEXT)
+        selection = self._selection(SELECTION_CLIPBOARD)
+        self.send(AgentType.CLIPBOARD_GRAB, pack_clipboard(selection, body))
+
+    def _on_clipboard(self, event: Event) -> None:
+        if isinstance(event, ClipboardGrabbed):
+            if event.selection == SELECTION_CLIPBOARD and ClipboardType.UTF8_TEXT in event.types:
+                body = struct.pack("<I", ClipboardType.UTF8_TEXT)
+                selection = self._selection(event.selection)
+                self.send(
+                    AgentType.CLIPBOARD_REQUEST,
+                    pack_clipboard(selection, body),
+                )
+        elif isinstance(event, ClipboardRequested):
+            have = (
+                self.offered is not None
+                and event.selection == SELECTION_CLIPBOARD
+                and event.type == ClipboardType.UTF8_TEXT
+            )
+            # an empty answer of type NONE where there is nothing: the client must not wait
+            kind = ClipboardType.UTF8_TEXT if have else ClipboardType.NONE
+            data = (self.offered or b"") if have else b""
+            body = struct.pack("<I", kind) + data
+            selection = self._selection(event.selection)
+            self.send(AgentType.CLIPBOARD, pack_clipboard(selection, body))
 
     def send(self, kind: int, data: bytes) -> None:
         self.outgoing.extend(pack_message(kind, data))
@@ -253,10 +401,16 @@ class Agent:
                 if caps.request:
                     self.announce(request=False)
                 events.append(AgentCapabilities(caps.caps))
+                if self._offer_pending and AgentCap.CLIPBOARD_BY_DEMAND in self.client_caps:
+                    self._send_grab()
             elif message.type == AgentType.MONITORS_CONFIG:
                 events.append(parse_monitors_config(message.data))
                 if AgentCap.REPLY in self.client_caps:
                     self.send(AgentType.REPLY, REPLY.pack(AgentType.MONITORS_CONFIG, REPLY_SUCCESS))
+            elif self.clipboard and message.type in CLIPBOARD_MESSAGES:
+                event = parse_clipboard(message.type, message.data, self.selections)
+                self._on_clipboard(event)
+                events.append(event)
             else:
                 events.append(AgentIgnored(message.type, len(message.data)))
         return events

@@ -122,6 +122,10 @@ class MainChannel(Channel):
         """Move the client's video clock (MULTI_MEDIA_TIME)."""
         self.send(MultiMediaTime(mm_time & 0xFFFFFFFF))
 
+    def flush_agent(self) -> None:
+        """Send what the stand-in agent has queued, as far as the client's tokens go."""
+        self._send_agent_data()
+
     def _send_agent_data(self) -> None:
         agent = self.agent
         if agent is None or not self._agent_started:

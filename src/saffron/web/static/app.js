@@ -405,6 +405,8 @@ async function onText(text) {
       setStatus(msg.enabled ? "Waiting for the first frame…" : "Waiting for the VM…", msg.enabled ? 0 : msg.now);
       send({ type: "start", codec, sharp: wantSharp });
       soundButton.hidden = !msg.audio;
+      clip.shared = Boolean(msg.clipboard) && !viewOnly;
+      pasteButton.hidden = !clip.shared;
       if (sound.on) send({ type: "audio", on: true });  // a reconnection: still listening
       micButton.hidden = !(msg.mic && micPossible() && !viewOnly);
       if (mic.on) send({ type: "mic", on: true });
@@ -413,6 +415,7 @@ async function onText(text) {
     }
     case "pong": onPong(msg); break;
     case "audio": if (msg.playing) sound.next = 0; break;  // a new start: no old schedule
+    case "clipboard": guestCopied(msg.text); break;
     case "stats":
       stats.dropped = msg.dropped; stats.backend = msg.backend;
       showResizable(msg.resizable);
@@ -495,10 +498,73 @@ for (const kind of ["keydown", "keyup"]) {
   canvas.addEventListener(kind, (ev) => {
     if (viewOnly) return;
     if (ev.repeat && kind === "keydown") { /* the guest repeats keys itself */ }
-    send({ type: "key", code: ev.code, down: kind === "keydown" });
+    const down = kind === "keydown";
+    // Ctrl+V (Cmd+V): this computer's clipboard goes to the VM first, then the keys that
+    // paste it there; keys wait in order meanwhile
+    if (down && ev.code === "KeyV" && (ev.ctrlKey || ev.metaKey) && clip.shared) {
+      clip.keys = clip.keys.then(() => pasteToVm(false));
+    }
+    clip.keys = clip.keys.then(() => send({ type: "key", code: ev.code, down }));
     ev.preventDefault();
   });
 }
+
+// -- clipboard -----------------------------------------------------------------
+// Text only, both ways. This computer -> VM: on Ctrl+V in the picture, on the browser's
+// paste event, or with the "paste to VM" button (the Async Clipboard API; a browser that
+// wants a gesture for it gets one from the button). VM -> this computer: written to the
+// clipboard at once where the browser lets the page, else the "copy from VM" button does.
+const CLIPBOARD_MAX_BYTES = 1 << 20;  // the server's limit (saffron.display): more is not sent
+const pasteButton = document.getElementById("paste");
+const copyButton = document.getElementById("copy");
+const clip = { shared: false, keys: Promise.resolve(), sent: null, guest: null, received: [], written: [], refused: 0 };
+window.saffronClipboard = clip;
+
+function giveVm(text) {
+  if (typeof text !== "string" || text === clip.sent || text === clip.guest) return;
+  if (new TextEncoder().encode(text).length > CLIPBOARD_MAX_BYTES) {
+    setStatus("The clipboard holds more than 1 MiB of text: not given to the VM.", 0);
+    return;
+  }
+  clip.sent = text;
+  send({ type: "clipboard", text });
+}
+
+async function pasteToVm(fromButton) {
+  if (!clip.shared || !navigator.clipboard || !navigator.clipboard.readText) return;
+  try {
+    giveVm(await navigator.clipboard.readText());
+  } catch (err) {
+    clip.refused += 1;  // no permission without a gesture: the button asks with one
+    if (fromButton) setStatus("The browser did not let the page read the clipboard.", 0);
+  }
+}
+
+async function guestCopied(text) {
+  clip.guest = text;
+  clip.sent = null;  // the VM's clipboard holds this now: the same paste as before is news
+  clip.received.push(text);
+  try {
+    await navigator.clipboard.writeText(text);
+    clip.written.push(text);
+    copyButton.hidden = true;
+  } catch (err) {
+    copyButton.hidden = false;  // the browser wants a gesture: the button is one
+  }
+}
+
+pasteButton.addEventListener("click", () => { pasteToVm(true); canvas.focus(); });
+copyButton.addEventListener("click", async () => {
+  if (clip.guest !== null) {
+    try { await navigator.clipboard.writeText(clip.guest); clip.written.push(clip.guest); } catch (err) { /* said by the button staying */ }
+  }
+  copyButton.hidden = true;
+  canvas.focus();
+});
+document.addEventListener("paste", (ev) => {
+  if (!clip.shared || viewOnly) return;
+  giveVm(ev.clipboardData ? ev.clipboardData.getData("text/plain") : null);
+});
 
 // -- sound ----------------------------------------------------------------------
 // Off until the user turns it on (browsers let a page play sound only after a gesture);
