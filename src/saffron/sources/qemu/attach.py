@@ -120,6 +120,7 @@ class QemuSource:
         map_interface: bool = True,
         process_exited: Callable[[], bool] | None = None,
         refused_hint: str = "",
+        sound: bool = True,
     ) -> None:
         if not dbus_address and locate is None:
             raise ValueError("QemuSource needs a bus address or a locate function")
@@ -130,6 +131,8 @@ class QemuSource:
         self.refused_hint = refused_hint
         """Said after "the bus refused us": what the user can do about it."""
         self.console = console
+        self.sound = sound
+        """Whether to play the guest's sound (one source of several screens does)."""
         self.reattach = reattach
         self.attach_timeout = attach_timeout
         self.retry_interval = retry_interval
@@ -572,7 +575,8 @@ class QemuSource:
         with contextlib.suppress(ValueError, TypeError):
             self.display.info.uuid = uuid.UUID(str(vm.get("UUID", ""))).bytes
         self.attached.set()
-        self._attach_audio(owner)
+        if self.sound:
+            self._attach_audio(owner)
         log.info(
             "attached to QEMU%s: console %d (%s, %dx%d), %s mouse",
             f" VM '{self.vm_name}'" if self.vm_name else "",
