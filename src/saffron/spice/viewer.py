@@ -375,7 +375,8 @@ class SpiceViewer:
         self._history.clear()
         self._clip = None
         if not initial:
-            log.info("%s: screen is now %dx%d", self.session.label, width, height)
+            which = f" {self.screen_index}" if self.screen_index else ""
+            log.info("%s: screen%s is now %dx%d", self.session.label, which, width, height)
 
     def _send_area(self, frame: Frame, x: int, y: int, width: int, height: int) -> None:
         rows = max(1, REFRESH_BAND_BYTES // max(width * 4, 1))
