@@ -218,6 +218,7 @@ class Server:
             )
             for screen in self.more_screens
         ]
+        more_screens = list(zip(self.more_screens, self.more_broadcasts, strict=True))
         self.audio = AudioBroadcast(loop)
         self.display.audio = self.audio
         routes: dict[str, Handler] = {}
@@ -241,7 +242,7 @@ class Server:
                 host_rule=self.host_rule,
                 guesses=self.guesses,
                 audio=self.audio,
-                more_screens=list(zip(self.more_screens, self.more_broadcasts, strict=True)),
+                more_screens=more_screens,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -275,6 +276,7 @@ class Server:
                 host_rule=self.host_rule,
                 site=self.site,
                 audio=self.audio,
+                more_screens=more_screens,
             )
             if self.site.proxies and not opts.password:
                 log.warning(

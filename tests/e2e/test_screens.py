@@ -12,7 +12,12 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from saffron.bench import guest as build_guest
 from saffron.bench.process import free_port
@@ -113,3 +118,46 @@ def test_remote_viewer_opens_a_window_per_screen(qemu: Qemu, tmp_path: Path) -> 
         finally:
             viewer.terminate()
             viewer.wait(10)
+
+
+def test_the_page_shows_the_screen_it_asks_for(qemu: Qemu, browser: Any, tmp_path: Path) -> None:
+    """``?screen=1`` shows the second head (its size), the list picks the first again,
+    "side by side" opens the other screen in a window of its own, keys typed on screen
+    1's page reach the guest, and a screen that is not there is refused."""
+    serial = tmp_path / "serial.log"
+    all_screens = ("--console", "all", "--fps", "30")
+    with run_saffron("qemu", *all_screens, "--", *two_heads(qemu, serial)) as saffron:
+        wait_for(lambda: "saffron-guest: ready" in serial.read_text(), 90, "the guest to boot")
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        try:
+            page.goto(saffron.url + "?codec=mjpeg&screen=1")
+            wait_for(lambda: size(page) == PLACEHOLDER, 30, "screen 2's picture")
+            assert page.locator("#screens").is_visible()
+            assert page.locator("#screen-pick option").all_inner_texts() == [
+                f"screen 1 ({HEAD[0]}×{HEAD[1]})",
+                f"screen 2 ({PLACEHOLDER[0]}×{PLACEHOLDER[1]})",
+            ]
+            page.locator("#screen").click()
+            page.keyboard.press("a")  # evdev 30, whichever console's keyboard it went to
+            wait_for(lambda: "saffron-guest: key 30" in serial.read_text(), 20, "the key")
+            with page.expect_popup() as popup:
+                page.locator("#side-by-side").click()
+            other = popup.value
+            try:
+                wait_for(lambda: size(other) == HEAD, 30, "screen 1 in the other window")
+                assert "screen" not in other.url.split("?", 1)[-1]
+            finally:
+                other.close()
+            page.locator("#screen-pick").select_option("0")
+            wait_for(lambda: size(page) == HEAD, 30, "screen 1's picture after picking it")
+        finally:
+            page.close()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(saffron.url + "ws?screen=2", timeout=10)
+        assert refused.value.code == 400
+        assert "there are 2" in refused.value.read().decode()
+
+
+def size(page: Any) -> tuple[int, int]:
+    s = page.evaluate("window.saffronStats")  # None while the page is still loading
+    return (int(s["width"]), int(s["height"])) if s else (0, 0)

@@ -27,6 +27,7 @@ const ctx2d = canvas.getContext("2d", { alpha: false, desynchronized: true });
 const statusEl = document.getElementById("status");
 const params = new URLSearchParams(location.search);
 const wantSharp = params.get("sharp") !== "0";  // ?sharp=0: video only, no still tiles
+const screenIndex = Number(params.get("screen") || "0");  // ?screen=N: the VM's screen N
 
 const stats = {
   framesDecoded: 0, fps: 0, codec: "", width: 0, height: 0,
@@ -405,6 +406,7 @@ async function onText(text) {
       setStatus(msg.enabled ? "Waiting for the first frame…" : "Waiting for the VM…", msg.enabled ? 0 : msg.now);
       send({ type: "start", codec, sharp: wantSharp });
       soundButton.hidden = !msg.audio;
+      showScreens(msg.screens || []);
       if (sound.on) send({ type: "audio", on: true });  // a reconnection: still listening
       sendViewport();
       break;
@@ -437,7 +439,7 @@ function connect() {
   // Relative to the page, so that it works under any path a proxy publishes it at.
   const url = new URL("ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.search = "";
+  url.search = screenIndex ? `?screen=${screenIndex}` : "";
   ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   ws.onmessage = (ev) => {
@@ -630,6 +632,39 @@ resizeBox.addEventListener("change", () => {
   showResizable(stats.resizable);
   sendViewport();
   canvas.focus();
+});
+
+// -- several screens -------------------------------------------------------------
+// A VM with several screens (QEMU's consoles): the page shows one, ?screen=N; the
+// list picks another, and "side by side" opens the others in windows beside this one.
+
+const screensBox = document.getElementById("screens");
+const screenPick = document.getElementById("screen-pick");
+
+function screenUrl(index) {
+  const p = new URLSearchParams(location.search);
+  if (index) p.set("screen", String(index)); else p.delete("screen");
+  const query = p.toString();
+  return location.pathname + (query ? "?" + query : "");
+}
+
+function showScreens(screens) {
+  screensBox.hidden = screens.length < 2;
+  screenPick.replaceChildren(...screens.map((s, i) => {
+    const size = s.width ? ` (${s.width}×${s.height})` : "";
+    return new Option(`screen ${i + 1}${size}`, String(i), false, i === screenIndex);
+  }));
+}
+
+screenPick.addEventListener("change", () => { location.href = screenUrl(Number(screenPick.value)); });
+document.getElementById("side-by-side").addEventListener("click", () => {
+  let left = window.screenX + window.outerWidth;
+  for (let i = 0; i < screenPick.options.length; i++) {
+    if (i === screenIndex) continue;
+    const features = `popup,left=${left},top=${window.screenY},width=${window.outerWidth},height=${window.outerHeight}`;
+    window.open(screenUrl(i), `saffron-screen-${i}`, features);
+    left += window.outerWidth;
+  }
 });
 
 document.getElementById("stats-toggle").addEventListener("click", () => {
