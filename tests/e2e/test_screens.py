@@ -148,7 +148,8 @@ def test_the_page_shows_the_screen_it_asks_for(qemu: Qemu, browser: Any, tmp_pat
                 assert "screen" not in other.url.split("?", 1)[-1]
             finally:
                 other.close()
-            page.locator("#screen-pick").select_option("0")
+            with page.expect_navigation():
+                page.locator("#screen-pick").select_option("0")
             wait_for(lambda: size(page) == HEAD, 30, "screen 1's picture after picking it")
         finally:
             page.close()

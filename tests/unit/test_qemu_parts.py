@@ -1,12 +1,16 @@
 """The QEMU source's pure parts: key and button numbers (saffron.sources.qemu.keymap), the
-``-display dbus`` command line, and pixel formats turned into BGRX."""
+``-display dbus`` command line, pixel formats turned into BGRX, and ``--console``."""
 
 from __future__ import annotations
 
 import struct
 
 import numpy as np
+import pytest
 
+from saffron.app import StartupError
+from saffron.cli import build_parser, serve
+from saffron.cli.options import ALL_CONSOLES
 from saffron.sources import qemu as Q
 from saffron.sources.qemu import pixels as px
 from saffron.sources.qemu.keymap import button_to_qemu, scancode_to_qnum
@@ -71,3 +75,15 @@ def test_audio_adds_a_dbus_audiodev_or_wires_the_one_given() -> None:
     kept = Q.with_dbus_display([QEMU, "-display", "dbus,audiodev=mine"], addr, audio=True)
     assert kept == [QEMU, "-display", "dbus,addr=unix:path=/tmp/b.sock,audiodev=mine"]
     assert "-audiodev" not in Q.with_dbus_display([QEMU], addr)
+
+
+def test_console_is_a_number_or_all() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["qemu", "--console", "all", "--", "q"]).console == ALL_CONSOLES
+    assert parser.parse_args(["serve", "--console", "2"]).console == 2
+    for wrong in ("-1", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--console", wrong])
+    # every screen of what? only a QEMU on a bus can say
+    with pytest.raises(StartupError, match="--console all is for --source qemu"):
+        serve.command(parser.parse_args(["serve", "--console", "all"]))
