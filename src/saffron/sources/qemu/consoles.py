@@ -2,10 +2,11 @@
 one :class:`~.attach.QemuSource` per console run as one producer.
 
 QEMU makes a console per display head (``-device virtio-vga,max_outputs=2`` has two,
-``-device VGA -device secondary-vga`` too) and one per text terminal (``-serial vc``);
-its D-Bus display lists them all in the VM's ``ConsoleIDs``, and each console says
-its ``Type``. Only the graphic ones are screens. Each console has its own listener,
-keyboard and mouse, so each screen is a source of its own on a connection of its own.
+``-device VGA -device secondary-vga`` too) and lists them in the VM's ``ConsoleIDs``.
+Each console says its ``Type``: only graphic ones are screens (QEMU 7.2 leaves its
+text terminals, ``-monitor vc``, out of that list; should one be listed, it is
+skipped). Each console has its own listener, keyboard and mouse, so each screen is a
+source of its own on a connection of its own.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def graphic_consoles(
             props = _get_all(wire, str(owner), f"{ROOT}/Console_{console}", IFACE_CONSOLE)
             if props.get("Type", "Graphic") == "Graphic":
                 found.append(console)
+            else:
+                log.debug("QEMU's console %d is a text terminal, not a screen", console)
         return found
     finally:
         wire.close()
