@@ -127,7 +127,7 @@ def screens(
     alone: its source then says what is wrong as it always does."""
     try:
         ids = graphic_consoles(address, gone=gone)
-    except QemuError as exc:
+    except (QemuError, OSError, EOFError) as exc:  # the bus or QEMU went away as we asked
         log.warning("cannot count QEMU's screens (%s); showing console 0", exc)
         ids = []
     if not ids:
