@@ -370,10 +370,10 @@ class Connection:
         session.attach(mess.channel_type, self, handler, mess.channel_id)
         self.handler = handler
         log.debug(
-            "%s: %s channel %d up%s",
+            "%s: %s channel%s up%s",
             session.label,
             _channel_name(mess.channel_type),
-            mess.channel_id,
+            f" {mess.channel_id}" if mess.channel_id else "",
             " over TLS" if self.secured else "",
         )
         handler.start()
