@@ -112,7 +112,7 @@ class QemuConsoles:
     @property
     def frames(self) -> int:
         """Frames QEMU gave, every screen together (the web server's metrics)."""
-        return sum(int(getattr(source, "frames", 0)) for source in self.sources)
+        return sum(source.frames for source in self.sources)
 
 
 def screens(
