@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -133,11 +134,21 @@ def _is_loopback(host: str) -> bool:
 class Server:
     """Starts and stops everything for one display."""
 
-    def __init__(self, opts: Options, display: Display, producer: Producer | None) -> None:
+    def __init__(
+        self,
+        opts: Options,
+        display: Display,
+        producer: Producer | None,
+        more_screens: Sequence[Display] = (),
+    ) -> None:
         self.opts = opts
         self.display = display
+        self.more_screens = list(more_screens)
+        """The producer's other screens (``--console all``): SPICE display channels 1, 2...
+        and the page's ``?screen=1``, 2..., each with a broadcast of its own."""
         self.producer = producer
         self.broadcast: Broadcast | None = None
+        self.more_broadcasts: list[Broadcast] = []
         self.audio: AudioBroadcast | None = None
         self.mic: MicInput | None = None
         self.clipboard: ClipboardBroadcast | None = None
@@ -200,6 +211,18 @@ class Server:
             fifo=opts.buffering == "fifo",
             adapt=not opts.fixed_bitrate,
         )
+        self.more_broadcasts = [
+            Broadcast(
+                screen,
+                loop,
+                fps=opts.fps,
+                bitrate_kbps=opts.bitrate_kbps,
+                fifo=opts.buffering == "fifo",
+                adapt=not opts.fixed_bitrate,
+            )
+            for screen in self.more_screens
+        ]
+        more_screens = list(zip(self.more_screens, self.more_broadcasts, strict=True))
         self.audio = AudioBroadcast(loop)
         self.display.audio = self.audio
         self.mic = MicInput()
@@ -228,6 +251,7 @@ class Server:
                 audio=self.audio,
                 mic=self.mic,
                 clipboard=self.clipboard,
+                more_screens=more_screens,
             )
             self.spice = spice
             ports: list[tuple[tuple[str, int], ssl.SSLContext | None]] = []
@@ -263,6 +287,7 @@ class Server:
                 audio=self.audio,
                 mic=self.mic,
                 clipboard=self.clipboard,
+                more_screens=more_screens,
             )
             if self.site.proxies and not opts.password:
                 log.warning(
@@ -307,6 +332,8 @@ class Server:
             await asyncio.sleep(0.1)  # closed transports flush on the loop: let them
         if self.broadcast is not None:
             self.broadcast.close()
+        for broadcast in self.more_broadcasts:
+            broadcast.close()
         if self.audio is not None:
             self.audio.close()
         self.limits.flush_log()  # refusals still being summed up, and its timer

@@ -124,6 +124,11 @@ class Client:
                 GObject.Object.connect(channel, "main-clipboard-selection", self.on_clipboard)
             return
         if isinstance(channel, SpiceClientGLib.DisplayChannel):
+            index = channel.get_property("channel-id")
+            GObject.Object.connect(channel, "display-primary-create", self.on_surface, index)
+            if index != 0:  # another screen: its surfaces are listed, the rest is screen 0's
+                channel.connect()
+                return
             self.display = channel
             GObject.Object.connect(channel, "display-primary-create", self.on_primary_create)
             GObject.Object.connect(channel, "display-primary-destroy", self.on_primary_destroy)
@@ -172,6 +177,10 @@ class Client:
             self.asked_at = None
         self.report["width"], self.report["height"] = width, height
         self.report["format"] = fmt
+
+    def on_surface(self, channel, fmt, width, height, stride, shmid, imgdata, index) -> None:
+        """Every display channel's surfaces: report["surfaces"]["K"] for channel id K."""
+        self.report.setdefault("surfaces", {}).setdefault(str(index), []).append([width, height])
 
     def on_primary_destroy(self, channel) -> None:
         self.surface = None

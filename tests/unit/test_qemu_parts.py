@@ -1,12 +1,16 @@
 """The QEMU source's pure parts: key and button numbers (saffron.sources.qemu.keymap), the
-``-display dbus`` command line, and pixel formats turned into BGRX."""
+``-display dbus`` command line, pixel formats turned into BGRX, and ``--console``."""
 
 from __future__ import annotations
 
 import struct
 
 import numpy as np
+import pytest
 
+from saffron.app import StartupError
+from saffron.cli import build_parser, serve
+from saffron.cli.options import ALL_CONSOLES
 from saffron.sources import qemu as Q
 from saffron.sources.qemu import pixels as px
 from saffron.sources.qemu.keymap import button_to_qemu, scancode_to_qnum
@@ -81,3 +85,15 @@ def test_clipboard_adds_qemus_agent_port_unless_one_is_given() -> None:
     own = [QEMU, "-chardev", "qemu-vdagent,id=v,clipboard=on", "-device", "virtio-serial"]
     assert Q.with_dbus_display(own, addr, clipboard=True)[:5] == own
     assert "-chardev" not in Q.with_dbus_display([QEMU], addr)
+
+
+def test_console_is_a_number_or_all() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["qemu", "--console", "all", "--", "q"]).console == ALL_CONSOLES
+    assert parser.parse_args(["serve", "--console", "2"]).console == 2
+    for wrong in ("-1", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--console", wrong])
+    # every screen of what? only a QEMU on a bus can say
+    with pytest.raises(StartupError, match="--console all is for --source qemu"):
+        serve.command(parser.parse_args(["serve", "--console", "all"]))

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 
 from ..app import StartupError
 from . import probe, serve
-from .options import SIGNALS_HELP, add_serve_options
+from .options import SIGNALS_HELP, add_serve_options, console_choice
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument(
         "--dbus-address", help="qemu source: the D-Bus address of a running QEMU"
     )
-    serve_parser.add_argument("--console", type=int, default=0, help="qemu source: console number")
+    serve_parser.add_argument(
+        "--console",
+        type=console_choice,
+        default=0,
+        help="qemu source: console number, or 'all' for every screen",
+    )
     serve_parser.add_argument(
         "--libvirt",
         metavar="DOMAIN",
@@ -63,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         usage="saffron qemu [options] -- qemu-system-x86_64 [qemu args]",
         epilog=SIGNALS_HELP,
     )
-    qemu_parser.add_argument("--console", type=int, default=0, help="console number")
+    qemu_parser.add_argument(
+        "--console",
+        type=console_choice,
+        default=0,
+        help="console number, or 'all': every screen (SPICE display channel k, page ?screen=k)",
+    )
     qemu_parser.add_argument(
         "--audio",
         action="store_true",

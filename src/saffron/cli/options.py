@@ -79,6 +79,23 @@ def _channels(text: str) -> tuple[str, ...]:
     return names
 
 
+ALL_CONSOLES = -1
+"""``--console all``: every screen QEMU has, each its own SPICE display channel and page."""
+
+
+def console_choice(text: str) -> int:
+    """``--console``: a console number, or ``all`` (:data:`ALL_CONSOLES`)."""
+    if text == "all":
+        return ALL_CONSOLES
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a console number or 'all': {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a console number: {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)

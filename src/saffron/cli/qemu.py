@@ -30,7 +30,7 @@ from typing import IO, TextIO
 from ..app import Options, StartupError
 from ..display import Display
 from ..sources.qemu import QemuError, QemuProcess, QemuSource, start_qemu
-from .options import options
+from .options import ALL_CONSOLES, options
 from .serve import Ending, Lifetime, run
 
 log = logging.getLogger("saffron.qemu")
@@ -212,6 +212,20 @@ async def _run(args: argparse.Namespace, opts: Options) -> int:
         raise StartupError(str(exc)) from None
     assert vm.process.stderr is not None
     stderr = QemuStderr(vm.process.stderr)
+    if args.console == ALL_CONSOLES:
+        from ..sources.qemu.consoles import screens
+
+        loop = asyncio.get_running_loop()
+        displays, consoles = await loop.run_in_executor(
+            None,
+            lambda: screens(
+                vm.address,
+                gone=lambda: vm.returncode is not None,
+                process_exited=lambda: _exited(vm, 1.0),
+            ),
+        )
+        life = QemuLifetime(vm, consoles.sources[0], stderr)
+        return await run(opts, displays[0], consoles, life, more_screens=displays[1:])
     display = Display()
     source = QemuSource(
         display,

@@ -19,10 +19,11 @@ import contextlib
 import dataclasses
 import logging
 import signal
+from collections.abc import Sequence
 
 from ..app import SPICE_HTML5, Options, Producer, Server, StartupError
 from ..display import Display
-from .options import options
+from .options import ALL_CONSOLES, options
 
 log = logging.getLogger("saffron")
 
@@ -65,11 +66,15 @@ class Lifetime:
 
 
 async def run(
-    opts: Options, display: Display, producer: Producer, life: Lifetime | None = None
+    opts: Options,
+    display: Display,
+    producer: Producer,
+    life: Lifetime | None = None,
+    more_screens: Sequence[Display] = (),
 ) -> int:
     """Serve ``producer`` until a signal or its end; the exit status."""
     life = life or Lifetime()
-    server = Server(opts, display, producer)
+    server = Server(opts, display, producer, more_screens)
     stop = asyncio.Event()
     handle_signals(server, stop)
     try:
@@ -221,5 +226,12 @@ def libvirt_producer(args: argparse.Namespace, display: Display) -> Producer:
 def command(args: argparse.Namespace) -> int:
     """``saffron serve``: the exit status."""
     opts = options(args)
+    if getattr(args, "console", 0) == ALL_CONSOLES:
+        if getattr(args, "libvirt", None) or opts.source != "qemu" or not args.dbus_address:
+            raise StartupError("--console all is for --source qemu with --dbus-address")
+        from ..sources.qemu.consoles import screens
+
+        displays, consoles = screens(args.dbus_address, reattach=True)
+        return asyncio.run(run(opts, displays[0], consoles, more_screens=displays[1:]))
     display = Display()
     return asyncio.run(run(opts, display, producer(opts, args, display)))

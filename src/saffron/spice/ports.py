@@ -59,6 +59,20 @@ class Handler(Protocol):
     def stop(self) -> None: ...
 
 
+class ScreenPort(Protocol):
+    """One of the producer's screens, as a display channel shows it (see server.SpiceScreen;
+    the server itself is screen 0)."""
+
+    @property
+    def display(self) -> Display: ...
+
+    @property
+    def broadcast(self) -> Broadcast: ...
+
+    @property
+    def damage_log(self) -> DamageLog: ...
+
+
 class ServerPort(Protocol):
     """What a session and its channel handlers need from the server (see server.SpiceServer)."""
 
@@ -105,6 +119,10 @@ class ServerPort(Protocol):
     @property
     def damage_log(self) -> DamageLog:
         """What changed between frames, for stream clips."""
+        ...
+
+    def display_of(self, screen: int) -> Display | None:
+        """Screen ``screen``'s display (0 is :attr:`display`), None past the last."""
         ...
 
     @property

@@ -26,7 +26,7 @@ import secrets
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..display import Cursor, Display
@@ -119,20 +119,36 @@ WEBSOCKET_CHUNK = 256 * 1024
 
 DEFAULT_CODEC_ORDER = ("h264", "vp9", "vp8", "mjpeg")
 
-CHANNELS: tuple[tuple[int, int], ...] = (
-    (ChannelType.DISPLAY, 0),
-    (ChannelType.INPUTS, 0),
-    (ChannelType.CURSOR, 0),
-)
 
-OFFERED: dict[tuple[int, int], Caps] = {
-    (ChannelType.MAIN, 0): make_caps([MainCap.NAME_AND_UUID]),
-    (ChannelType.DISPLAY, 0): SERVER_DISPLAY_CAPS,
-    (ChannelType.INPUTS, 0): SERVER_INPUTS_CAPS,
-    (ChannelType.CURSOR, 0): (),
-    (ChannelType.PLAYBACK, 0): (),
-    (ChannelType.RECORD, 0): make_caps([RecordCap.OPUS]),
-}
+def channel_list(
+    screens: int, *, playback: bool = False, record: bool = False
+) -> tuple[tuple[int, int], ...]:
+    """What a session's main channel lists: a display and a cursor channel per screen, id k
+    for screen k, as spice-server gives each QXL device its own (remote-viewer opens a
+    window per display channel), one inputs channel, playback when there is sound and
+    record when the producer has a capture voice."""
+    listed = [(int(ChannelType.DISPLAY), k) for k in range(screens)]
+    listed.append((int(ChannelType.INPUTS), 0))
+    listed += [(int(ChannelType.CURSOR), k) for k in range(screens)]
+    if playback:
+        listed.append((int(ChannelType.PLAYBACK), 0))
+    if record:
+        listed.append((int(ChannelType.RECORD), 0))
+    return tuple(listed)
+
+
+def offered_channels(screens: int) -> dict[tuple[int, int], Caps]:
+    """The channels a link may ask for, with the caps offered on each (see channel_list)."""
+    offered: dict[tuple[int, int], Caps] = {
+        (ChannelType.MAIN, 0): make_caps([MainCap.NAME_AND_UUID]),
+        (ChannelType.INPUTS, 0): SERVER_INPUTS_CAPS,
+        (ChannelType.PLAYBACK, 0): (),
+        (ChannelType.RECORD, 0): make_caps([RecordCap.OPUS]),
+    }
+    for k in range(screens):
+        offered[(ChannelType.DISPLAY, k)] = SERVER_DISPLAY_CAPS
+        offered[(ChannelType.CURSOR, k)] = ()
+    return offered
 
 
 def default_codecs() -> list[str]:
@@ -191,13 +207,14 @@ class Connection:
         self.link = ServerLink(
             key,
             server.password,
-            OFFERED,
+            server.offered_channels,
             secured=secured,
             secure_channels=server.secure_channels,
         )
         self.handler: Handler | None = None
         self.session: Session | None = None
         self.channel_type: int | None = None
+        self.channel_id = 0
         self.closed = False
         self._timeout: asyncio.TimerHandle | None = server.loop.call_later(
             LINK_TIMEOUT_S, self._link_timeout
@@ -251,7 +268,7 @@ class Connection:
             except Exception:
                 log.exception("%s: error while closing the %s channel", self.peer, channel)
         if session is not None and self.channel_type is not None:
-            session.detach(self.channel_type, self)
+            session.detach(self.channel_type, self, self.channel_id)
         self.output.close()
         self.server.connections.discard(self)
         if session is not None and self.channel_type == ChannelType.MAIN:
@@ -365,13 +382,15 @@ class Connection:
             self._timeout = None
         self.session = session
         self.channel_type = mess.channel_type
+        self.channel_id = mess.channel_id
         handler = self._make_handler(session, event)
-        session.attach(mess.channel_type, self, handler)
+        session.attach(mess.channel_type, self, handler, mess.channel_id)
         self.handler = handler
         log.debug(
-            "%s: %s channel up%s",
+            "%s: %s channel%s up%s",
             session.label,
             _channel_name(mess.channel_type),
+            f" {mess.channel_id}" if mess.channel_id else "",
             " over TLS" if self.secured else "",
         )
         handler.start()
@@ -392,6 +411,7 @@ class Connection:
         caps = event.mess.channel_caps
         mini = event.mini_header
         kind = event.mess.channel_type
+        screen = self.server.screens[event.mess.channel_id]  # the link offers no other ids
         if kind == ChannelType.MAIN:
             main = MainHandler(
                 session,
@@ -407,17 +427,19 @@ class Connection:
             session.main = main
             return main
         if kind == ChannelType.DISPLAY:
-            return SpiceViewer(session, self, DisplayChannel(mini_header=mini, client_caps=caps))
+            channel = DisplayChannel(mini_header=mini, client_caps=caps)
+            return SpiceViewer(session, self, channel, screen, screen.index)
         if kind == ChannelType.INPUTS:
             return InputsHandler(session, self, InputsChannel(mini_header=mini, client_caps=caps))
         if kind == ChannelType.PLAYBACK:
-            channel = PlaybackChannel(mini_header=mini, client_caps=caps)
-            return PlaybackHandler(session, self, channel)
+            playback = PlaybackChannel(mini_header=mini, client_caps=caps)
+            return PlaybackHandler(session, self, playback)
         if kind == ChannelType.RECORD:
             record = RecordChannel(mini_header=mini, client_caps=caps)
             return RecordHandler(session, self, record)
-        cursor = CursorHandler(session, self, CursorChannel(mini_header=mini, client_caps=caps))
-        session.cursor = cursor
+        cursor_channel = CursorChannel(mini_header=mini, client_caps=caps)
+        cursor = CursorHandler(session, self, cursor_channel, screen.display)
+        session.cursors[screen.index] = cursor
         return cursor
 
 
@@ -675,6 +697,77 @@ async def serve_aiohttp_websocket(
         await output.wait()
 
 
+class SpiceScreen:
+    """One of the producer's screens as SPICE serves it: display channel ``index`` and
+    cursor channel ``index`` show it, from its own broadcast. It hears its display
+    (a DisplayListener, any thread) and tells the viewers and cursors of its channels."""
+
+    def __init__(
+        self, server: SpiceServer, index: int, display: Display, broadcast: Broadcast
+    ) -> None:
+        self.server = server
+        self.index = index
+        self.display = display
+        self.broadcast = broadcast
+        self.damage_log = DamageLog(display)
+        self._move: tuple[int, int, bool] | None = None
+        self._move_lock = threading.Lock()
+
+    def attach(self) -> None:
+        self.display.add_listener(self)
+        self.display.add_sink(self.damage_log)
+
+    def detach(self) -> None:
+        self.display.remove_listener(self)
+        self.display.remove_sink(self.damage_log)
+
+    def viewers(self) -> list[SpiceViewer]:
+        return [v for v in self.server.viewers() if v.screen is self]
+
+    def cursors(self) -> list[CursorHandler]:
+        found = (s.cursors.get(self.index) for s in list(self.server.sessions.values()))
+        return [c for c in found if c is not None]
+
+    # -- DisplayListener (any thread) -----------------------------------------------------
+
+    def _soon(self, fn: Callable[..., None], *args: object) -> None:
+        if self.server.attached:  # before that there is nobody to tell
+            self.broadcast.call_soon(fn, *args)
+
+    def on_resize(self, width: int, height: int) -> None:
+        self._soon(self._resize, width, height)
+
+    def on_cursor(self, cursor: Cursor | None) -> None:
+        self._soon(self._cursor, cursor)
+
+    def on_cursor_move(self, x: int, y: int, visible: bool) -> None:
+        with self._move_lock:
+            pending = self._move is not None
+            self._move = (x, y, visible)
+        if not pending:  # one callback carries the newest position, however many came
+            self._soon(self._cursor_move)
+
+    def on_disable(self) -> None:
+        which = f" screen {self.index}" if self.server.screens[1:] else ""
+        log.info("SPICE: the producer has no picture%s now", which)
+
+    def _resize(self, width: int, height: int) -> None:
+        for viewer in self.viewers():
+            viewer.on_resize(width, height)
+
+    def _cursor(self, cursor: Cursor | None) -> None:
+        for handler in self.cursors():
+            handler.on_cursor(cursor)
+
+    def _cursor_move(self) -> None:
+        with self._move_lock:
+            move, self._move = self._move, None
+        if move is None:
+            return
+        for handler in self.cursors():
+            handler.on_cursor_move(*move)
+
+
 class SpiceServer:
     """Serves a Display to SPICE clients, with video from a shared Broadcast.
 
@@ -686,6 +779,8 @@ class SpiceServer:
     are served over TLS only: on a plain port they answer NEED_SECURED.
     ``host_rule`` decides which Host and Origin a browser may bring to this port's
     WebSocket (default: the rule for this password and no ``--allowed-host``).
+    ``more_screens`` are the producer's other screens (a VM's second head...), each a
+    display with its broadcast: display channel k shows screen k, ``display`` being 0.
     """
 
     def __init__(
@@ -704,9 +799,17 @@ class SpiceServer:
         audio: AudioBroadcast | None = None,
         mic: MicInput | None = None,
         clipboard: ClipboardBroadcast | None = None,
+        more_screens: Sequence[tuple[Display, Broadcast]] = (),
     ) -> None:
         self.display = display
         self.broadcast = broadcast
+        self.screens = [
+            SpiceScreen(self, k, d, b) for k, (d, b) in enumerate([(display, broadcast)])
+        ]
+        self.screens += [
+            SpiceScreen(self, k, d, b) for k, (d, b) in enumerate(more_screens, start=1)
+        ]
+        self.offered_channels = offered_channels(len(self.screens))
         self.audio = audio
         """The producer's sound for playback channels; None: none is offered."""
         self.mic = mic
@@ -738,15 +841,14 @@ class SpiceServer:
         """A fresh ticket key for every link: a ticket seen once cannot link again."""
         self.sessions: dict[int, Session] = {}
         self.connections: set[Connection] = set()
-        self.damage_log = DamageLog(display)
+        self.damage_log = self.screens[0].damage_log
         self.frame_listeners: list[Callable[[str, Packet, int], None]] = []
         """Called on the loop after each frame is sent: (client label, packet, mm stamp)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.Server] = []
         self._attached = False
-        self._move: tuple[int, int, bool] | None = None
-        self._move_lock = threading.Lock()
-        broadcast.failure_listeners.append(self._stream_failed)
+        for screen in self.screens:
+            screen.broadcast.failure_listeners.append(self._stream_failed)
 
     @property
     def codecs(self) -> list[str]:
@@ -756,12 +858,17 @@ class SpiceServer:
     def channels(self) -> tuple[tuple[int, int], ...]:
         """What a new session's main channel lists: playback too once the producer has sound,
         record once it has a capture voice."""
-        channels = CHANNELS
-        if self.audio is not None and self.audio.available:
-            channels = (*channels, (ChannelType.PLAYBACK, 0))
-        if self.mic is not None and self.mic.available:
-            channels = (*channels, (ChannelType.RECORD, 0))
-        return channels
+        playback = self.audio is not None and self.audio.available
+        record = self.mic is not None and self.mic.available
+        return channel_list(len(self.screens), playback=playback, record=record)
+
+    def display_of(self, screen: int) -> Display | None:
+        return self.screens[screen].display if 0 <= screen < len(self.screens) else None
+
+    @property
+    def attached(self) -> bool:
+        """Whether the server listens to its displays (from start or the web path on)."""
+        return self._attached
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -774,8 +881,8 @@ class SpiceServer:
         self._attached = True
         self._loop = asyncio.get_running_loop()
         self.keys.start()
-        self.display.add_listener(self)
-        self.display.add_sink(self.damage_log)
+        for screen in self.screens:
+            screen.attach()
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 5900, *, ssl: SSLContext | None = None
@@ -824,12 +931,13 @@ class SpiceServer:
             await server.wait_closed()
         self._servers.clear()
         if self._attached:
-            self.display.remove_listener(self)
-            self.display.remove_sink(self.damage_log)
+            for screen in self.screens:
+                screen.detach()
             self._attached = False
             self.keys.close()
-        with contextlib.suppress(ValueError):
-            self.broadcast.failure_listeners.remove(self._stream_failed)
+        for screen in self.screens:
+            with contextlib.suppress(ValueError):
+                screen.broadcast.failure_listeners.remove(self._stream_failed)
 
     async def aiohttp_handler(self, request: web.Request) -> web.StreamResponse:
         """An aiohttp handler: ``app.router.add_get("/spice", server.aiohttp_handler)``."""
@@ -901,46 +1009,7 @@ class SpiceServer:
             }
             for handler in session.handlers.values():
                 if isinstance(handler, SpiceViewer):
-                    entry["display"] = handler.stats()
+                    index = handler.screen_index
+                    entry["display" if index == 0 else f"display {index}"] = handler.stats()
             out.append(entry)
         return out
-
-    # -- DisplayListener (any thread) -----------------------------------------------------
-
-    def _soon(self, fn: Callable[..., None], *args: object) -> None:
-        if self._attached:  # before that there is nobody to tell
-            self.broadcast.call_soon(fn, *args)
-
-    def on_resize(self, width: int, height: int) -> None:
-        self._soon(self._resize, width, height)
-
-    def on_cursor(self, cursor: Cursor | None) -> None:
-        self._soon(self._cursor, cursor)
-
-    def on_cursor_move(self, x: int, y: int, visible: bool) -> None:
-        with self._move_lock:
-            pending = self._move is not None
-            self._move = (x, y, visible)
-        if not pending:  # one callback carries the newest position, however many came
-            self._soon(self._cursor_move)
-
-    def on_disable(self) -> None:
-        log.info("SPICE: the producer has no picture now")
-
-    def _resize(self, width: int, height: int) -> None:
-        for viewer in self.viewers():
-            viewer.on_resize(width, height)
-
-    def _cursor(self, cursor: Cursor | None) -> None:
-        for session in list(self.sessions.values()):
-            if session.cursor is not None:
-                session.cursor.on_cursor(cursor)
-
-    def _cursor_move(self) -> None:
-        with self._move_lock:
-            move, self._move = self._move, None
-        if move is None:
-            return
-        for session in list(self.sessions.values()):
-            if session.cursor is not None:
-                session.cursor.on_cursor_move(*move)

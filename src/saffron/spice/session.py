@@ -57,7 +57,7 @@ from .protocol.wire import MouseMode, StreamReport, describe
 
 if TYPE_CHECKING:
     from ..audio import AudioPacket
-    from ..display import Cursor
+    from ..display import Cursor, Display
 
 log = logging.getLogger("saffron.spice")
 
@@ -119,10 +119,12 @@ class Session:
         self.latency_ms = INITIAL_LATENCY_MS
         self.rtt_ms: float | None = None
         self.mouse_mode = MouseMode.CLIENT
-        self.connections: dict[int, ConnectionPort] = {}
-        self.handlers: dict[int, Handler] = {}
+        self.connections: dict[tuple[int, int], ConnectionPort] = {}
+        self.handlers: dict[tuple[int, int], Handler] = {}
+        """By channel type and id (display and cursor channel k show screen k)."""
         self.main: MainHandler | None = None
-        self.cursor: CursorHandler | None = None
+        self.cursors: dict[int, CursorHandler] = {}
+        """The cursor channel of each screen, by its id."""
         self.closed = False
         self._last_latency_change = 0.0
         self._trips: deque[tuple[float, int]] = deque()
@@ -175,18 +177,24 @@ class Session:
 
     # -- channels ----------------------------------------------------------------------
 
-    def attach(self, channel_type: int, conn: ConnectionPort, handler: Handler) -> None:
-        """A channel joined; one of the same type that was there before is closed."""
-        old = self.connections.get(channel_type)
+    def attach(
+        self, channel_type: int, conn: ConnectionPort, handler: Handler, channel_id: int = 0
+    ) -> None:
+        """A channel joined; one of the same type and id that was there before is closed."""
+        key = (channel_type, channel_id)
+        old = self.connections.get(key)
         if old is not None and old is not conn:
             old.close("replaced by a new connection of the same channel")
-        self.connections[channel_type] = conn
-        self.handlers[channel_type] = handler
+        self.connections[key] = conn
+        self.handlers[key] = handler
 
-    def detach(self, channel_type: int, conn: ConnectionPort) -> None:
-        if self.connections.get(channel_type) is conn:
-            del self.connections[channel_type]
-            del self.handlers[channel_type]
+    def detach(self, channel_type: int, conn: ConnectionPort, channel_id: int = 0) -> None:
+        key = (channel_type, channel_id)
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+            handler = self.handlers.pop(key)
+            if self.cursors.get(channel_id) is handler:
+                del self.cursors[channel_id]
 
     def close(self, reason: str) -> None:
         """Close every channel of the session (the main channel last)."""
@@ -281,18 +289,21 @@ class MainHandler:
         self.conn.flush()
 
     def _monitors(self, event: MonitorsConfigured) -> None:
-        """The client's window (its first enabled monitor): the guest's screen follows."""
-        shown = [m for m in event.monitors if m.width > 0 and m.height > 0]
-        if not shown:
+        """The client's windows: the guest's screens follow. Monitor k is display channel
+        k's window (spice-gtk lists one per display channel, in their order); a disabled
+        one (0x0) is left alone, and those beyond the producer's screens are ignored."""
+        server = self.session.server
+        if server.view_only:
             return
-        if len(shown) > 1:
-            log.debug("%s: %d monitors asked for; this display has one", self.label, len(shown))
-        if self.session.server.view_only:
-            return
-        m = shown[0]
-        log.debug("%s: the client's window is %dx%d", self.label, m.width, m.height)
-        request = SizeRequest(m.width, m.height, m.width_mm, m.height_mm)
-        self.session.server.display.request_size(request)
+        for k, m in enumerate(event.monitors):
+            if m.width <= 0 or m.height <= 0:
+                continue
+            display = server.display_of(k)
+            if display is None:
+                log.debug("%s: monitor %d asked for; there are %d screens", self.label, k, k)
+                break
+            log.debug("%s: the client's window %d is %dx%d", self.label, k, m.width, m.height)
+            display.request_size(SizeRequest(m.width, m.height, m.width_mm, m.height_mm))
 
     def on_drain(self) -> None:
         pass
@@ -311,6 +322,8 @@ class InputsHandler:
         self.conn = conn
         self.channel = channel
         self.label = f"{session.label} inputs"
+        self.screen = 0
+        """The screen the pointer was last on: keys and buttons go to its display."""
         self._told_view_only = False
         self._failed = False
 
@@ -334,7 +347,11 @@ class InputsHandler:
             self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
-        handler = self.session.server.display.input
+        server = self.session.server
+        if isinstance(event, PointerMoved) and server.display_of(event.display_id) is not None:
+            self.screen = event.display_id
+        display = server.display_of(self.screen) or server.display
+        handler = display.input
         call: Callable[[], None]
         if isinstance(event, KeyEvent):
             call = lambda: handler.key(event.scancode, event.down)  # noqa: E731
@@ -361,11 +378,19 @@ class InputsHandler:
 
 
 class CursorHandler:
-    def __init__(self, session: Session, conn: ConnectionPort, channel: CursorChannel) -> None:
+    """A cursor channel: the pointer of one screen (``display``, default the first)."""
+
+    def __init__(
+        self,
+        session: Session,
+        conn: ConnectionPort,
+        channel: CursorChannel,
+        display: Display | None = None,
+    ) -> None:
         self.session = session
         self.conn = conn
         self.channel = channel
-        self.display = session.server.display
+        self.display = display if display is not None else session.server.display
 
     def start(self) -> None:
         cursor = self.display.cursor

@@ -35,7 +35,7 @@ from ..display import Frame
 from ..display import Rect as Area
 from ..encoders.base import Packet
 from ..ratecontrol import RateEstimator
-from .ports import ConnectionPort
+from .ports import ConnectionPort, ScreenPort
 from .protocol.channel import Acked, Event
 from .protocol.display_channel import (
     CODEC_LABELS,
@@ -138,13 +138,23 @@ def _wire(rect: Area) -> Rect:
 class SpiceViewer:
     """One SPICE client's display channel: a Viewer for the broadcast, with its codec."""
 
-    def __init__(self, session: Session, conn: ConnectionPort, channel: DisplayChannel) -> None:
+    def __init__(
+        self,
+        session: Session,
+        conn: ConnectionPort,
+        channel: DisplayChannel,
+        screen: ScreenPort | None = None,
+        screen_index: int = 0,
+    ) -> None:
         self.session = session
         self.server = session.server
         self.conn = conn
         self.channel = channel
-        self.label = f"{session.label} display"
-        self.display = self.server.display
+        self.screen: ScreenPort = screen if screen is not None else self.server
+        """The producer's screen this channel shows (its display, broadcast and damage)."""
+        self.screen_index = screen_index
+        self.label = f"{session.label} display" + (f" {screen_index}" if screen_index else "")
+        self.display = self.screen.display
         self.codec: str | None = None
         self.stream: Stream | None = None
         self.full_redraw = not channel.has_cap(DisplayCap.COMPOSITE)
@@ -170,7 +180,7 @@ class SpiceViewer:
         self._band_frame: Frame | None = None
         self._pump_scheduled = False
         # rate control inputs: ACK round trips, and stream reports
-        self.rate = RateEstimator(self.server.broadcast.bitrate_kbps)
+        self.rate = RateEstimator(self.screen.broadcast.bitrate_kbps)
         self._flushes: deque[tuple[int, int, float, bool]] = deque()
         """(messages sent, bytes sent, when, whether the last was video) at each flush."""
         self._acked_bytes = 0
@@ -203,7 +213,7 @@ class SpiceViewer:
 
     def queue_budget(self) -> int:
         """Unsent bytes below which this viewer takes another frame (``QUEUE_TARGET_S``)."""
-        rate = self.rate_kbps() or self.server.broadcast.bitrate_kbps
+        rate = self.rate_kbps() or self.screen.broadcast.bitrate_kbps
         return max(QUEUE_MIN_BYTES, int(rate * 125 * QUEUE_TARGET_S))
 
     def rate_kbps(self) -> float | None:
@@ -232,7 +242,7 @@ class SpiceViewer:
 
     def stop(self) -> None:
         self._open = False
-        self.server.broadcast.leave(self)
+        self.screen.broadcast.leave(self)
         self.stream = None
         timer = self._refresh_timer
         if timer is not None:
@@ -299,7 +309,7 @@ class SpiceViewer:
     def _ready_again(self) -> None:
         if self._blocked and self.writable():
             self._blocked = False
-            self.server.broadcast.viewer_ready(self)
+            self.screen.broadcast.viewer_ready(self)
 
     # -- codec ------------------------------------------------------------------------------
 
@@ -323,7 +333,7 @@ class SpiceViewer:
         self._waiting_key = True
         self._missed = True
         self._dropped_seen = 0
-        self.stream = self.server.broadcast.join(self, codec)
+        self.stream = self.screen.broadcast.join(self, codec)
         client = ", ".join(CODEC_LABELS.get(c, c) for c in self.channel.codecs)
         if previous is None:
             log.info(
@@ -365,7 +375,8 @@ class SpiceViewer:
         self._history.clear()
         self._clip = None
         if not initial:
-            log.info("%s: screen is now %dx%d", self.session.label, width, height)
+            which = f" {self.screen_index}" if self.screen_index else ""
+            log.info("%s: screen%s is now %dx%d", self.session.label, which, width, height)
 
     def _send_area(self, frame: Frame, x: int, y: int, width: int, height: int) -> None:
         rows = max(1, REFRESH_BAND_BYTES // max(width * 4, 1))
@@ -450,7 +461,7 @@ class SpiceViewer:
             return
         changed: list[Area] | None = None
         if not full:
-            changed = self.server.damage_log.between(self._last_seq, packet.seq - 1)
+            changed = self.screen.damage_log.between(self._last_seq, packet.seq - 1)
         self._history.append((now, changed))
         window = max(CLIP_WINDOW_S, 3 * self.session.latency_ms / 1000)
         while self._history and self._history[0][0] < now - window:

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -85,8 +85,11 @@ class WebServer:
         audio: AudioBroadcast | None = None,
         mic: MicInput | None = None,
         clipboard: ClipboardBroadcast | None = None,
+        more_screens: Sequence[tuple[Display, Broadcast]] = (),
     ) -> None:
         self.display = display
+        self.screens = [(display, broadcast), *more_screens]
+        """The producer's screens: a page shows one (``?screen=N``, 0 by default)."""
         self.site = site if site is not None else Site()
         """Where the page is published (``--base-path``) and the proxies trusted."""
         self.audio = audio
@@ -130,8 +133,10 @@ class WebServer:
             self.app.router.add_get(route(path), handler)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
-        display.add_listener(self)
-        broadcast.failure_listeners.append(self._stream_failed)
+        self._listeners = [_ScreenEvents(self, k) for k in range(len(self.screens))]
+        for (screen, frames), listener in zip(self.screens, self._listeners, strict=True):
+            screen.add_listener(listener)
+            frames.failure_listeners.append(self._stream_failed)
 
     def _websocket_opened(self, ws: WebSocket, request: web.Request) -> None:
         """Opened under a session (a cookie), a WebSocket is closed when that session ends."""
@@ -140,8 +145,12 @@ class WebServer:
             session.sockets.add(ws)
             ws.on_close.append(session.sockets.discard)
 
+    def screen(self, index: int) -> tuple[Display, Broadcast]:
+        return self.screens[index]
+
     def hello(self, viewer: WebViewer | None = None) -> dict[str, Any]:
-        d = self.display
+        index = viewer.screen if viewer is not None else 0
+        d = self.screens[index][0]
         return {
             "type": "hello",
             "name": d.info.name,
@@ -157,6 +166,8 @@ class WebServer:
             "audio": self.audio is not None and self.audio.available,
             "mic": self.mic is not None and self.mic.available,
             "clipboard": self.clipboard is not None and self.clipboard.available,
+            "screen": index,
+            "screens": [{"width": s.width, "height": s.height} for s, _ in self.screens],
         }
 
     async def start(self, host: str, port: int) -> None:
@@ -270,12 +281,14 @@ class WebServer:
             raise web.HTTPNotFound() from None
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        screen = self._screen_asked(request)
         ws = WebSocket(max_msg_size=MAX_CLIPBOARD_MESSAGE * 4, heartbeat=HEARTBEAT_S)
         refused = await open_websocket(ws, request, "WebSocket")
         if refused is not None:
             return refused
         session = self.auth.session(request)
-        viewer = WebViewer(self, ws, request, view_only=session is None or session.view_only)
+        view_only = session is None or session.view_only
+        viewer = WebViewer(self, ws, request, view_only=view_only, screen=screen)
         self.viewers.add(viewer)
         log.info("%s connected", viewer.label)
         try:
@@ -345,12 +358,47 @@ class WebServer:
         """The offered codecs whose encoder still works, best first."""
         return self.broadcast.working(self.offered)
 
-    def _to_all(self, obj: dict[str, Any]) -> None:
+    def _screen_asked(self, request: web.Request) -> int:
+        """The page's ``?screen=N`` (0 when it names none); another answers 400."""
+        text = request.query.get("screen", "0")
+        if not text.isdigit() or int(text) >= len(self.screens):
+            raise web.HTTPBadRequest(
+                text=f"no screen {text[:20]!r} here: there are {len(self.screens)} (0 to "
+                f"{len(self.screens) - 1})"
+            )
+        return int(text)
+
+    def _to_all(self, obj: dict[str, Any], screen: int = 0) -> None:
+        """Tell every page that shows ``screen`` (from any thread)."""
+
         def send() -> None:
             for viewer in list(self.viewers):
-                viewer.notify(obj)
+                if viewer.screen == screen:
+                    viewer.notify(obj)
 
-        self.broadcast.call_soon(send)
+        self.screens[screen][1].call_soon(send)
+
+    def _stream_failed(self, codec: str, reason: str, news: bool) -> None:
+        """A codec's every encoder broke: its pages move to the next codec and keep watching."""
+        for viewer in list(self.viewers):
+            if viewer.codec != codec:
+                continue
+            if self.codecs:
+                log.warning("moving %s from %s to %s", viewer.label, codec, self.codecs[0])
+                viewer.notify({"type": "switch", "codecs": self.codecs, "reason": reason})
+            else:
+                viewer.notify({"type": "error", "text": f"no encoder works any more: {reason}"})
+
+
+class _ScreenEvents:
+    """What one screen's display says, told to the pages that show it (a DisplayListener)."""
+
+    def __init__(self, server: WebServer, index: int) -> None:
+        self.server = server
+        self.index = index
+
+    def _to_all(self, obj: dict[str, Any]) -> None:
+        self.server._to_all(obj, self.index)
 
     def on_resize(self, width: int, height: int) -> None:
         self._to_all({"type": "resize", "width": width, "height": height})
@@ -378,17 +426,6 @@ class WebServer:
         # "after": a frame captured before it (one still queued, or the last picture
         # encoded again for a keyframe) must not clear it.
         self._to_all({"type": "status", "text": "waiting for the VM", "after": now_us()})
-
-    def _stream_failed(self, codec: str, reason: str, news: bool) -> None:
-        """A codec's every encoder broke: its pages move to the next codec and keep watching."""
-        for viewer in list(self.viewers):
-            if viewer.codec != codec:
-                continue
-            if self.codecs:
-                log.warning("moving %s from %s to %s", viewer.label, codec, self.codecs[0])
-                viewer.notify({"type": "switch", "codecs": self.codecs, "reason": reason})
-            else:
-                viewer.notify({"type": "error", "text": f"no encoder works any more: {reason}"})
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:

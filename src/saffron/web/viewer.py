@@ -100,20 +100,32 @@ class PageServer(Protocol):
 
     def hello(self, viewer: WebViewer | None = None) -> dict[str, Any]: ...
 
+    def screen(self, index: int) -> tuple[Display, Broadcast]:
+        """Screen ``index``'s display and broadcast (0: ``display``, ``broadcast``)."""
+        ...
+
 
 class WebViewer:
     """One browser page: a Viewer for the broadcast and the page's input."""
 
     def __init__(
-        self, server: PageServer, ws: web.WebSocketResponse, request: web.Request, view_only: bool
+        self,
+        server: PageServer,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        view_only: bool,
+        screen: int = 0,
     ) -> None:
         self.server = server
+        self.screen = screen
+        """Which of the producer's screens this page shows (``?screen=N``)."""
+        self.display, self.broadcast = server.screen(screen)
         self.view_only = view_only or server.view_only
         self.ws = ws
         self.transport = request.transport
         peername = self.transport.get_extra_info("peername") if self.transport else request.remote
         client = client_of(request)
-        self.label = f"web viewer {client.peer}"
+        self.label = f"web viewer {client.peer}" + (f" (screen {screen})" if screen else "")
         self.host = client.address
         self.port = peername[1] if isinstance(peername, tuple) and len(peername) > 1 else "?"
         self.codec = ""
@@ -128,7 +140,7 @@ class WebViewer:
         self._tile_bytes_since_frame = 0
         self._sent: dict[int, tuple[int, float, int]] = {}
         """Frame number -> (capture time, send time, size), until acknowledged."""
-        self.rate = RateEstimator(server.broadcast.bitrate_kbps)
+        self.rate = RateEstimator(self.broadcast.bitrate_kbps)
         self.latency_ms = 0.0
         self.frames_acked = 0
         self.page_stats: dict[str, Any] = {}
@@ -275,7 +287,7 @@ class WebViewer:
             ticker.cancel()
             for task in list(self._tasks):
                 task.cancel()
-            self.server.broadcast.leave(self)
+            self.broadcast.leave(self)
             if self.server.audio is not None:
                 self.server.audio.remove_viewer(self)
             if self.server.mic is not None:
@@ -345,7 +357,7 @@ class WebViewer:
             "serverLatencyMs": round(self.latency_ms, 1),
             "stillTiles": self.tiles_sent,
             "stillBytes": self.tile_bytes,
-            "resizable": self.server.display.resizable.value,
+            "resizable": self.display.resizable.value,
         }
 
     # -- messages from the page -----------------------------------------------
@@ -381,7 +393,7 @@ class WebViewer:
         codec = str(msg["codec"])
         if codec not in self.server.codecs:
             raise ProtocolError(f"codec {codec!r} is not offered here ({self.server.codecs})")
-        if codec == self.codec and self.server.broadcast.stream_of(self) is not None:
+        if codec == self.codec and self.broadcast.stream_of(self) is not None:
             return  # already watching it: a repeated start must not cost everyone a keyframe
         self.codec = codec
         self.sharp = msg.get("sharp") is True
@@ -390,7 +402,7 @@ class WebViewer:
         self._fresh = True
         self._next, self._acked = 0, -1
         self._sent.clear()
-        self.stream = self.server.broadcast.join(self, codec)
+        self.stream = self.broadcast.join(self, codec)
         log.info("web viewer %s watches %s (port %s)", self.host, codec, self.port)
 
     # -- the sharp refresh (see saffron.still) --------------------------------------------
@@ -424,7 +436,7 @@ class WebViewer:
         if frame is None or frame.seq != self._last_seq:
             self._arm_refresh()  # this page has not had the newest frame yet: still moving
             return
-        drawn = self.server.display.drawn_at + REFRESH_IDLE_S - now
+        drawn = self.display.drawn_at + REFRESH_IDLE_S - now
         if drawn > 0:  # the producer draws on while this page is sent nothing (link full)
             self._arm_refresh(drawn)
             return
@@ -454,7 +466,7 @@ class WebViewer:
     ) -> None:
         began = time.monotonic()
         try:
-            tiles = await self.server.broadcast.tiles.encode_async(frame, rects, budget)
+            tiles = await self.broadcast.tiles.encode_async(frame, rects, budget)
             log.debug(
                 "%s: still tiles encoded in %.0f ms, %d KiB",
                 self.label,
@@ -482,7 +494,7 @@ class WebViewer:
 
     def _rate_bytes(self) -> float:
         """This page's rate budget in bytes per second."""
-        return (self.rate_kbps() or self.server.broadcast.bitrate_kbps) * 125
+        return (self.rate_kbps() or self.broadcast.bitrate_kbps) * 125
 
     def _spend(self, size: int, now: float) -> None:
         rate = self._rate_bytes()
@@ -542,7 +554,7 @@ class WebViewer:
         self.frames_acked += frame - self._acked
         self._acked = frame
         if was_full and self.writable():
-            self.server.broadcast.viewer_ready(self)
+            self.broadcast.viewer_ready(self)
 
     def _on_audio(self, msg: dict[str, Any]) -> None:
         """The page turned its sound on (a user's click: browsers want one) or off."""
@@ -607,24 +619,24 @@ class WebViewer:
     def _on_key(self, msg: dict[str, Any]) -> None:
         scancode = scancode_for(str(msg["code"]))
         if scancode is not None and self._input_allowed():
-            self.server.display.input.key(scancode, bool(msg["down"]))
+            self.display.input.key(scancode, bool(msg["down"]))
 
     def _on_pointer(self, msg: dict[str, Any]) -> None:
         if self._input_allowed():
-            d = self.server.display
+            d = self.display
             x = min(max(int(msg["x"]), 0), max(d.width - 1, 0))
             y = min(max(int(msg["y"]), 0), max(d.height - 1, 0))
             d.input.pointer(x, y)
 
     def _on_button(self, msg: dict[str, Any]) -> None:
         if self._input_allowed():
-            self.server.display.input.button(Button(int(msg["button"])), bool(msg["down"]))
+            self.display.input.button(Button(int(msg["button"])), bool(msg["down"]))
 
     def _on_wheel(self, msg: dict[str, Any]) -> None:
         if self._input_allowed():
             button = Button.WHEEL_DOWN if float(msg["dy"]) > 0 else Button.WHEEL_UP
-            self.server.display.input.button(button, True)
-            self.server.display.input.button(button, False)
+            self.display.input.button(button, True)
+            self.display.input.button(button, False)
 
     def _on_viewport(self, msg: dict[str, Any]) -> None:
         """The page's "resize guest" is on and its window is this many device pixels:
@@ -633,7 +645,7 @@ class WebViewer:
         if width <= 0 or height <= 0:
             raise ValueError(f"a {width}x{height} window")
         if self._input_allowed():
-            self.server.display.request_size(SizeRequest(width, height))
+            self.display.request_size(SizeRequest(width, height))
 
     _HANDLERS: ClassVar[dict[str, Callable[[WebViewer, dict[str, Any]], None]]] = {
         "start": _on_start,

@@ -125,6 +125,7 @@ class QemuSource:
         map_interface: bool = True,
         process_exited: Callable[[], bool] | None = None,
         refused_hint: str = "",
+        sound: bool = True,
     ) -> None:
         if not dbus_address and locate is None:
             raise ValueError("QemuSource needs a bus address or a locate function")
@@ -135,6 +136,8 @@ class QemuSource:
         self.refused_hint = refused_hint
         """Said after "the bus refused us": what the user can do about it."""
         self.console = console
+        self.sound = sound
+        """Whether to play the guest's sound (one source of several screens does)."""
         self.reattach = reattach
         self.attach_timeout = attach_timeout
         self.retry_interval = retry_interval
@@ -594,8 +597,9 @@ class QemuSource:
         with contextlib.suppress(ValueError, TypeError):
             self.display.info.uuid = uuid.UUID(str(vm.get("UUID", ""))).bytes
         self.attached.set()
-        self._attach_audio(owner)
-        self._attach_clipboard(owner)
+        if self.sound:  # the first console's source speaks for the VM: sound, clipboard
+            self._attach_audio(owner)
+            self._attach_clipboard(owner)
         log.info(
             "attached to QEMU%s: console %d (%s, %dx%d), %s mouse",
             f" VM '{self.vm_name}'" if self.vm_name else "",

@@ -50,6 +50,8 @@ class KeyEvent(Event):
 class PointerMoved(Event):
     x: int
     y: int
+    display_id: int = 0
+    """The display channel (screen) the pointer is on."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class InputsChannel(Channel):
             return [KeyEvent(code, down) for code, down in decode_scancodes(message.codes)]
         if isinstance(message, MousePosition):
             self._motion()
-            return [PointerMoved(message.x, message.y)]
+            return [PointerMoved(message.x, message.y, message.display_id)]
         if isinstance(message, MouseMotion):
             self._motion()
             return [PointerMotion(message.dx, message.dy)]

@@ -104,7 +104,9 @@ class MainChannel(Channel):
         self.send(
             MainInit(
                 session_id=self.session_id,
-                display_channels_hint=1,
+                display_channels_hint=max(
+                    1, sum(1 for kind, _ in self.channels if kind == ChannelType.DISPLAY)
+                ),
                 supported_mouse_modes=int(self.supported_mouse_modes),
                 current_mouse_mode=int(self.mouse_mode),
                 agent_connected=int(self.agent is not None),

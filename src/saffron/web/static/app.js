@@ -27,6 +27,7 @@ const ctx2d = canvas.getContext("2d", { alpha: false, desynchronized: true });
 const statusEl = document.getElementById("status");
 const params = new URLSearchParams(location.search);
 const wantSharp = params.get("sharp") !== "0";  // ?sharp=0: video only, no still tiles
+const screenIndex = Number(params.get("screen") || "0");  // ?screen=N: the VM's screen N
 
 const stats = {
   framesDecoded: 0, fps: 0, codec: "", width: 0, height: 0,
@@ -407,6 +408,7 @@ async function onText(text) {
       soundButton.hidden = !msg.audio;
       clip.shared = Boolean(msg.clipboard) && !viewOnly;
       pasteButton.hidden = !clip.shared;
+      showScreens(msg.screens || []);
       if (sound.on) send({ type: "audio", on: true });  // a reconnection: still listening
       micButton.hidden = !(msg.mic && micPossible() && !viewOnly);
       if (mic.on) send({ type: "mic", on: true });
@@ -442,7 +444,7 @@ function connect() {
   // Relative to the page, so that it works under any path a proxy publishes it at.
   const url = new URL("ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.search = "";
+  url.search = screenIndex ? `?screen=${screenIndex}` : "";
   ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   ws.onmessage = (ev) => {
@@ -785,6 +787,39 @@ micButton.addEventListener("click", async () => {
   micButton.textContent = mic.on ? "mic on" : "mic off";
   micButton.classList.toggle("on", mic.on);
   canvas.focus();
+});
+
+// -- several screens -------------------------------------------------------------
+// A VM with several screens (QEMU's consoles): the page shows one, ?screen=N; the
+// list picks another, and "side by side" opens the others in windows beside this one.
+
+const screensBox = document.getElementById("screens");
+const screenPick = document.getElementById("screen-pick");
+
+function screenUrl(index) {
+  const p = new URLSearchParams(location.search);
+  if (index) p.set("screen", String(index)); else p.delete("screen");
+  const query = p.toString();
+  return location.pathname + (query ? "?" + query : "");
+}
+
+function showScreens(screens) {
+  screensBox.hidden = screens.length < 2;
+  screenPick.replaceChildren(...screens.map((s, i) => {
+    const size = s.width ? ` (${s.width}×${s.height})` : "";
+    return new Option(`screen ${i + 1}${size}`, String(i), false, i === screenIndex);
+  }));
+}
+
+screenPick.addEventListener("change", () => { location.href = screenUrl(Number(screenPick.value)); });
+document.getElementById("side-by-side").addEventListener("click", () => {
+  let left = window.screenX + window.outerWidth;
+  for (let i = 0; i < screenPick.options.length; i++) {
+    if (i === screenIndex) continue;
+    const features = `popup,left=${left},top=${window.screenY},width=${window.outerWidth},height=${window.outerHeight}`;
+    window.open(screenUrl(i), `saffron-screen-${i}`, features);
+    left += window.outerWidth;
+  }
 });
 
 document.getElementById("stats-toggle").addEventListener("click", () => {
