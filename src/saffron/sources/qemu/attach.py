@@ -516,14 +516,7 @@ class QemuSource:
                 self._bus = None
                 raise NotThere(f"lost the bus: {exc}") from exc
             if reply.header.fields.get(HeaderFields.reply_serial) == serial:
-                try:
-                    body = reply.body()
-                finally:
-                    reply.close_fds()
-                if reply.header.message_type is MessageType.error:
-                    name = str(reply.header.fields.get(HeaderFields.error_name, "error"))
-                    raise DBusError(name, str(body[0]) if body else "")
-                return body
+                return reply.result()
             self._dispatch(reply)
 
     def _get_all(self, owner: str, path: str, interface: str) -> dict[str, Any]:

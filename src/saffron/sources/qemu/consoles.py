@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jeepney.bus_messages import DBus
-from jeepney.low_level import HeaderFields, MessageType
+from jeepney.low_level import HeaderFields
 from jeepney.wrappers import DBusAddress, new_method_call
 
 from ...display import Display
@@ -79,14 +79,7 @@ def _call(wire: Wire, msg: Any) -> tuple[Any, ...]:
         if reply.header.fields.get(HeaderFields.reply_serial) != serial:
             reply.close_fds()
             continue  # NameAcquired and the like
-        try:
-            body = reply.body()
-        finally:
-            reply.close_fds()
-        if reply.header.message_type is MessageType.error:
-            name = str(reply.header.fields.get(HeaderFields.error_name, "error"))
-            raise DBusError(name, str(body[0]) if body else "")
-        return body
+        return reply.result()
 
 
 def _get_all(wire: Wire, owner: str, path: str, interface: str) -> dict[str, Any]:

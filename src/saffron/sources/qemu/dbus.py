@@ -32,7 +32,7 @@ from jeepney.low_level import (
 )
 
 from ...display import now_us
-from .errors import NotThere, QemuError, Refused
+from .errors import DBusError, NotThere, QemuError, Refused
 
 log = logging.getLogger("saffron.qemu")
 
@@ -73,6 +73,17 @@ class Incoming:
         """The body, parsed by jeepney (fds appear as ints; they stay in ``fds``)."""
         body = Message.from_buffer(self.buf, fds=self.fds).body
         return tuple(body)
+
+    def result(self) -> tuple[Any, ...]:
+        """A reply's body, its fds closed; an error reply raises :class:`DBusError`."""
+        try:
+            body = self.body()
+        finally:
+            self.close_fds()
+        if self.header.message_type is MessageType.error:
+            name = str(self.header.fields.get(HeaderFields.error_name, "error"))
+            raise DBusError(name, str(body[0]) if body else "")
+        return body
 
     def close_fds(self) -> None:
         for fd in self.fds:
