@@ -7,7 +7,8 @@ thread inside it: ICE stacks leave loopback out, and outside a namespace the med
 would go over the host's own address. The test starts Janus and simple-whip-server
 (saffron.bench.whip.JanusWhip), a Chromium of its own, and Saffron in-process
 (tests/support/harness.py: its loop thread starts inside too), so its WHIP viewer's
-counters can be read beside what the page decoded.
+counters can be read beside what the page decoded. A real VM is published the same way by
+``saffron qemu`` as a subprocess of the test's thread, so inside the namespace too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 import pytest
 
+from saffron.bench import guest as build_guest
 from saffron.bench import netns
+from saffron.bench.qemus import Qemu
 from saffron.bench.whip import (
     TOKEN,
     JanusWhip,
@@ -38,14 +41,27 @@ from saffron.bench.whip import (
 )
 from tests.support.artifacts import ARTIFACTS, publish
 from tests.support.harness import saffron
+from tests.support.process import run_saffron
+from tests.support.qemu import wait_serial
 from tests.support.wait import wait_until
 
 FPS = 30
 SIZE = (640, 360)
+BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA", "-m", "256"]
+
+KEY_A = 30
+"""evdev KEY_A: the guest paints its key strip B=30, G=0x5A, R=0xA5 when it arrives."""
 
 
 @pytest.fixture(scope="module")
-def namespace() -> Iterator[Namespace]:
+def guest() -> build_guest.Guest:
+    """The test guest, built before the namespace is entered: its first build downloads
+    Debian packages, and nothing inside the namespace reaches out."""
+    return build_guest.build_guest()
+
+
+@pytest.fixture(scope="module")
+def namespace(guest: build_guest.Guest) -> Iterator[Namespace]:
     """The module's namespace, this thread inside it until the module is done. What this
     needs is installed by ``make setup``: missing, the tests fail and say what, not skip."""
     for why in (missing(), netns.missing()):
@@ -179,3 +195,107 @@ def test_a_publish_that_fails_is_retried_and_recovers(namespace: Namespace, tmp_
         with later:
             assert wait_until(lambda: whip.publishes == 1, 60), later.logs()
             assert whip.failures >= 1
+
+
+def janus_pixel(page: Any, y: int, x0: int, x1: int) -> list[float]:
+    """The mean R, G, B of row ``y`` from ``x0`` to ``x1`` of the last frame the page
+    drew from Janus's video (its hidden canvas holds every frame it presented)."""
+    rgb: list[float] = page.evaluate(
+        """([y, x0, x1]) => {
+        const c = document.getElementById('c').getContext('2d');
+        const d = c.getImageData(x0, y, x1 - x0, 1).data;
+        const s = [0, 0, 0];
+        for (let i = 0; i < d.length; i += 4) { s[0] += d[i]; s[1] += d[i+1]; s[2] += d[i+2]; }
+        return s.map(v => v / (d.length / 4));
+    }""",
+        [y, x0, x1],
+    )
+    return rgb
+
+
+@pytest.mark.parametrize("qemu", ["7.2"], indirect=True, ids=["qemu7.2"])
+def test_chromium_watches_a_vm_through_janus(
+    namespace: Namespace,
+    janus: JanusWhip,
+    browser: Any,
+    qemu: Qemu,
+    guest: build_guest.Guest,
+    tmp_path: Path,
+) -> None:
+    """``saffron qemu --publish-whip``: the test guest's screen reaches Chromium through
+    Janus at the guest's size, and a key pressed on Saffron's own page shows there as the
+    guest's key strip in that key's colour. One QEMU is enough: what is tested is the
+    publish, which does not depend on how the picture came out of QEMU."""
+    serial = tmp_path / "serial.log"
+    with (
+        run_saffron(
+            "qemu",
+            "--fps",
+            str(FPS),
+            "--publish-whip",
+            janus.whip_url,
+            "--whip-token",
+            TOKEN,
+            "--",
+            *qemu.command(*BASE, *guest.qemu_args(serial)),
+            timeout=60,
+            log_name="whip-janus-vm-saffron.log",
+        ) as s,
+        ViewerPage(tmp_path / "page", janus.janus_ws) as vp,
+    ):
+        wait_serial(serial, "saffron-guest: ready", 90)
+        page, own = browser.new_page(), browser.new_page()
+        try:
+            page.goto(vp.url)
+            size = (build_guest.WIDTH, build_guest.HEIGHT)
+
+            def watching() -> bool:
+                st = page_state(page)
+                return st["presented"] > 0 and (st["width"], st["height"]) == size
+
+            assert wait_until(watching, 60, step=0.2), (page_state(page), janus.logs(), s.output())
+            assert "publishing" in s.output() and "over WHIP" in s.output(), s.output()
+
+            # Saffron's own page sends the key; the guest paints its strip; Janus's copy shows it.
+            own.goto(s.url + "?codec=mjpeg")
+            assert wait_until(
+                lambda: own.evaluate("window.saffronStats.width") == build_guest.WIDTH, 30
+            )
+            own.locator("#screen").focus()
+            row = build_guest.KEY_ROW + build_guest.KEY_ROWS // 2
+            g_mark, r_mark = build_guest.KEY_MARK
+            want = (r_mark, g_mark, KEY_A)
+            last: list[float] = []
+
+            def key_shown() -> bool:
+                nonlocal last
+                last = janus_pixel(page, row, 48, build_guest.WIDTH - 48)
+                return all(abs(got - w) < 16 for got, w in zip(last, want, strict=True))
+
+            assert not key_shown(), last  # not there before the key
+            own.keyboard.press("KeyA")
+            wait_serial(serial, f"key {KEY_A}", 20)
+            assert wait_until(key_shown, 20, step=0.2), (last, want)
+
+            # The guest's band keeps moving: frames keep coming through Janus.
+            before = page_state(page)["presented"]
+            assert wait_until(lambda: page_state(page)["presented"] > before + 5, 20, step=0.2)
+            state = page_state(page)
+            assert state["errors"] == [], state["errors"]
+
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shot = ARTIFACTS / "whip-janus-vm.png"
+            page.locator("video").screenshot(path=str(shot))
+            publish(
+                "whip_janus_vm",
+                {
+                    "frames": state["presented"],
+                    "key_rgb": [round(v) for v in last],
+                    "screenshot": str(shot),
+                },
+                f"WHIP via Janus: the guest's {size[0]}x{size[1]} screen in Chromium, "
+                f"key strip {[round(v) for v in last]} for KEY_A",
+            )
+        finally:
+            own.close()
+            page.close()
