@@ -38,6 +38,7 @@ from tests.support.libvirtd import (
     running_libvirtd,
 )
 from tests.support.process import run_saffron
+from tests.support.qemu import wait_serial
 
 P2P = "<graphics type='dbus' p2p='yes'/>"
 BUS = "<graphics type='dbus'/>"
@@ -247,6 +248,22 @@ def _python_for(user: str) -> Iterator[tuple[str, str]]:
         shutil.rmtree(copy, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _saffron_as_the_qemu_user(domain: str, log_name: str, *args: str) -> Iterator[Any]:
+    """``saffron serve --libvirt domain`` run as QEMU's user (the VM's bus takes no other),
+    on a free web port; ``args`` are more options."""
+    port = free_port()
+    with _python_for(QEMU_USER) as (python, path):
+        argv = [
+            "setpriv", f"--reuid={QEMU_USER}", f"--regid={QEMU_USER}", "--init-groups",
+            python, "-m", "saffron.cli", "serve", "--libvirt", domain,
+            "--web", f"127.0.0.1:{port}", "--fps", "30", *args,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": path, "HOME": "/tmp"}
+        with start_saffron(argv, ARTIFACTS / log_name, env=env, web_port=port) as saffron:
+            yield saffron
+
+
 def test_bus_as_the_qemu_user_across_a_restart(
     libvirtd: bool, browser: Any, guest: Guest, files: Path
 ) -> None:
@@ -254,20 +271,9 @@ def test_bus_as_the_qemu_user_across_a_restart(
     bus (a new address) after ``virsh destroy`` + ``virsh start``."""
     if not libvirtd:
         pytest.skip("a libvirtd this session did not start may not let QEMU's user read")
-    with (
-        _python_for(QEMU_USER) as (python, path),
-        defined_domain("saffron-test-bus", guest, files, BUS) as dom,
-    ):
+    with defined_domain("saffron-test-bus", guest, files, BUS) as dom:
         first_address = dom.dbus_address()
-        port = free_port()
-        argv = [
-            "setpriv", f"--reuid={QEMU_USER}", f"--regid={QEMU_USER}", "--init-groups",
-            python, "-m", "saffron.cli", "serve", "--libvirt", dom.name,
-            "--web", f"127.0.0.1:{port}", "--fps", "30",
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": path, "HOME": "/tmp"}
-        log = ARTIFACTS / "saffron-libvirt-bus.log"
-        with start_saffron(argv, log, env=env, web_port=port) as saffron:
+        with _saffron_as_the_qemu_user(dom.name, "saffron-libvirt-bus.log") as saffron:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             try:
                 page.goto(saffron.url + "?codec=mjpeg")
@@ -339,3 +345,75 @@ def test_p2p_sound_on_qemu_7_2_is_not_asked_for(libvirtd: bool, guest: Guest, fi
         assert dom.running(), "the VM crashed"
         assert "crashes when sound is asked for over a peer-to-peer" in saffron.output()
         assert "QEMU's display is gone" not in saffron.output()
+
+
+CLIPBOARD = (
+    "<channel type='qemu-vdagent'><source><clipboard copypaste='yes'/></source>"
+    "<target type='virtio' name='com.redhat.spice.0'/></channel>"
+)
+"""A qemu-vdagent channel (QEMU's ``clipboard=on``) on the virtio-serial port a guest
+agent reads: QEMU's D-Bus clipboard then has a guest to talk to."""
+SOUND_AND_CLIPBOARD = (
+    "<graphics type='dbus'><audio id='1'/></graphics>"
+    "<audio id='1' type='dbus'/>"
+    "<sound model='ac97'><audio id='1'/></sound>" + CLIPBOARD
+)
+"""Sound and clipboard as libvirt 9.0 writes them: the card's ``<audio id>`` names a D-Bus
+audiodev the display plays, and the clipboard's channel."""
+PCSPK = ("-machine", "pcspk-audiodev=audio1")
+"""The test guest beeps on the PC speaker, which libvirt 9.0 cannot give an audiodev
+(its ``<sound model='pcspk'>`` is ``-soundhw pcspk``, which QEMU 7.2 no longer has): the
+speaker plays into libvirt's ``audio1`` through ``<qemu:commandline>``."""
+HOST_TEXT = "from the host, through libvirt ✓"
+
+
+def test_bus_sound_and_clipboard(libvirtd: bool, guest: Guest, files: Path) -> None:
+    """On the VM's own bus (where QEMU 7.2 takes an audio listener), a domain with a D-Bus
+    audiodev and a qemu-vdagent channel: Saffron plays the guest's 440 Hz tone to
+    spice-gtk, and spice-gtk's copy reaches the guest's clipboard."""
+    if not libvirtd:
+        pytest.skip("a libvirtd this session did not start may not let QEMU's user read")
+    spice = free_port()
+    with (
+        defined_domain(
+            "saffron-test-sound", guest, files, SOUND_AND_CLIPBOARD, qemu_args=PCSPK
+        ) as dom,
+        _saffron_as_the_qemu_user(
+            dom.name, "saffron-libvirt-sound.log", "--spice", f"127.0.0.1:{spice}"
+        ) as saffron,
+    ):
+        wait_serial(dom.serial, "saffron-guest: ready", 90)
+        wait_serial(dom.serial, "saffron-guest: agent connected", 30)
+        out = saffron.output()
+        assert "listening to the guest's sound" in out, out
+        assert "sharing the guest's clipboard" in out, out
+        report = run_gtk_client(spice, "--tone", "3", "--codec", "mjpeg", timeout=90)
+        assert report["errors"] == [], report
+        assert report.get("playback_start") == [1, 2, 48000], report  # S16, stereo, 48 kHz
+        audio = report["audio"]
+        assert audio.get("peak_hz") == pytest.approx(build_guest.TONE_HZ, rel=0.03), audio
+        report = run_gtk_client(spice, "--copy", HOST_TEXT, timeout=90)
+        assert report["errors"] == [], report
+        wait_serial(dom.serial, f"saffron-guest: clipboard {HOST_TEXT}", 30)
+        assert dom.running()
+
+
+def test_p2p_clipboard_both_ways(libvirtd: bool, guest: Guest, files: Path) -> None:
+    """p2p with a qemu-vdagent channel (QEMU 7.2's D-Bus clipboard takes a peer-to-peer
+    peer, unlike its sound): spice-gtk's copy reaches the guest, the guest's reaches it."""
+    spice = free_port()
+    with (
+        defined_domain("saffron-test-p2p-clipboard", guest, files, P2P + CLIPBOARD) as dom,
+        run_saffron(
+            "serve", "--libvirt", dom.name, "--spice", f"127.0.0.1:{spice}",
+            log_name="saffron-libvirt-p2p-clipboard.log",
+        ) as saffron,
+    ):  # fmt: skip
+        wait_serial(dom.serial, "saffron-guest: agent connected", 90)
+        wait_for(lambda: "attached to QEMU" in saffron.output(), 60, "the attach")
+        assert "sharing the guest's clipboard" in saffron.output()
+        report = run_gtk_client(spice, "--copy", HOST_TEXT, timeout=90)
+        assert report["errors"] == [], report
+        wait_serial(dom.serial, f"saffron-guest: clipboard {HOST_TEXT}", 30)
+        assert f"{build_guest.GUEST_TEXT} 1" in report.get("offered", []), report
+        assert dom.running()

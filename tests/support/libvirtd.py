@@ -188,8 +188,21 @@ class Domain:
         virsh("undefine", self.name, check=False)
 
 
-def domain_xml(name: str, guest: Guest, files: Path, serial: Path, graphics: str) -> str:
-    return f"""<domain type='qemu'>
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+"""libvirt's namespace for ``<qemu:commandline>``: arguments passed to QEMU as they are."""
+
+
+def domain_xml(
+    name: str,
+    guest: Guest,
+    files: Path,
+    serial: Path,
+    graphics: str,
+    qemu_args: tuple[str, ...] = (),
+) -> str:
+    passthrough = "".join(f"<qemu:arg value='{a}'/>" for a in qemu_args)
+    commandline = f"<qemu:commandline>{passthrough}</qemu:commandline>" if qemu_args else ""
+    return f"""<domain type='qemu' xmlns:qemu='{QEMU_NS}'>
   <name>{name}</name>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
@@ -206,21 +219,29 @@ def domain_xml(name: str, guest: Guest, files: Path, serial: Path, graphics: str
     <serial type='file'><source path='{serial}'/></serial>
     <memballoon model='none'/>
   </devices>
+  {commandline}
 </domain>
 """
 
 
 @contextlib.contextmanager
 def defined_domain(
-    name: str, guest: Guest, files: Path, graphics: str, *, start: bool = True
+    name: str,
+    guest: Guest,
+    files: Path,
+    graphics: str,
+    *,
+    start: bool = True,
+    qemu_args: tuple[str, ...] = (),
 ) -> Iterator[Domain]:
     """A domain defined (and started) for one test, undefined afterwards; a stale one of
-    the same name (an earlier run that died) is replaced."""
+    the same name (an earlier run that died) is replaced; ``qemu_args`` go to QEMU as
+    they are (what libvirt cannot say)."""
     virsh("destroy", name, check=False)
     virsh("undefine", name, check=False)
     serial = files / f"{name}-serial.log"
     xml = files / f"{name}.xml"
-    xml.write_text(domain_xml(name, guest, files, serial, graphics))
+    xml.write_text(domain_xml(name, guest, files, serial, graphics, qemu_args))
     virsh("define", str(xml))
     dom = Domain(name, serial)
     try:

@@ -658,7 +658,7 @@ class QemuSource:
             log.warning("cannot share the guest's clipboard: %s", exc)
             return
         self._clipboard.registered = True
-        log.debug("sharing the guest's clipboard (a guest agent on com.redhat.spice.0 passes it)")
+        log.info("sharing the guest's clipboard (a guest agent on com.redhat.spice.0 passes it)")
 
     def _send_clipboard(self) -> None:
         text = self._clipboard_wanted
