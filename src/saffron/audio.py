@@ -92,21 +92,11 @@ class AudioStats:
         return self.bytes * 8 / self.seconds / 1000 if self.seconds else 0.0
 
 
-def _av_format(fmt: PcmFormat) -> str | None:
-    if fmt.floating:
-        return {32: "flt", 64: "dbl"}.get(fmt.bits)
-    if fmt.bits == 8:
-        return None if fmt.signed else "u8"
-    if not fmt.signed:
-        return None
-    return {16: "s16", 32: "s32"}.get(fmt.bits)
-
-
 class _Encoder:
     """PCM of one format in, Opus packets out (with the capture time of each)."""
 
     def __init__(self, fmt: PcmFormat, bitrate: int) -> None:
-        name = _av_format(fmt)
+        name = fmt.sample_format
         if name is None:
             raise ValueError(f"cannot convert {fmt.bits}-bit {'' if fmt.signed else 'un'}signed")
         self.fmt = fmt
@@ -217,7 +207,7 @@ class AudioBroadcast:
     # -- the producer's side (its thread) ---------------------------------------------------
 
     def pcm_start(self, stream: int, fmt: PcmFormat) -> None:
-        if _av_format(fmt) is None:
+        if fmt.sample_format is None:
             log.warning("the guest's sound format is not one Saffron can encode: %s", fmt)
             return
         with self._lock:

@@ -178,6 +178,17 @@ class PcmFormat:
     def bytes_per_frame(self) -> int:
         return self.channels * self.bits // 8
 
+    @property
+    def sample_format(self) -> str | None:
+        """FFmpeg's name for these samples (what PyAV takes), None where it has none."""
+        if self.floating:
+            return {32: "flt", 64: "dbl"}.get(self.bits)
+        if self.bits == 8:
+            return None if self.signed else "u8"
+        if not self.signed:
+            return None
+        return {16: "s16", 32: "s32"}.get(self.bits)
+
 
 class PcmSink(Protocol):
     """What a producer's sound goes to: interleaved PCM with capture-time stamps.

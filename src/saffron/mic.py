@@ -28,7 +28,6 @@ from typing import Any
 import av
 import numpy as np
 
-from .audio import _av_format
 from .display import PcmFormat
 
 log = logging.getLogger("saffron.mic")
@@ -65,7 +64,7 @@ class _Converter:
     """One viewer's Opus stream, decoded and converted to one capture format."""
 
     def __init__(self, channels: int, fmt: PcmFormat, raw_rate: int = 0) -> None:
-        name = _av_format(fmt)
+        name = fmt.sample_format
         if name is None or fmt.channels not in (1, 2):
             raise ValueError(f"cannot record into {fmt}")
         self.channels = channels
