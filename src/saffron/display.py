@@ -344,10 +344,9 @@ class Display:
         self.cursor_pos: tuple[int, int, bool] = (0, 0, False)
         self.last_frame: Frame | None = None
         self.drawn_at = 0.0
-        """When the producer last changed the picture (monotonic seconds), taken or not:
-        the picture stands still only when this is old, not when a viewer whose link is
-        full was merely sent nothing. A producer that skips frames nobody takes leaves
-        it old meanwhile."""
+        """When the producer last changed the picture (monotonic seconds), taken or not
+        (a producer that skips frames nobody takes leaves it old meanwhile): for
+        measurements that wait for the picture to settle."""
         self._sinks: list[FrameSink] = []
         self._listeners: list[DisplayListener] = []
         self._seq = 0

@@ -502,11 +502,7 @@ class SpiceViewer:
         if not self._open or not (self._lossy or self._lossy_full):
             return
         idle = self._idle_time()
-        # Still means the producer drew nothing: a viewer whose link is full is sent no
-        # frames while the picture keeps moving, and a refresh then would only take the
-        # link from the video it is waiting for.
-        drawn_at = self.display.drawn_at
-        waited = time.monotonic() - max(self._last_packet_at, self._blocked_at, drawn_at)
+        waited = time.monotonic() - max(self._last_packet_at, self._blocked_at)
         seat = self.stream.seats.get(self) if self.stream is not None else None
         if seat is not None and seat.dropped != self._dropped_seen:
             waited = 0.0  # the stream moves on without us (we wait for a keyframe): not still

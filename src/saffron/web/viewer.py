@@ -138,6 +138,8 @@ class WebViewer:
         self._videos_queued = 0
         self._tile_bytes_queued = 0
         self._tile_bytes_since_frame = 0
+        self._refused_at = 0.0
+        """When this page last could not take a frame (its window or socket full)."""
         self._sent: dict[int, tuple[int, float, int]] = {}
         """Frame number -> (capture time, send time, size), until acknowledged."""
         self.rate = RateEstimator(self.broadcast.bitrate_kbps)
@@ -190,10 +192,12 @@ class WebViewer:
         return self._next - 1 - self._acked
 
     def writable(self) -> bool:
-        if self.closed or self.in_flight >= WINDOW_FRAMES:
-            return False
         transport = self.transport
-        return transport is None or transport.get_write_buffer_size() < WINDOW_BYTES
+        ok = not self.closed and self.in_flight < WINDOW_FRAMES
+        ok = ok and (transport is None or transport.get_write_buffer_size() < WINDOW_BYTES)
+        if not ok:
+            self._refused_at = time.monotonic()  # any thread: the producer asks too
+        return ok
 
     def rate_kbps(self) -> float | None:
         return self.rate.target_kbps
@@ -436,9 +440,12 @@ class WebViewer:
         if frame is None or frame.seq != self._last_seq:
             self._arm_refresh()  # this page has not had the newest frame yet: still moving
             return
-        drawn = self.display.drawn_at + REFRESH_IDLE_S - now
-        if drawn > 0:  # the producer draws on while this page is sent nothing (link full)
-            self._arm_refresh(drawn)
+        # A page whose link is full is offered no frames while the picture moves on: its
+        # picture only looks still. (Not the producer's last drawing: a blinking cursor
+        # must not hold back the rest of the screen.)
+        refused = self._refused_at + REFRESH_IDLE_S - now
+        if refused > 0:
+            self._arm_refresh(refused)
             return
         if (frame.width, frame.height) != (self.still.width, self.still.height):
             return
