@@ -1504,15 +1504,15 @@ class CursorInvalAll(_Empty):
     TYPE = MSG_CURSOR_INVAL_ALL
 
 
-# -- playback channel -------------------------------------------------------------------
-# spice.proto's PlaybackChannel; like every SPICE message, packed with no padding.
+# -- playback and record channels --------------------------------------------------------
+# spice.proto's PlaybackChannel and RecordChannel: the server says when and in what format
+# to play or record, MODE says how DATA is encoded from then on (an AudioDataMode), DATA
+# carries one packet (one Opus packet in OPUS mode) stamped on the multimedia clock. Both
+# channels lay MODE and DATA out alike.
 
 
 @dataclass(frozen=True, slots=True)
-class PlaybackData(Message):
-    """One encoded packet (one Opus packet in OPUS mode), stamped on the multimedia clock."""
-
-    TYPE = MSG_PLAYBACK_DATA
+class _AudioData(Message):
     time: int
     data: bytes
 
@@ -1521,27 +1521,34 @@ class PlaybackData(Message):
 
     @classmethod
     def unpack(cls, body: bytes) -> Self:
-        _need(body, 4, "PLAYBACK_DATA")
+        _need(body, 4, cls.__name__)
         return cls(struct.unpack_from("<I", body)[0], bytes(body[4:]))
 
 
 @dataclass(frozen=True, slots=True)
-class PlaybackMode(Message):
-    """How DATA is encoded from now on (an AudioDataMode); ``data`` is unused (empty)."""
-
-    TYPE = MSG_PLAYBACK_MODE
+class _AudioMode(Message):
     time: int
     mode: int
-    data: bytes = b""
+    data: bytes = b""  # unused by either side (empty)
 
     def pack(self) -> bytes:
         return struct.pack("<IH", self.time, self.mode) + self.data
 
     @classmethod
     def unpack(cls, body: bytes) -> Self:
-        _need(body, 6, "PLAYBACK_MODE")
+        _need(body, 6, cls.__name__)
         time, mode = struct.unpack_from("<IH", body)
         return cls(time, mode, bytes(body[6:]))
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackData(_AudioData):
+    TYPE = MSG_PLAYBACK_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackMode(_AudioMode):
+    TYPE = MSG_PLAYBACK_MODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -1559,11 +1566,6 @@ class PlaybackStop(_Empty):
     TYPE = MSG_PLAYBACK_STOP
 
 
-# -- record channel -------------------------------------------------------------------
-# spice.proto's RecordChannel: the server says when and in what format to record, the
-# client says how it encodes (MODE) and sends what it recorded (DATA).
-
-
 @dataclass(frozen=True, slots=True)
 class RecordStart(_Fixed):
     TYPE = MSG_RECORD_START
@@ -1579,39 +1581,13 @@ class RecordStop(_Empty):
 
 
 @dataclass(frozen=True, slots=True)
-class RecordData(Message):
-    """What the client recorded (one Opus packet in OPUS mode), stamped with its time."""
-
+class RecordData(_AudioData):
     TYPE = MSGC_RECORD_DATA
-    time: int
-    data: bytes
-
-    def pack(self) -> bytes:
-        return struct.pack("<I", self.time) + self.data
-
-    @classmethod
-    def unpack(cls, body: bytes) -> Self:
-        _need(body, 4, "RECORD_DATA")
-        return cls(struct.unpack_from("<I", body)[0], bytes(body[4:]))
 
 
 @dataclass(frozen=True, slots=True)
-class RecordMode(Message):
-    """How the client's DATA is encoded from now on (an AudioDataMode)."""
-
+class RecordMode(_AudioMode):
     TYPE = MSGC_RECORD_MODE
-    time: int
-    mode: int
-    data: bytes = b""
-
-    def pack(self) -> bytes:
-        return struct.pack("<IH", self.time, self.mode) + self.data
-
-    @classmethod
-    def unpack(cls, body: bytes) -> Self:
-        _need(body, 6, "RECORD_MODE")
-        time, mode = struct.unpack_from("<IH", body)
-        return cls(time, mode, bytes(body[6:]))
 
 
 @dataclass(frozen=True, slots=True)
