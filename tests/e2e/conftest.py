@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from saffron.bench import guest as build_guest
 from saffron.bench import qemus
 from saffron.bench.chromium import CHROMIUM, CHROMIUM_ARGS
 from saffron.bench.qemus import Qemu
@@ -40,3 +41,11 @@ def qemu(request: pytest.FixtureRequest) -> Qemu:
 @functools.cache
 def _problem(version: str) -> str | None:
     return qemus.qemu(version).problem()
+
+
+@pytest.fixture
+def guest_image() -> build_guest.Guest:
+    """The test guest's kernel and initramfs (saffron.bench.guest), built once and cached."""
+    missing = build_guest.missing_tools()
+    assert not missing, f"building the guest needs {', '.join(missing)}"
+    return build_guest.build_guest()

@@ -19,10 +19,9 @@ from saffron.bench import netns, slowsound
 from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
 from saffron.display import Frame, PcmFormat, now_us
-from saffron.sources import qemu as Q
 from tests.support.gtk import run_gtk_client
 from tests.support.process import run_saffron
-from tests.support.qemu import new_display, wait_serial
+from tests.support.qemu import attached_guest, new_display
 from tests.support.wait import wait_until
 
 BASE = ["-machine", slowsound.MACHINE, "-accel", "tcg", "-nodefaults", "-device", "VGA"]
@@ -68,28 +67,14 @@ class Recorder:
 
 
 @pytest.fixture
-def guest_image() -> build_guest.Guest:
-    missing = build_guest.missing_tools()
-    assert not missing, f"building the guest needs {', '.join(missing)}"
-    return build_guest.build_guest()
-
-
-@pytest.fixture
 def vm(qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path) -> Iterator[tuple]:
     serial = tmp_path / "serial.log"
     display, sink, _ = new_display()
     recorder = Recorder()
     display.audio = recorder
     argv = qemu.command(*BASE, "-m", "256", *guest_image.qemu_args(serial))
-    proc = Q.start_qemu(argv, audio=True)
-    source = Q.open_qemu_source(display, dbus_address=proc.address)
-    try:
-        assert source.wait_attached(20)
-        wait_serial(serial, "saffron-guest: ready", 60)
+    with attached_guest(display, argv, serial, audio=True) as source:
         yield display, sink, recorder, source
-    finally:
-        source.stop()
-        proc.stop()
 
 
 def test_the_guests_tone_reaches_the_sound_sink(vm: tuple) -> None:

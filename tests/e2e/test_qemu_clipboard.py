@@ -15,10 +15,9 @@ import pytest
 from saffron.bench import guest as build_guest
 from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
-from saffron.sources import qemu as Q
 from tests.support.gtk import run_gtk_client
 from tests.support.process import run_saffron
-from tests.support.qemu import new_display, wait_serial
+from tests.support.qemu import attached_guest, new_display, wait_serial
 from tests.support.wait import wait_until
 
 BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA", "-m", "256"]
@@ -39,13 +38,6 @@ class Recorder:
             self.texts.append(text)
 
 
-@pytest.fixture
-def guest_image() -> build_guest.Guest:
-    missing = build_guest.missing_tools()
-    assert not missing, f"building the guest needs {', '.join(missing)}"
-    return build_guest.build_guest()
-
-
 def press_copy(display: Any) -> None:
     display.input.key(COPY_KEY, True)
     display.input.key(COPY_KEY, False)
@@ -57,16 +49,10 @@ def vm(qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path) -> Iterator[t
     display, _sink, _ = new_display()
     recorder = Recorder()
     display.clipboard = recorder
-    proc = Q.start_qemu(qemu.command(*BASE, *guest_image.qemu_args(serial)), clipboard=True)
-    source = Q.open_qemu_source(display, dbus_address=proc.address)
-    try:
-        assert source.wait_attached(20)
-        wait_serial(serial, "saffron-guest: ready", 90)
+    argv = qemu.command(*BASE, *guest_image.qemu_args(serial))
+    with attached_guest(display, argv, serial, ready_s=90, clipboard=True):
         wait_serial(serial, "saffron-guest: agent connected", 30)
         yield display, recorder, serial
-    finally:
-        source.stop()
-        proc.stop()
 
 
 def test_text_goes_both_ways_between_the_guest_and_the_producer(vm: tuple) -> None:

@@ -21,7 +21,6 @@ from saffron.bench.process import free_port
 from saffron.bench.qemus import Qemu
 from saffron.bench.spice_client import PyClient, open_session
 from saffron.mic import MicInput
-from saffron.sources import qemu as Q
 from saffron.spice.protocol import wire as w
 from tests.support.mic import (
     TONE_HZ,
@@ -31,7 +30,7 @@ from tests.support.mic import (
     write_tone_wav,
 )
 from tests.support.process import run_saffron
-from tests.support.qemu import new_display, wait_serial
+from tests.support.qemu import attached_guest, new_display, wait_serial
 from tests.support.wait import wait_until
 
 BASE = ["-machine", "q35", "-accel", "tcg", "-nodefaults", "-device", "VGA"]
@@ -39,13 +38,6 @@ BASE += [*slowsound.QEMU_AUDIO_ARGS, "-device", f"AC97,audiodev={slowsound.AUDIO
 """An AC97 card, whose input records from the D-Bus audiodev."""
 RECORD = 0x13
 """R's scancode: the guest records a second of its card's input."""
-
-
-@pytest.fixture
-def guest_image() -> build_guest.Guest:
-    missing = build_guest.missing_tools()
-    assert not missing, f"building the guest needs {', '.join(missing)}"
-    return build_guest.build_guest()
 
 
 def assert_heard_tone(serial: Path) -> float:
@@ -66,15 +58,8 @@ def vm(qemu: Qemu, guest_image: build_guest.Guest, tmp_path: Path) -> Iterator[t
     mic = MicInput()
     display.mic = mic
     argv = qemu.command(*BASE, "-m", "256", *guest_image.qemu_args(serial))
-    proc = Q.start_qemu(argv, audio=True)
-    source = Q.open_qemu_source(display, dbus_address=proc.address)
-    try:
-        assert source.wait_attached(20)
-        wait_serial(serial, "saffron-guest: ready", 60)
+    with attached_guest(display, argv, serial, audio=True) as source:
         yield display, mic, source, serial
-    finally:
-        source.stop()
-        proc.stop()
 
 
 def test_the_guest_records_the_displays_microphone(vm: tuple) -> None:

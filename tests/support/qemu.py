@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from saffron.display import Display, Frame, Rect
+from saffron.sources import qemu as Q
 from tests.support.wait import wait_until
 
 
@@ -127,3 +130,21 @@ def qmp_screendump(socket_path: Path, out: Path, timeout: float = 10) -> None:
             reply = answer()
             if "error" in reply:
                 raise RuntimeError(f"QMP {command['execute']}: {reply['error']}")
+
+
+@contextmanager
+def attached_guest(
+    display: Display, argv: list[str], serial: Path, *, ready_s: float = 60, **start: Any
+) -> Iterator[Q.QemuSource]:
+    """QEMU (``argv``, with the test guest writing to ``serial``) started with ``start``'s
+    options (``audio=True``, ``clipboard=True``), attached to ``display``, once the guest
+    says it is ready; both stopped afterwards."""
+    proc = Q.start_qemu(argv, **start)
+    source = Q.open_qemu_source(display, dbus_address=proc.address)
+    try:
+        assert source.wait_attached(20)
+        wait_serial(serial, "saffron-guest: ready", ready_s)
+        yield source
+    finally:
+        source.stop()
+        proc.stop()
